@@ -1,0 +1,16 @@
+"""The generic ACD adapter: places routing requests and reports ended work."""
+
+from __future__ import annotations
+
+import httpx
+
+from harmony.adapters.generic_http import GenericHttpAdapter
+from harmony.config import AdapterSettings
+from harmony.routing.messages import ROUTING_REQUESTED, WORK_ENDED, TargetKind
+
+
+def create(name: str, settings: AdapterSettings, client: httpx.AsyncClient) -> GenericHttpAdapter:
+    """An ACD adapter sending ``routing.requested`` and ``work.ended``."""
+    return GenericHttpAdapter(
+        TargetKind.ACD, name, settings, client, accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED})
+    )

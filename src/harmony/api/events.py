@@ -1,0 +1,198 @@
+"""Inbound webhooks and callbacks: ``/v1/crm/{adapter}/events`` and ``/v1/acd/{adapter}/events``.
+
+Order of checks: adapter exists (404), content type (415), signature (401), JSON (400), envelope
+and data (422); only then does a use case run. A refused event changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from harmony.api.deps import Container, container
+from harmony.api.plumbing import describe_pydantic_errors, parse_json
+from harmony.api.schemas import (
+    AgentSelectedData,
+    ErrorBody,
+    EventAccepted,
+    InteractionAcceptedData,
+    InteractionCompletedData,
+    InteractionCreatedData,
+    RequestQueuedData,
+)
+from harmony.errors import HarmonyError, Unauthorized, ValidationFailed
+from harmony.protocol import (
+    AGENT_SELECTED,
+    INTERACTION_ACCEPTED,
+    INTERACTION_COMPLETED,
+    INTERACTION_CREATED,
+    REQUEST_QUEUED,
+    Envelope,
+)
+from harmony.routing import service
+from harmony.routing.messages import TargetKind
+from harmony.routing.model import Channel
+from harmony.signing import SignatureError
+
+router = APIRouter(tags=["events"])
+log = structlog.get_logger("harmony.events")
+Model = TypeVar("Model", bound=BaseModel)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
+}
+
+
+def _event_body(types: list[str]) -> dict[str, Any]:
+    schema = Envelope.model_json_schema()
+    schema["properties"]["type"]["enum"] = types
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+            "description": "A signed event envelope (docs/protocol.md); Standard Webhooks headers.",
+        }
+    }
+
+
+class UnsupportedMediaType(HarmonyError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+async def _verified_envelope(
+    request: Request, kind: TargetKind, adapter_name: str, wired: Container
+) -> Envelope:
+    adapter = wired.registry.get(kind, adapter_name)
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(f"content-type must be application/json, not '{content_type}'")
+    body = await request.body()
+    try:
+        adapter.verify_inbound(body, dict(request.headers))
+    except SignatureError as exc:
+        log.warning("signature_rejected", adapter=f"{kind.value}:{adapter_name}", reason=str(exc))
+        raise Unauthorized(f"signature check failed: {exc}") from exc
+    raw = parse_json(body)
+    try:
+        event = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise ValidationFailed(describe_pydantic_errors(list(exc.errors()), "")) from exc
+    if event.id != request.headers.get("webhook-id"):
+        raise ValidationFailed("id: must equal the webhook-id header")
+    return event
+
+
+def _data(event: Envelope, model: type[Model]) -> Model:
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise ValidationFailed(describe_pydantic_errors(list(exc.errors()), "data")) from exc
+
+
+def _unknown_type(event: Envelope, allowed: list[str]) -> ValidationFailed:
+    return ValidationFailed(f"type: unknown event type '{event.type}' (expected one of {allowed})")
+
+
+def _answer(outcome: service.Outcome) -> EventAccepted:
+    structlog.contextvars.bind_contextvars(interaction_id=outcome.interaction_id)
+    return EventAccepted(
+        status="duplicate" if outcome.duplicate else "accepted",
+        interaction_id=outcome.interaction_id,
+    )
+
+
+CRM_TYPES = [INTERACTION_CREATED, INTERACTION_ACCEPTED, INTERACTION_COMPLETED]
+ACD_TYPES = [AGENT_SELECTED, REQUEST_QUEUED]
+
+
+@router.post(
+    "/v1/crm/{adapter}/events",
+    status_code=202,
+    response_model=EventAccepted,
+    responses=ERRORS,
+    openapi_extra=_event_body(CRM_TYPES),
+    summary="Receive a CRM event (interaction created / accepted / completed)",
+)
+async def crm_event(
+    adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
+) -> EventAccepted:
+    event = await _verified_envelope(request, TargetKind.CRM, adapter, wired)
+    uow, clock = wired.db.uow(), wired.clock
+    if event.type == INTERACTION_CREATED:
+        created = _data(event, InteractionCreatedData)
+        outcome = await service.receive_interaction(
+            uow,
+            clock,
+            crm_adapter=adapter,
+            acd_adapter=wired.settings.routing_acd,
+            event_id=event.id,
+            new=service.NewInteraction(
+                external_id=created.external_id,
+                channel=Channel(created.channel),
+                queue=created.queue,
+                priority=created.priority,
+                skills=created.skills,
+                customer=created.customer,
+                subject=created.subject,
+            ),
+        )
+    elif event.type == INTERACTION_ACCEPTED:
+        accepted = _data(event, InteractionAcceptedData)
+        outcome = await service.accept_interaction(
+            uow,
+            clock,
+            crm_adapter=adapter,
+            event_id=event.id,
+            external_id=accepted.external_id,
+            crm_agent_id=accepted.agent_id,
+        )
+    elif event.type == INTERACTION_COMPLETED:
+        completed = _data(event, InteractionCompletedData)
+        outcome = await service.complete_interaction(
+            uow, clock, crm_adapter=adapter, event_id=event.id, external_id=completed.external_id
+        )
+    else:
+        raise _unknown_type(event, CRM_TYPES)
+    return _answer(outcome)
+
+
+@router.post(
+    "/v1/acd/{adapter}/events",
+    status_code=202,
+    response_model=EventAccepted,
+    responses=ERRORS,
+    openapi_extra=_event_body(ACD_TYPES),
+    summary="Receive an ACD callback (agent selected / request queued)",
+)
+async def acd_event(
+    adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
+) -> EventAccepted:
+    event = await _verified_envelope(request, TargetKind.ACD, adapter, wired)
+    uow, clock = wired.db.uow(), wired.clock
+    if event.type == AGENT_SELECTED:
+        selected = _data(event, AgentSelectedData)
+        outcome = await service.select_agent(
+            uow,
+            clock,
+            acd_adapter=adapter,
+            event_id=event.id,
+            request_id=selected.request_id,
+            acd_agent_id=selected.agent_id,
+        )
+    elif event.type == REQUEST_QUEUED:
+        queued = _data(event, RequestQueuedData)
+        outcome = await service.queue_request(
+            uow,
+            clock,
+            acd_adapter=adapter,
+            event_id=event.id,
+            request_id=queued.request_id,
+            position=queued.position,
+        )
+    else:
+        raise _unknown_type(event, ACD_TYPES)
+    return _answer(outcome)

@@ -1,0 +1,213 @@
+"""Request and response bodies. Validation of everything that comes from outside lives here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harmony.routing.model import Agent, HistoryEntry, Interaction
+from harmony.routing.ports import QueueStats
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")]
+Skill = Annotated[str, Field(min_length=1, max_length=100)]
+RoutableChannel = Literal["chat", "email"]
+AnyChannel = Literal["voice", "chat", "email"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- inbound event data (docs/protocol.md) ---------------------------------------------------
+
+
+class InteractionCreatedData(_In):
+    external_id: str = Field(min_length=1, max_length=200)
+    channel: RoutableChannel
+    queue: Name
+    priority: int = Field(default=0, ge=0, le=100)
+    skills: list[Skill] = Field(default_factory=list, max_length=50)
+    customer: dict[str, Any] = Field(default_factory=dict)
+    subject: str | None = Field(default=None, max_length=1000)
+
+
+class InteractionAcceptedData(_In):
+    external_id: str = Field(min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class InteractionCompletedData(_In):
+    external_id: str = Field(min_length=1, max_length=200)
+
+
+class AgentSelectedData(_In):
+    request_id: str = Field(min_length=1, max_length=64)
+    agent_id: str = Field(min_length=1, max_length=200)
+
+
+class RequestQueuedData(_In):
+    request_id: str = Field(min_length=1, max_length=64)
+    position: int | None = Field(default=None, ge=1)
+
+
+class EventAccepted(BaseModel):
+    status: Literal["accepted", "duplicate"]
+    interaction_id: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+class QueueIn(_In):
+    model_config = ConfigDict(extra="forbid")
+    channel: RoutableChannel
+    skills: list[Skill] = Field(default_factory=list, max_length=50)
+
+
+class QueueOut(BaseModel):
+    name: str
+    channel: str
+    skills: list[str]
+    waiting: int
+    oldest_received_at: datetime | None
+    oldest_wait_seconds: float | None
+
+    @classmethod
+    def of(cls, stats: QueueStats, now: datetime) -> QueueOut:
+        oldest = stats.oldest_received_at
+        return cls(
+            name=stats.queue.name,
+            channel=stats.queue.channel.value,
+            skills=stats.queue.skills,
+            waiting=stats.waiting,
+            oldest_received_at=oldest,
+            oldest_wait_seconds=round((now - oldest).total_seconds(), 3) if oldest else None,
+        )
+
+
+class AgentIn(_In):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", max_length=200)
+    crm_agent_id: str = Field(min_length=1, max_length=200)
+    acd_agent_id: str = Field(min_length=1, max_length=200)
+    skills: list[Skill] = Field(default_factory=list, max_length=100)
+    capacity: dict[AnyChannel, int] = Field(default_factory=dict)
+
+
+class ChannelOut(BaseModel):
+    capacity: int
+    load: int
+    free: int
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+    crm_agent_id: str
+    acd_agent_id: str
+    skills: list[str]
+    channels: dict[str, ChannelOut]
+
+    @classmethod
+    def of(cls, agent: Agent) -> AgentOut:
+        return cls(
+            id=agent.id,
+            name=agent.name,
+            crm_agent_id=agent.crm_agent_id,
+            acd_agent_id=agent.acd_agent_id,
+            skills=agent.skills,
+            channels={
+                channel.value: ChannelOut(capacity=c.capacity, load=c.load, free=c.free)
+                for channel, c in sorted(agent.channels.items())
+            },
+        )
+
+
+class HistoryOut(BaseModel):
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str | None
+    cause: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> HistoryOut:
+        return cls(
+            at=entry.at,
+            event=entry.event,
+            from_state=entry.from_state.value if entry.from_state else None,
+            to_state=entry.to_state.value if entry.to_state else None,
+            cause=entry.cause,
+            detail=entry.detail,
+        )
+
+
+class InteractionOut(BaseModel):
+    id: str
+    crm_adapter: str
+    external_id: str
+    channel: str
+    queue: str
+    priority: int
+    skills: list[str]
+    customer: dict[str, Any]
+    subject: str | None
+    state: str
+    acd_adapter: str
+    request_id: str | None
+    agent_id: str | None
+    received_at: datetime
+    updated_at: datetime
+    state_times: dict[str, datetime]
+
+    @classmethod
+    def fields_of(cls, interaction: Interaction) -> dict[str, Any]:
+        return {
+            "id": interaction.id,
+            "crm_adapter": interaction.crm_adapter,
+            "external_id": interaction.external_id,
+            "channel": interaction.channel.value,
+            "queue": interaction.queue,
+            "priority": interaction.priority,
+            "skills": interaction.skills,
+            "customer": interaction.customer,
+            "subject": interaction.subject,
+            "state": interaction.state.value,
+            "acd_adapter": interaction.acd_adapter,
+            "request_id": interaction.request_id,
+            "agent_id": interaction.agent_id,
+            "received_at": interaction.received_at,
+            "updated_at": interaction.updated_at,
+            "state_times": {s.value: t for s, t in interaction.state_times.items()},
+        }
+
+    @classmethod
+    def of(cls, interaction: Interaction) -> InteractionOut:
+        return cls(**cls.fields_of(interaction))
+
+
+class InteractionDetail(InteractionOut):
+    history: list[HistoryOut]
+
+
+class InteractionPage(BaseModel):
+    items: list[InteractionOut]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    database: str
+    outbox_pending: int

@@ -1,0 +1,85 @@
+"""Settings from HARMONY_* environment variables (and a .env file if present)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from harmony.signing import Signer
+
+# Only for a laptop: `harmony serve` warns loudly when a configured adapter still uses it.
+DEV_SECRET = "whsec_" + base64.b64encode(b"harmony-dev-secret-change-me!!!!").decode()
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/harmony.db"
+
+
+class AdapterSettings(BaseModel):
+    """One configured CRM or ACD endpoint."""
+
+    type: Literal["generic_http"] = "generic_http"
+    url: HttpUrl
+    secret: str = DEV_SECRET
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_usable(cls, value: str) -> str:
+        Signer(value)  # raises ValueError naming the problem
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything Harmony reads from its environment; see the README's table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HARMONY_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    database_url: str = DEFAULT_SQLITE_URL
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    migrate_on_start: bool = True
+    seed_file: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    crm_adapters: dict[str, AdapterSettings] = Field(
+        default_factory=lambda: {"generic": AdapterSettings(url=HttpUrl("http://127.0.0.1:8102"))}
+    )
+    acd_adapters: dict[str, AdapterSettings] = Field(
+        default_factory=lambda: {"generic": AdapterSettings(url=HttpUrl("http://127.0.0.1:8101"))}
+    )
+    routing_acd: str = "generic"
+    relay_batch_size: int = Field(default=100, ge=1, le=1000)
+    relay_concurrency: int = Field(default=32, ge=1, le=512)
+    relay_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    relay_max_attempts: int = Field(default=8, ge=1, le=100)
+    relay_base_backoff_seconds: float = Field(default=0.5, gt=0, le=60)
+    relay_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _routing_acd_is_configured(self) -> Settings:
+        if self.routing_acd not in self.acd_adapters:
+            raise ValueError(
+                f"routing_acd '{self.routing_acd}' is not one of acd_adapters "
+                f"{sorted(self.acd_adapters)}"
+            )
+        return self
+
+    def adapters_using_dev_secret(self) -> list[str]:
+        """Names of adapters still signing with the published development secret."""
+        return [
+            f"{kind}:{name}"
+            for kind, table in (("crm", self.crm_adapters), ("acd", self.acd_adapters))
+            for name, adapter in table.items()
+            if adapter.secret == DEV_SECRET
+        ]

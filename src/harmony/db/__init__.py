@@ -1,0 +1,1 @@
+"""Persistence: tables, the SQL unit of work, the engine and migrations."""

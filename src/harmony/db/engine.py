@@ -1,0 +1,95 @@
+"""The database: engine set-up per dialect, units of work, health check, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from harmony.db.uow import SqlUnitOfWork
+
+REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts live: HARMONY_MIGRATIONS_DIR, else the source tree's."""
+    return Path(os.environ.get("HARMONY_MIGRATIONS_DIR") or REPO_MIGRATIONS)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config that needs no alembic.ini on disk."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys and its parent directory created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class Database:
+    """Owns the engine and hands out units of work."""
+
+    def __init__(self, url: str, now: Callable[[], datetime]) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self._now = now
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self.on_outbox_commit: Callable[[], None] | None = None
+
+    def uow(self) -> SqlUnitOfWork:
+        """A unit of work that may write."""
+        return SqlUnitOfWork(self.engine, self._now, self._write_lock, self.on_outbox_commit)
+
+    def reader(self) -> SqlUnitOfWork:
+        """A unit of work for queries only; on SQLite it does not wait for writers."""
+        return SqlUnitOfWork(self.engine, self._now, None, None)
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def migrate(self) -> None:
+        """Bring the schema to Alembic's head."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade_to_head)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")

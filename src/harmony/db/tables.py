@@ -1,0 +1,193 @@
+"""SQLAlchemy Core tables. The schema itself is created only by the Alembic migrations;
+these definitions must match them (a test compares the two)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on PostgreSQL (timestamptz) and SQLite (text) alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite compares these as text: store one fixed format, without the offset.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+CHANNELS_SQL = "('voice', 'chat', 'email')"
+STATES_SQL = (
+    "('received', 'routing', 'queued', 'offered', 'delivered', 'accepted', 'completed', 'failed')"
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("skills", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("channel IN ('chat', 'email')", name="channel"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("crm_agent_id", String(200), nullable=False, unique=True),
+    Column("acd_agent_id", String(200), nullable=False, unique=True),
+    Column("skills", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+agent_channels = Table(
+    "agent_channels",
+    metadata,
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("load", Integer, nullable=False),
+    PrimaryKeyConstraint("agent_id", "channel"),
+    CheckConstraint(f"channel IN {CHANNELS_SQL}", name="channel"),
+    CheckConstraint("capacity >= 0", name="capacity_not_negative"),
+    CheckConstraint("load >= 0", name="load_not_negative"),
+    CheckConstraint("load <= capacity", name="load_within_capacity"),
+)
+
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("crm_adapter", String(64), nullable=False),
+    Column("external_id", String(200), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("queue", String(100), ForeignKey("queues.name"), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("skills", JSON, nullable=False),
+    Column("customer", JSON, nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("acd_adapter", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("request_id", String(64), nullable=True, unique=True),
+    Column("agent_id", String(100), ForeignKey("agents.id"), nullable=True),
+    Column("version", Integer, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("routing_at", UtcDateTime, nullable=True),
+    Column("queued_at", UtcDateTime, nullable=True),
+    Column("offered_at", UtcDateTime, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("accepted_at", UtcDateTime, nullable=True),
+    Column("completed_at", UtcDateTime, nullable=True),
+    Column("failed_at", UtcDateTime, nullable=True),
+    UniqueConstraint("crm_adapter", "external_id"),
+    CheckConstraint("channel IN ('chat', 'email')", name="channel"),
+    CheckConstraint(f"state IN {STATES_SQL}", name="state"),
+    CheckConstraint("priority BETWEEN 0 AND 100", name="priority_range"),
+    # An agent is named exactly while the interaction holds, or held, that agent's capacity.
+    CheckConstraint(
+        "(state IN ('offered', 'delivered', 'accepted', 'completed')) = (agent_id IS NOT NULL)"
+        " OR state = 'failed'",
+        name="agent_matches_state",
+    ),
+    Index("ix_interactions_state_received_at", "state", "received_at"),
+    Index("ix_interactions_queue_state", "queue", "state"),
+    Index("ix_interactions_received_at_id", "received_at", "id"),
+)
+
+interaction_history = Table(
+    "interaction_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "interaction_id",
+        String(36),
+        ForeignKey("interactions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("from_state", String(16), nullable=True),
+    Column("to_state", String(16), nullable=True),
+    Column("cause", Text, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_interaction_history_interaction_id_id", "interaction_id", "id"),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("source", String(80), nullable=False),
+    Column("event_id", String(128), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("interaction_id", String(36), nullable=True),
+    Column("received_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("source", "event_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("target_kind", String(8), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("interaction_id", String(36), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
+    CheckConstraint("target_kind IN ('acd', 'crm')", name="target_kind"),
+    Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)

@@ -1,0 +1,638 @@
+"""The SQL implementation of the routing ports, on PostgreSQL (asyncpg) and SQLite (aiosqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from harmony.db.tables import (
+    agent_channels,
+    agents,
+    inbox,
+    interaction_history,
+    interactions,
+    outbox,
+    queues,
+)
+from harmony.errors import Conflict, ValidationFailed
+from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
+from harmony.routing.model import (
+    Agent,
+    Channel,
+    ChannelCapacity,
+    HistoryEntry,
+    Interaction,
+    InteractionState,
+    Queue,
+)
+from harmony.routing.ports import InteractionFilter, Page, QueueStats
+
+STATE_COLUMNS = {
+    state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
+}
+WAITING_STATES = (InteractionState.RECEIVED, InteractionState.ROUTING, InteractionState.QUEUED)
+
+
+def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return dialect_insert(table).on_conflict_do_nothing()
+
+
+def _interaction_from_row(row: Any) -> Interaction:
+    times = {InteractionState.RECEIVED: row.received_at}
+    for state, column in STATE_COLUMNS.items():
+        value = getattr(row, column)
+        if value is not None:
+            times[state] = value
+    return Interaction(
+        id=row.id,
+        crm_adapter=row.crm_adapter,
+        external_id=row.external_id,
+        channel=Channel(row.channel),
+        queue=row.queue,
+        priority=row.priority,
+        skills=list(row.skills),
+        customer=dict(row.customer),
+        subject=row.subject,
+        acd_adapter=row.acd_adapter,
+        state=InteractionState(row.state),
+        received_at=row.received_at,
+        updated_at=row.updated_at,
+        state_times=times,
+        request_id=row.request_id,
+        agent_id=row.agent_id,
+        version=row.version,
+    )
+
+
+def _interaction_values(interaction: Interaction) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "state": interaction.state.value,
+        "request_id": interaction.request_id,
+        "agent_id": interaction.agent_id,
+        "updated_at": interaction.updated_at,
+    }
+    for state, column in STATE_COLUMNS.items():
+        values[column] = interaction.state_times.get(state)
+    return values
+
+
+class SqlInteractions:
+    """Interactions and their history in SQL."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add_if_absent(self, interaction: Interaction) -> bool:
+        """Insert unless the CRM external id exists (also under concurrent inserts)."""
+        values = {
+            "id": interaction.id,
+            "crm_adapter": interaction.crm_adapter,
+            "external_id": interaction.external_id,
+            "channel": interaction.channel.value,
+            "queue": interaction.queue,
+            "priority": interaction.priority,
+            "skills": interaction.skills,
+            "customer": interaction.customer,
+            "subject": interaction.subject,
+            "acd_adapter": interaction.acd_adapter,
+            "received_at": interaction.received_at,
+            "version": 0,
+            **_interaction_values(interaction),
+        }
+        result = await self._conn.execute(_upsert_ignoring(self._conn, interactions), values)
+        if result.rowcount == 0:
+            return False
+        await self._append_history(interaction)
+        return True
+
+    async def _one(self, condition: Any, for_update: bool) -> Interaction | None:
+        query = select(interactions).where(condition)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return _interaction_from_row(row) if row else None
+
+    async def get(self, interaction_id: str, *, for_update: bool = False) -> Interaction | None:
+        """Load one interaction by id."""
+        return await self._one(interactions.c.id == interaction_id, for_update)
+
+    async def get_by_external_id(
+        self, crm_adapter: str, external_id: str, *, for_update: bool = False
+    ) -> Interaction | None:
+        """Load the interaction a CRM knows by ``external_id``."""
+        condition = and_(
+            interactions.c.crm_adapter == crm_adapter, interactions.c.external_id == external_id
+        )
+        return await self._one(condition, for_update)
+
+    async def get_by_request_id(
+        self, request_id: str, *, for_update: bool = False
+    ) -> Interaction | None:
+        """Load the interaction whose routing request has this id."""
+        return await self._one(interactions.c.request_id == request_id, for_update)
+
+    async def save(self, interaction: Interaction) -> None:
+        """Write the new state if nobody else changed the row since it was read."""
+        result = await self._conn.execute(
+            update(interactions)
+            .where(interactions.c.id == interaction.id)
+            .where(interactions.c.version == interaction.version)
+            .values(version=interaction.version + 1, **_interaction_values(interaction))
+        )
+        if result.rowcount != 1:
+            raise Conflict(
+                f"interaction {interaction.id} was changed concurrently; retry",
+                code="concurrent_update",
+            )
+        interaction.version += 1
+        await self._append_history(interaction)
+
+    async def _append_history(self, interaction: Interaction) -> None:
+        if not interaction.new_history:
+            return
+        await self._conn.execute(
+            insert(interaction_history),
+            [
+                {
+                    "interaction_id": entry.interaction_id,
+                    "at": entry.at,
+                    "event": entry.event,
+                    "from_state": entry.from_state.value if entry.from_state else None,
+                    "to_state": entry.to_state.value if entry.to_state else None,
+                    "cause": entry.cause,
+                    "detail": entry.detail,
+                }
+                for entry in interaction.new_history
+            ],
+        )
+        interaction.new_history.clear()
+
+    async def search(
+        self, flt: InteractionFilter, limit: int, cursor: str | None
+    ) -> Page[Interaction]:
+        """Keyset pagination on (received_at, id), oldest first."""
+        query = select(interactions)
+        if flt.state is not None:
+            query = query.where(interactions.c.state == flt.state.value)
+        if flt.channel is not None:
+            query = query.where(interactions.c.channel == flt.channel.value)
+        if flt.queue is not None:
+            query = query.where(interactions.c.queue == flt.queue)
+        if cursor is not None:
+            after_at, after_id = decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    interactions.c.received_at > after_at,
+                    and_(interactions.c.received_at == after_at, interactions.c.id > after_id),
+                )
+            )
+        query = query.order_by(interactions.c.received_at, interactions.c.id).limit(limit + 1)
+        rows = (await self._conn.execute(query)).all()
+        items = [_interaction_from_row(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.received_at, last.id)
+        return Page(items, next_cursor)
+
+    async def history(self, interaction_id: str) -> list[HistoryEntry]:
+        """The interaction's history in insertion order."""
+        rows = await self._conn.execute(
+            select(interaction_history)
+            .where(interaction_history.c.interaction_id == interaction_id)
+            .order_by(interaction_history.c.id)
+        )
+        return [
+            HistoryEntry(
+                interaction_id=row.interaction_id,
+                at=row.at,
+                event=row.event,
+                from_state=InteractionState(row.from_state) if row.from_state else None,
+                to_state=InteractionState(row.to_state) if row.to_state else None,
+                cause=row.cause,
+                detail=dict(row.detail),
+            )
+            for row in rows
+        ]
+
+
+def encode_cursor(at: datetime, interaction_id: str) -> str:
+    """An opaque cursor for keyset pagination."""
+    raw = json.dumps([at.isoformat(), interaction_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Reverse ``encode_cursor``; ValidationFailed for anything it did not produce."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_text, interaction_id = json.loads(raw)
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None or not isinstance(interaction_id, str):
+            raise ValueError("bad cursor")
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed("cursor: not a cursor this API returned") from exc
+    return at, interaction_id
+
+
+class SqlAgents:
+    """Agents and their per-channel capacity and load in SQL."""
+
+    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+        self._conn = conn
+        self._now = now
+
+    async def _load(self, condition: Any) -> list[Agent]:
+        agent_rows = (
+            await self._conn.execute(select(agents).where(condition).order_by(agents.c.id))
+        ).all()
+        if not agent_rows:
+            return []
+        ids = [row.id for row in agent_rows]
+        channel_rows = await self._conn.execute(
+            select(agent_channels).where(agent_channels.c.agent_id.in_(ids))
+        )
+        channels: dict[str, dict[Channel, ChannelCapacity]] = {agent_id: {} for agent_id in ids}
+        for row in channel_rows:
+            channel = Channel(row.channel)
+            channels[row.agent_id][channel] = ChannelCapacity(channel, row.capacity, row.load)
+        return [
+            Agent(
+                id=row.id,
+                name=row.name,
+                crm_agent_id=row.crm_agent_id,
+                acd_agent_id=row.acd_agent_id,
+                skills=list(row.skills),
+                channels=channels[row.id],
+            )
+            for row in agent_rows
+        ]
+
+    async def get(self, agent_id: str) -> Agent | None:
+        """Load an agent by Harmony's id."""
+        found = await self._load(agents.c.id == agent_id)
+        return found[0] if found else None
+
+    async def get_by_acd_id(self, acd_agent_id: str) -> Agent | None:
+        """Load an agent by the id the ACD uses."""
+        found = await self._load(agents.c.acd_agent_id == acd_agent_id)
+        return found[0] if found else None
+
+    async def all(self) -> list[Agent]:
+        """Every agent, two queries in all."""
+        return await self._load(agents.c.id.is_not(None))
+
+    async def upsert(self, agent: Agent) -> None:
+        """Create or update, keeping loads; Conflict on id clashes or capacity below load."""
+        now = self._now()
+        values = {
+            "name": agent.name,
+            "crm_agent_id": agent.crm_agent_id,
+            "acd_agent_id": agent.acd_agent_id,
+            "skills": agent.skills,
+            "updated_at": now,
+        }
+        clash = (
+            await self._conn.execute(
+                select(agents.c.id)
+                .where(agents.c.id != agent.id)
+                .where(
+                    or_(
+                        agents.c.crm_agent_id == agent.crm_agent_id,
+                        agents.c.acd_agent_id == agent.acd_agent_id,
+                    )
+                )
+            )
+        ).first()
+        if clash is not None:
+            raise Conflict(
+                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
+                f"already belongs to agent {clash.id}",
+                code="agent_id_taken",
+            )
+        exists = await self._conn.execute(
+            update(agents).where(agents.c.id == agent.id).values(**values)
+        )
+        if exists.rowcount == 0:
+            await self._conn.execute(insert(agents).values(id=agent.id, created_at=now, **values))
+        for channel, wanted in agent.channels.items():
+            changed = await self._conn.execute(
+                update(agent_channels)
+                .where(agent_channels.c.agent_id == agent.id)
+                .where(agent_channels.c.channel == channel.value)
+                .where(agent_channels.c.load <= wanted.capacity)
+                .values(capacity=wanted.capacity)
+            )
+            if changed.rowcount == 1:
+                continue
+            held = (
+                await self._conn.execute(
+                    select(agent_channels.c.load)
+                    .where(agent_channels.c.agent_id == agent.id)
+                    .where(agent_channels.c.channel == channel.value)
+                )
+            ).scalar()
+            if held is not None:
+                raise Conflict(
+                    f"capacity.{channel.value}: {wanted.capacity} is below the {held} "
+                    "interaction(s) the agent holds now",
+                    code="capacity_below_load",
+                )
+            await self._conn.execute(
+                insert(agent_channels).values(
+                    agent_id=agent.id, channel=channel.value, capacity=wanted.capacity, load=0
+                )
+            )
+
+    async def reserve(self, agent_id: str, channel: Channel) -> bool:
+        """One conditional UPDATE: atomic across transactions and replicas."""
+        result = await self._conn.execute(
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == channel.value)
+            .where(agent_channels.c.load < agent_channels.c.capacity)
+            .values(load=agent_channels.c.load + 1)
+        )
+        return bool(result.rowcount == 1)
+
+    async def release(self, agent_id: str, channel: Channel) -> bool:
+        """Give one unit back, never below zero."""
+        result = await self._conn.execute(
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == channel.value)
+            .where(agent_channels.c.load > 0)
+            .values(load=agent_channels.c.load - 1)
+        )
+        return bool(result.rowcount == 1)
+
+
+class SqlQueues:
+    """Queues and their waiting counts in SQL."""
+
+    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+        self._conn = conn
+        self._now = now
+
+    async def get(self, name: str) -> Queue | None:
+        """Load a queue by name."""
+        row = (await self._conn.execute(select(queues).where(queues.c.name == name))).first()
+        return Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
+
+    async def upsert(self, queue: Queue) -> None:
+        """Create or replace a queue's channel and skills."""
+        now = self._now()
+        values = {"channel": queue.channel.value, "skills": queue.skills, "updated_at": now}
+        changed = await self._conn.execute(
+            update(queues).where(queues.c.name == queue.name).values(**values)
+        )
+        if changed.rowcount == 0:
+            await self._conn.execute(
+                insert(queues).values(name=queue.name, created_at=now, **values)
+            )
+
+    async def stats(self) -> list[QueueStats]:
+        """One grouped query over the (queue, state) index."""
+        waiting = (
+            select(
+                interactions.c.queue,
+                func.count().label("waiting"),
+                func.min(interactions.c.received_at).label("oldest"),
+            )
+            .where(interactions.c.state.in_([s.value for s in WAITING_STATES]))
+            .group_by(interactions.c.queue)
+            .subquery()
+        )
+        rows = await self._conn.execute(
+            select(queues, waiting.c.waiting, waiting.c.oldest)
+            .select_from(queues.outerjoin(waiting, waiting.c.queue == queues.c.name))
+            .order_by(queues.c.name)
+        )
+        result = []
+        for row in rows:
+            result.append(
+                QueueStats(
+                    Queue(row.name, Channel(row.channel), list(row.skills)),
+                    waiting=row.waiting or 0,
+                    oldest_received_at=row.oldest,
+                )
+            )
+        return result
+
+
+class SqlInbox:
+    """Seen incoming events, unique on (source, event id)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+        """INSERT ... ON CONFLICT DO NOTHING: a concurrent duplicate waits, then sees the row."""
+        result = await self._conn.execute(
+            _upsert_ignoring(self._conn, inbox),
+            {"source": source, "event_id": event_id, "event_type": event_type, "received_at": at},
+        )
+        return bool(result.rowcount == 1)
+
+    async def link(self, source: str, event_id: str, interaction_id: str) -> None:
+        """Note the interaction an event concerned."""
+        await self._conn.execute(
+            update(inbox)
+            .where(inbox.c.source == source)
+            .where(inbox.c.event_id == event_id)
+            .values(interaction_id=interaction_id)
+        )
+
+    async def interaction_for(self, source: str, event_id: str) -> str | None:
+        """The interaction a previously applied event concerned."""
+        return (
+            await self._conn.execute(
+                select(inbox.c.interaction_id)
+                .where(inbox.c.source == source)
+                .where(inbox.c.event_id == event_id)
+            )
+        ).scalar()
+
+
+class SqlOutbox:
+    """Promised outbound messages; leased by pushing ``next_attempt_at`` forward."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self.added = 0
+
+    async def add(self, message: OutboundMessage, at: datetime) -> None:
+        """Store the message, due now."""
+        await self._conn.execute(
+            insert(outbox).values(
+                id=message.id,
+                target_kind=message.target_kind.value,
+                target=message.target,
+                type=message.type,
+                interaction_id=message.interaction_id,
+                payload=message.payload,
+                status="pending",
+                attempts=0,
+                created_at=at,
+                next_attempt_at=at,
+            )
+        )
+        self.added += 1
+
+    async def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        """Lease due rows; on PostgreSQL rows other relays hold are skipped, not waited for."""
+        query = (
+            select(outbox)
+            .where(outbox.c.status == "pending")
+            .where(outbox.c.next_attempt_at <= now)
+            .order_by(outbox.c.next_attempt_at, outbox.c.created_at)
+            .limit(limit)
+        )
+        if self._conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = (await self._conn.execute(query)).all()
+        if not rows:
+            return []
+        await self._conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_([row.id for row in rows]))
+            .values(
+                attempts=outbox.c.attempts + 1,
+                next_attempt_at=now + timedelta(seconds=lease_seconds),
+            )
+        )
+        return [
+            OutboxEntry(
+                message=OutboundMessage(
+                    target_kind=TargetKind(row.target_kind),
+                    target=row.target,
+                    type=row.type,
+                    interaction_id=row.interaction_id,
+                    payload=dict(row.payload),
+                    id=row.id,
+                    attempts=row.attempts + 1,
+                ),
+                attempts=row.attempts + 1,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    async def mark_sent(self, message_id: str, at: datetime) -> None:
+        """Acknowledged by the receiver."""
+        await self._conn.execute(
+            update(outbox)
+            .where(outbox.c.id == message_id)
+            .values(status="sent", sent_at=at, last_error=None)
+        )
+
+    async def mark_retry(self, message_id: str, next_attempt_at: datetime, error: str) -> None:
+        """Try again at ``next_attempt_at``."""
+        await self._conn.execute(
+            update(outbox)
+            .where(outbox.c.id == message_id)
+            .values(next_attempt_at=next_attempt_at, last_error=error[:2000])
+        )
+
+    async def mark_dead(self, message_id: str, at: datetime, error: str) -> None:
+        """Given up on."""
+        await self._conn.execute(
+            update(outbox)
+            .where(outbox.c.id == message_id)
+            .values(status="dead", sent_at=None, last_error=error[:2000], next_attempt_at=at)
+        )
+
+    async def pending_count(self) -> int:
+        """Messages still to send."""
+        count = (
+            await self._conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+            )
+        ).scalar()
+        return int(count or 0)
+
+
+class SqlUnitOfWork:
+    """One database transaction exposing the repositories.
+
+    On SQLite one process is the only writer, so write units of work take a process-wide lock
+    instead of meeting ``database is locked`` under concurrency.
+    """
+
+    interactions: SqlInteractions
+    agents: SqlAgents
+    queues: SqlQueues
+    inbox: SqlInbox
+    outbox: SqlOutbox
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        now: Callable[[], datetime],
+        write_lock: asyncio.Lock | None,
+        on_outbox_commit: Callable[[], None] | None,
+    ) -> None:
+        self._engine = engine
+        self._now = now
+        self._write_lock = write_lock
+        self._on_outbox_commit = on_outbox_commit
+        self._conn: AsyncConnection | None = None
+        self._holds_lock = False
+
+    async def __aenter__(self) -> Self:
+        if self._write_lock is not None:
+            await self._write_lock.acquire()
+            self._holds_lock = True
+        try:
+            self._conn = await self._engine.connect()
+            await self._conn.begin()
+        except BaseException:
+            await self._cleanup()
+            raise
+        self.interactions = SqlInteractions(self._conn)
+        self.agents = SqlAgents(self._conn, self._now)
+        self.queues = SqlQueues(self._conn, self._now)
+        self.inbox = SqlInbox(self._conn)
+        self.outbox = SqlOutbox(self._conn)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._conn is not None and self._conn.in_transaction():
+                await self._conn.rollback()
+        finally:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        try:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+        finally:
+            if self._holds_lock and self._write_lock is not None:
+                self._holds_lock = False
+                self._write_lock.release()
+
+    async def commit(self) -> None:
+        """Commit, then wake the relay if this transaction promised outbound messages."""
+        assert self._conn is not None
+        await self._conn.commit()
+        if self.outbox.added and self._on_outbox_commit is not None:
+            self._on_outbox_commit()

@@ -1,0 +1,268 @@
+"""Harmony and both simulators in one process, each a real HTTP server on loopback.
+
+``harmony up`` (what ``make run`` starts) keeps the stack running with a steady trickle of
+chats and emails; ``harmony demo`` routes a fixed number end to end, checks every one, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import structlog
+import uvicorn
+from fastapi import FastAPI
+
+from harmony.config import AdapterSettings, Settings
+from harmony.main import create_app
+from harmony.seed import Seed
+from harmony.simulators.acd import AcdSimConfig
+from harmony.simulators.acd import create_app as create_acd_app
+from harmony.simulators.crm import CrmSimConfig
+from harmony.simulators.crm import create_app as create_crm_app
+
+log = structlog.get_logger("harmony.devstack")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class StackPorts:
+    harmony: int = 8000
+    acd: int = 8101
+    crm: int = 8102
+
+
+@dataclass
+class Stack:
+    """URLs of the running services."""
+
+    harmony_url: str
+    acd_url: str
+    crm_url: str
+
+
+async def _serve(app: FastAPI, port: int, servers: list[uvicorn.Server]) -> asyncio.Task[None]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    servers.append(server)
+    task = asyncio.create_task(server.serve(), name=f"uvicorn-{port}")
+    for _ in range(600):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    if not server.started:
+        if task.done() and task.exception() is not None:
+            raise RuntimeError(f"server on port {port} failed to start") from task.exception()
+        raise RuntimeError(f"server on port {port} failed to start")
+    return task
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    seed: Seed,
+    ports: StackPorts,
+    *,
+    accept_delay: float,
+    complete_delay: float,
+    jitter: float = 0.0,
+    trickle_per_second: float = 0.0,
+) -> AsyncIterator[Stack]:
+    """Start the ACD simulator, the CRM simulator and Harmony; stop them all on exit."""
+    harmony_url = f"http://127.0.0.1:{ports.harmony}"
+    acd_url = f"http://127.0.0.1:{ports.acd}"
+    crm_url = f"http://127.0.0.1:{ports.crm}"
+    acd_secret = settings.acd_adapters[settings.routing_acd].secret
+    crm_secret = settings.crm_adapters["generic"].secret
+    settings = settings.model_copy(
+        update={
+            "acd_adapters": {
+                **settings.acd_adapters,
+                settings.routing_acd: AdapterSettings(url=acd_url, secret=acd_secret),  # type: ignore[arg-type]
+            },
+            "crm_adapters": {
+                **settings.crm_adapters,
+                "generic": AdapterSettings(url=crm_url, secret=crm_secret),  # type: ignore[arg-type]
+            },
+        }
+    )
+    servers: list[uvicorn.Server] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        tasks.append(
+            await _serve(
+                create_acd_app(
+                    AcdSimConfig(
+                        harmony_url=harmony_url,
+                        secret=acd_secret,
+                        seed=seed,
+                        adapter=settings.routing_acd,
+                    )
+                ),
+                ports.acd,
+                servers,
+            )
+        )
+        tasks.append(await _serve(create_app(settings), ports.harmony, servers))
+        tasks.append(
+            await _serve(
+                create_crm_app(
+                    CrmSimConfig(
+                        harmony_url=harmony_url,
+                        secret=crm_secret,
+                        seed=seed,
+                        accept_delay=accept_delay,
+                        complete_delay=complete_delay,
+                        jitter=jitter,
+                        trickle_per_second=trickle_per_second,
+                    )
+                ),
+                ports.crm,
+                servers,
+            )
+        )
+        yield Stack(harmony_url, acd_url, crm_url)
+    finally:
+        # Stop the traffic source first and Harmony last, so nothing is cut mid-call.
+        for server in reversed(servers):
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class DemoReport:
+    """What ``harmony demo`` found, interaction by interaction."""
+
+    requested: int
+    completed: int = 0
+    by_channel: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds_to_deliver: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.completed == self.requested
+
+    def summary(self) -> str:
+        lines = [
+            f"interactions requested: {self.requested}",
+            f"completed, delivered to the agent the ACD chose: {self.completed}",
+            f"by channel: {self.by_channel}",
+            f"wall time: {self.elapsed:.1f} s",
+        ]
+        if self.seconds_to_deliver:
+            ordered = sorted(self.seconds_to_deliver)
+            p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+            lines.append(
+                f"received -> delivered: median {statistics.median(ordered) * 1000:.0f} ms, "
+                f"p95 {p95 * 1000:.0f} ms"
+            )
+        lines.append(f"problems: {len(self.problems)}")
+        lines.extend(f"  - {p}" for p in self.problems[:20])
+        lines.append("RESULT: " + ("OK" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+async def _all_interactions(client: httpx.AsyncClient, harmony_url: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get(f"{harmony_url}/v1/interactions", params=params)).json()
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items
+
+
+async def verify_loop(
+    client: httpx.AsyncClient, stack: Stack, external_ids: list[str], report: DemoReport
+) -> None:
+    """Check each interaction went to the agent the ACD chose, within every capacity."""
+    acd = (await client.get(f"{stack.acd_url}/state")).json()
+    crm = (await client.get(f"{stack.crm_url}/state")).json()
+    agents = {a["id"]: a for a in (await client.get(f"{stack.harmony_url}/v1/agents")).json()}
+    by_external = {i["external_id"]: i for i in await _all_interactions(client, stack.harmony_url)}
+    capacity = {a["agent_id"]: a["capacity"] for a in acd["agents"]}
+    for external_id in external_ids:
+        interaction = by_external.get(external_id)
+        if interaction is None:
+            report.problems.append(f"{external_id}: Harmony holds no such interaction")
+            continue
+        if interaction["state"] != "completed":
+            report.problems.append(f"{external_id}: ended {interaction['state']}, not completed")
+            continue
+        agent = agents[interaction["agent_id"]]
+        chosen = acd["assignments"].get(interaction["request_id"], {}).get("agent_id")
+        delivered = crm["deliveries"].get(external_id, {}).get("agent_id")
+        if chosen != agent["acd_agent_id"]:
+            report.problems.append(
+                f"{external_id}: ACD chose {chosen}, Harmony recorded {agent['acd_agent_id']}"
+            )
+        elif delivered != agent["crm_agent_id"]:
+            report.problems.append(
+                f"{external_id}: delivered to {delivered}, expected {agent['crm_agent_id']}"
+            )
+        else:
+            report.completed += 1
+            channel = interaction["channel"]
+            report.by_channel[channel] = report.by_channel.get(channel, 0) + 1
+            times = interaction["state_times"]
+            report.seconds_to_deliver.append(
+                (
+                    datetime.fromisoformat(times["delivered"])
+                    - datetime.fromisoformat(times["received"])
+                ).total_seconds()
+            )
+    crm_agent_to_acd = {a["crm_agent_id"]: a["acd_agent_id"] for a in agents.values()}
+    for crm_agent, peaks in crm["peak_active"].items():
+        for channel, peak in peaks.items():
+            limit = capacity.get(crm_agent_to_acd.get(crm_agent, ""), {}).get(channel, 0)
+            if peak > limit:
+                report.problems.append(f"{crm_agent} held {peak} {channel} at once (cap {limit})")
+
+
+async def run_demo(
+    settings: Settings, seed: Seed, count: int, wait_seconds: float, ports: StackPorts
+) -> DemoReport:
+    """Route ``count`` interactions through the whole loop and check every one."""
+    report = DemoReport(requested=count)
+    started = time.monotonic()
+    async with (
+        running_stack(
+            settings, seed, ports, accept_delay=0.05, complete_delay=0.2, jitter=0.5
+        ) as stack,
+        httpx.AsyncClient(timeout=60) as client,
+    ):
+        created = await client.post(
+            f"{stack.crm_url}/simulate/interactions", json={"count": count, "channel": "mixed"}
+        )
+        created.raise_for_status()
+        external_ids: list[str] = created.json()["external_ids"]
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            crm = (await client.get(f"{stack.crm_url}/state")).json()
+            if len(crm["completed"]) >= count:
+                break
+            await asyncio.sleep(0.25)
+        await verify_loop(client, stack, external_ids, report)
+    report.elapsed = time.monotonic() - started
+    return report

@@ -1,0 +1,61 @@
+"""Harmony's exception tree. Every error a caller can cause maps to one HTTP answer.
+
+    HarmonyError                      500 internal_error
+    ├── BadRequest                    400 (malformed_json, ...)
+    ├── ValidationFailed              422 validation_error
+    ├── NotFound                      404 (code names the thing: unknown_interaction, ...)
+    ├── Conflict                      409 (code names the rule: invalid_transition, ...)
+    └── Unauthorized                  401 invalid_signature
+
+The API's single exception handler turns these into ``{"error": code, "detail": ...}``.
+"""
+
+from __future__ import annotations
+
+
+class HarmonyError(Exception):
+    """Base of every error Harmony raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(HarmonyError):
+    """Input cannot even be read (not JSON, wrong content type)."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class ValidationFailed(HarmonyError):
+    """Input is well-formed JSON but breaks a rule (unknown queue, wrong channel...)."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class NotFound(HarmonyError):
+    """Input names something Harmony does not hold."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(HarmonyError):
+    """Input is valid but cannot apply to the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class Unauthorized(HarmonyError):
+    """The sender could not be authenticated."""
+
+    status_code = 401
+    code = "invalid_signature"

@@ -1,0 +1,129 @@
+"""create_app() and its lifespan: the one place that wires concrete parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import FastAPI
+
+from harmony import __version__
+from harmony.adapters.acd import generic_http as acd_generic
+from harmony.adapters.base import AdapterRegistry
+from harmony.adapters.crm import generic_http as crm_generic
+from harmony.api import events, operators
+from harmony.api.deps import Container
+from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from harmony.clock import SystemClock
+from harmony.config import Settings
+from harmony.db.engine import Database
+from harmony.protocol import MAX_BODY_BYTES
+from harmony.relay import Relay
+from harmony.routing import service
+from harmony.routing.model import Channel, Queue
+from harmony.routing.ports import Clock
+from harmony.seed import Seed, load_seed
+
+log = structlog.get_logger("harmony")
+
+ADAPTER_FACTORIES: dict[str, Any] = {
+    "crm:generic_http": crm_generic.create,
+    "acd:generic_http": acd_generic.create,
+}
+
+
+def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegistry:
+    """One adapter per configured CRM and ACD."""
+    registry = AdapterRegistry()
+    for kind, table in (("crm", settings.crm_adapters), ("acd", settings.acd_adapters)):
+        for name, adapter_settings in table.items():
+            factory = ADAPTER_FACTORIES[f"{kind}:{adapter_settings.type}"]
+            registry.register(factory(name, adapter_settings, client))
+    return registry
+
+
+async def apply_seed(db: Database, seed: Seed) -> None:
+    """Upsert the seed's queues and agents (loads are kept)."""
+    for queue in seed.queues:
+        await service.upsert_queue(
+            db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
+        )
+    for agent in seed.agents:
+        await service.upsert_agent(
+            db.uow(),
+            agent_id=agent.id,
+            name=agent.name,
+            crm_agent_id=agent.crm_agent_id,
+            acd_agent_id=agent.acd_agent_id,
+            skills=agent.skills,
+            capacity={Channel(ch): n for ch, n in agent.capacity.items()},
+        )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    run_relay: bool = True,
+) -> FastAPI:
+    """Build the application. ``transport`` replaces the network for outbound calls in tests;
+    ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``)."""
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url, clock.now)
+        if settings.migrate_on_start:
+            await db.migrate()
+        if settings.seed_file is not None:
+            await apply_seed(db, load_seed(settings.seed_file))
+        for name in settings.adapters_using_dev_secret():
+            log.warning("development_secret_in_use", adapter=name)
+        client = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(max_connections=settings.relay_concurrency * 2),
+            headers={"user-agent": f"harmony/{__version__}"},
+        )
+        registry = build_registry(settings, client)
+        relay = Relay(
+            db.uow,
+            registry,
+            clock,
+            batch_size=settings.relay_batch_size,
+            concurrency=settings.relay_concurrency,
+            poll_seconds=settings.relay_poll_seconds,
+            max_attempts=settings.relay_max_attempts,
+            base_backoff_seconds=settings.relay_base_backoff_seconds,
+            lease_seconds=settings.relay_lease_seconds,
+        )
+        db.on_outbox_commit = relay.wake
+        app.state.container = Container(settings, db, clock, registry, relay, client)
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if run_relay else None
+        log.info("harmony_started", database=db.engine.dialect.name, relay=run_relay)
+        try:
+            yield
+        finally:
+            relay.stop()
+            if relay_task is not None:
+                await relay_task
+            await client.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="Harmony",
+        version=__version__,
+        description="Omnichannel routing middleware: CRM chats and emails routed by the ACD.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(events.router)
+    app.include_router(operators.router)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    return app

@@ -1,0 +1,80 @@
+"""The generic JSON-over-HTTP protocol (docs/protocol.md): envelope, event types, signed posting.
+
+Shared by the generic adapters, the API and the simulators so that every side builds and reads
+the same envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from harmony.routing.messages import INTERACTION_DELIVER, ROUTING_REQUESTED, WORK_ENDED
+from harmony.signing import Signer
+
+MAX_BODY_BYTES = 256 * 1024
+OUTBOUND_TYPES = (ROUTING_REQUESTED, WORK_ENDED, INTERACTION_DELIVER)
+
+# CRM -> Harmony
+INTERACTION_CREATED = "interaction.created"
+INTERACTION_ACCEPTED = "interaction.accepted"
+INTERACTION_COMPLETED = "interaction.completed"
+# ACD -> Harmony
+AGENT_SELECTED = "agent.selected"
+REQUEST_QUEUED = "request.queued"
+# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED; Harmony -> CRM: INTERACTION_DELIVER
+
+
+class Envelope(BaseModel):
+    """One event as it travels over HTTP."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1, max_length=64)
+    occurred_at: AwareDatetime
+    data: dict[str, Any]
+
+
+def new_event_id() -> str:
+    """Return a fresh, globally unique event id."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def envelope(event_type: str, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    """Build an envelope dict ready to be serialised."""
+    return {
+        "id": event_id or new_event_id(),
+        "type": event_type,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": data,
+    }
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Serialise an envelope the one way every sender does (compact UTF-8 JSON)."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode()
+
+
+async def post_event(
+    client: httpx.AsyncClient,
+    url: str,
+    signer: Signer,
+    message: dict[str, Any],
+    timeout: float | None = None,  # noqa: ASYNC109 - httpx request timeout, not a task deadline
+) -> httpx.Response:
+    """POST one signed envelope; the envelope id doubles as webhook-id and idempotency key."""
+    body = encode(message)
+    headers = {
+        "content-type": "application/json",
+        "idempotency-key": message["id"],
+        **signer.headers(message["id"], body),
+    }
+    return await client.post(
+        url, content=body, headers=headers, timeout=timeout if timeout else httpx.USE_CLIENT_DEFAULT
+    )

@@ -1,0 +1,246 @@
+"""The routing domain: interactions, agents, queues and the rules that bind them.
+
+No I/O here. Persistence and transport live behind the ports in ``ports.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from harmony.errors import Conflict, ValidationFailed
+
+
+class Channel(StrEnum):
+    VOICE = "voice"
+    CHAT = "chat"
+    EMAIL = "email"
+
+
+# Interactions Harmony routes; voice belongs to the ACD but counts toward an agent's state.
+ROUTABLE_CHANNELS = frozenset({Channel.CHAT, Channel.EMAIL})
+
+
+class InteractionState(StrEnum):
+    RECEIVED = "received"
+    ROUTING = "routing"
+    QUEUED = "queued"
+    OFFERED = "offered"
+    DELIVERED = "delivered"
+    ACCEPTED = "accepted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+S = InteractionState
+ALLOWED_TRANSITIONS: dict[InteractionState, frozenset[InteractionState]] = {
+    S.RECEIVED: frozenset({S.ROUTING, S.FAILED}),
+    S.ROUTING: frozenset({S.QUEUED, S.OFFERED, S.FAILED}),
+    S.QUEUED: frozenset({S.OFFERED, S.FAILED}),
+    S.OFFERED: frozenset({S.DELIVERED, S.FAILED}),
+    S.DELIVERED: frozenset({S.ACCEPTED, S.FAILED}),
+    S.ACCEPTED: frozenset({S.COMPLETED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+}
+TERMINAL_STATES = frozenset(s for s, nxt in ALLOWED_TRANSITIONS.items() if not nxt)
+# States in which the ACD may still answer a routing request with a selection.
+AWAITING_SELECTION = frozenset({S.ROUTING, S.QUEUED})
+# States in which an agent holds a unit of capacity for the interaction.
+HOLDS_CAPACITY = frozenset({S.OFFERED, S.DELIVERED, S.ACCEPTED})
+
+# The CRM may skip reporting a step it considers implicit (e.g. "completed" with no "accepted");
+# these are the steps Harmony fills in, in order, rather than refusing the later event.
+IMPLIED_PATHS: dict[tuple[InteractionState, InteractionState], tuple[InteractionState, ...]] = {
+    (S.OFFERED, S.ACCEPTED): (S.DELIVERED, S.ACCEPTED),
+    (S.OFFERED, S.COMPLETED): (S.DELIVERED, S.ACCEPTED, S.COMPLETED),
+    (S.DELIVERED, S.COMPLETED): (S.ACCEPTED, S.COMPLETED),
+}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One append-only line of an interaction's history: a state move or a noted event."""
+
+    interaction_id: str
+    at: datetime
+    event: str
+    from_state: InteractionState | None
+    to_state: InteractionState | None
+    cause: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Interaction:
+    """One unit of customer work (a chat or an email) and where it is in its life."""
+
+    id: str
+    crm_adapter: str
+    external_id: str
+    channel: Channel
+    queue: str
+    priority: int
+    skills: list[str]
+    customer: dict[str, Any]
+    subject: str | None
+    acd_adapter: str
+    state: InteractionState
+    received_at: datetime
+    updated_at: datetime
+    state_times: dict[InteractionState, datetime] = field(default_factory=dict)
+    request_id: str | None = None
+    agent_id: str | None = None
+    version: int = 0
+    new_history: list[HistoryEntry] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def receive(
+        cls,
+        *,
+        interaction_id: str,
+        crm_adapter: str,
+        external_id: str,
+        channel: Channel,
+        queue: Queue,
+        priority: int,
+        skills: list[str],
+        customer: dict[str, Any],
+        subject: str | None,
+        acd_adapter: str,
+        at: datetime,
+        cause: str,
+    ) -> Interaction:
+        """Create an interaction in ``received``; its required skills include the queue's."""
+        if channel not in ROUTABLE_CHANNELS:
+            raise ValidationFailed(f"channel '{channel}' is not routed by Harmony (chat or email)")
+        if queue.channel != channel:
+            raise ValidationFailed(
+                f"queue '{queue.name}' takes {queue.channel} interactions, not {channel}"
+            )
+        required = sorted(set(queue.skills) | set(skills))
+        interaction = cls(
+            id=interaction_id,
+            crm_adapter=crm_adapter,
+            external_id=external_id,
+            channel=channel,
+            queue=queue.name,
+            priority=priority,
+            skills=required,
+            customer=customer,
+            subject=subject,
+            acd_adapter=acd_adapter,
+            state=S.RECEIVED,
+            received_at=at,
+            updated_at=at,
+            state_times={S.RECEIVED: at},
+        )
+        interaction._record("received", None, S.RECEIVED, at, cause, {"queue": queue.name})
+        return interaction
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def can_move_to(self, target: InteractionState) -> bool:
+        return target in ALLOWED_TRANSITIONS[self.state]
+
+    def move_to(
+        self,
+        target: InteractionState,
+        at: datetime,
+        *,
+        event: str,
+        cause: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Apply one allowed transition and record it; raise Conflict if it is not allowed."""
+        if not self.can_move_to(target):
+            raise Conflict(
+                f"interaction {self.id} is {self.state}; cannot move to {target}",
+                code="invalid_transition",
+            )
+        previous = self.state
+        self.state = target
+        self.state_times[target] = at
+        self.updated_at = at
+        self._record(event, previous, target, at, cause, detail or {})
+
+    def advance_to(self, target: InteractionState, at: datetime, *, event: str, cause: str) -> None:
+        """Move to ``target``, filling in the implied intermediate steps the CRM skipped."""
+        path = IMPLIED_PATHS.get((self.state, target), (target,))
+        for step in path:
+            implied = step != target
+            self.move_to(
+                step,
+                at,
+                event=f"{step.value}_implied" if implied else event,
+                cause=f"implied by {cause}" if implied else cause,
+            )
+
+    def note(self, event: str, at: datetime, cause: str, detail: dict[str, Any]) -> None:
+        """Record something that happened without a state change (e.g. a refused selection)."""
+        self._record(event, self.state, self.state, at, cause, detail)
+
+    def _record(
+        self,
+        event: str,
+        from_state: InteractionState | None,
+        to_state: InteractionState | None,
+        at: datetime,
+        cause: str,
+        detail: dict[str, Any],
+    ) -> None:
+        self.new_history.append(
+            HistoryEntry(self.id, at, event, from_state, to_state, cause, dict(detail))
+        )
+
+
+@dataclass(frozen=True)
+class ChannelCapacity:
+    """How many interactions an agent may hold on one channel, and how many it holds now."""
+
+    channel: Channel
+    capacity: int
+    load: int
+
+    @property
+    def free(self) -> int:
+        return max(self.capacity - self.load, 0)
+
+
+@dataclass
+class Agent:
+    """A person who takes work, known by different ids to the CRM and the ACD."""
+
+    id: str
+    name: str
+    crm_agent_id: str
+    acd_agent_id: str
+    skills: list[str]
+    channels: dict[Channel, ChannelCapacity]
+
+    def capacity_on(self, channel: Channel) -> ChannelCapacity:
+        return self.channels.get(channel, ChannelCapacity(channel, 0, 0))
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Where interactions of one channel wait; its skills are required of every agent."""
+
+    name: str
+    channel: Channel
+    skills: list[str]
+
+
+MAX_CAPACITY = {Channel.VOICE: 1, Channel.CHAT: 20, Channel.EMAIL: 20}
+
+
+def validate_capacity(capacity: dict[Channel, int]) -> None:
+    """Refuse capacities outside what the channel allows (voice is one call at a time)."""
+    for channel, value in capacity.items():
+        limit = MAX_CAPACITY[channel]
+        if not 0 <= value <= limit:
+            raise ValidationFailed(f"capacity on {channel} must be between 0 and {limit}")

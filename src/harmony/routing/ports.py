@@ -1,0 +1,203 @@
+"""The ports the routing core needs. ``harmony.db`` and ``harmony.testing`` implement them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+from harmony.routing.messages import OutboundMessage, OutboxEntry
+from harmony.routing.model import (
+    Agent,
+    Channel,
+    HistoryEntry,
+    Interaction,
+    InteractionState,
+    Queue,
+)
+
+
+@dataclass(frozen=True)
+class InteractionFilter:
+    """What an operator asks to see; ``None`` means any."""
+
+    state: InteractionState | None = None
+    channel: Channel | None = None
+    queue: str | None = None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """A page of results in a stable order, with the cursor for the next page if any."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue's definition and what is waiting in it now."""
+
+    queue: Queue
+    waiting: int
+    oldest_received_at: datetime | None
+
+
+class InteractionRepository(Protocol):
+    async def add_if_absent(self, interaction: Interaction) -> bool:
+        """Store a new interaction; False (nothing stored) if its CRM external id exists."""
+        ...
+
+    async def get(self, interaction_id: str, *, for_update: bool = False) -> Interaction | None:
+        """Load one interaction; ``for_update`` locks it until the unit of work ends."""
+        ...
+
+    async def get_by_external_id(
+        self, crm_adapter: str, external_id: str, *, for_update: bool = False
+    ) -> Interaction | None:
+        """Load the interaction a CRM knows by ``external_id``."""
+        ...
+
+    async def get_by_request_id(
+        self, request_id: str, *, for_update: bool = False
+    ) -> Interaction | None:
+        """Load the interaction whose current or past routing request has this id."""
+        ...
+
+    async def save(self, interaction: Interaction) -> None:
+        """Persist state and append its new history; Conflict if another writer won the race."""
+        ...
+
+    async def search(
+        self, flt: InteractionFilter, limit: int, cursor: str | None
+    ) -> Page[Interaction]:
+        """Page through interactions oldest first; ``cursor`` comes from the previous page."""
+        ...
+
+    async def history(self, interaction_id: str) -> list[HistoryEntry]:
+        """The interaction's history in the order it happened."""
+        ...
+
+
+class AgentRepository(Protocol):
+    async def get(self, agent_id: str) -> Agent | None:
+        """Load an agent by Harmony's id."""
+        ...
+
+    async def get_by_acd_id(self, acd_agent_id: str) -> Agent | None:
+        """Load an agent by the id the ACD uses."""
+        ...
+
+    async def all(self) -> list[Agent]:
+        """Every agent with its channel capacities, ordered by id."""
+        ...
+
+    async def upsert(self, agent: Agent) -> None:
+        """Create or update an agent's ids, skills and capacities, keeping its current load.
+
+        Raises Conflict when a capacity would drop below the load held now, or when the CRM or
+        ACD id already belongs to another agent.
+        """
+        ...
+
+    async def reserve(self, agent_id: str, channel: Channel) -> bool:
+        """Take one unit of capacity atomically; False if none is free."""
+        ...
+
+    async def release(self, agent_id: str, channel: Channel) -> bool:
+        """Give one unit back; False if the agent held none on that channel."""
+        ...
+
+
+class QueueRepository(Protocol):
+    async def get(self, name: str) -> Queue | None:
+        """Load a queue by name."""
+        ...
+
+    async def upsert(self, queue: Queue) -> None:
+        """Create or replace a queue's definition."""
+        ...
+
+    async def stats(self) -> list[QueueStats]:
+        """Every queue with the count and age of interactions waiting for an agent."""
+        ...
+
+
+class Inbox(Protocol):
+    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+        """Record that an incoming event is being applied; False if it was seen before."""
+        ...
+
+    async def link(self, source: str, event_id: str, interaction_id: str) -> None:
+        """Note which interaction the event concerned, to answer its duplicates."""
+        ...
+
+    async def interaction_for(self, source: str, event_id: str) -> str | None:
+        """The interaction a previously applied event concerned, if any."""
+        ...
+
+
+class Outbox(Protocol):
+    async def add(self, message: OutboundMessage, at: datetime) -> None:
+        """Promise to send ``message``; it becomes due at once."""
+        ...
+
+    async def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        """Lease up to ``limit`` due messages so no other relay sends them meanwhile."""
+        ...
+
+    async def mark_sent(self, message_id: str, at: datetime) -> None:
+        """The receiver acknowledged the message."""
+        ...
+
+    async def mark_retry(self, message_id: str, next_attempt_at: datetime, error: str) -> None:
+        """The attempt failed but may succeed later."""
+        ...
+
+    async def mark_dead(self, message_id: str, at: datetime, error: str) -> None:
+        """The message will never be sent."""
+        ...
+
+    async def pending_count(self) -> int:
+        """Messages not yet sent nor given up on."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction. ``async with uow:`` begins it; leaving without commit rolls back."""
+
+    interactions: InteractionRepository
+    agents: AgentRepository
+    queues: QueueRepository
+    inbox: Inbox
+    outbox: Outbox
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None:
+        """Make everything done in this unit of work durable at once."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> UnitOfWork: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+JsonDict = dict[str, Any]

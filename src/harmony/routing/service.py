@@ -1,0 +1,473 @@
+"""Use cases: one function per thing that can happen, each one unit of work.
+
+Every function opens the unit of work it is given, applies the change through the domain model,
+writes the outbound messages the change causes to the outbox, and commits once. Nothing here
+talks to the network.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.routing.messages import (
+    INTERACTION_DELIVER,
+    ROUTING_REQUESTED,
+    WORK_ENDED,
+    OutboundMessage,
+    TargetKind,
+)
+from harmony.routing.model import (
+    AWAITING_SELECTION,
+    Agent,
+    Channel,
+    ChannelCapacity,
+    Interaction,
+    InteractionState,
+    Queue,
+    validate_capacity,
+)
+from harmony.routing.ports import Clock, UnitOfWork
+
+S = InteractionState
+
+
+@dataclass(frozen=True)
+class NewInteraction:
+    """What a CRM tells Harmony about a chat or email to route."""
+
+    external_id: str
+    channel: Channel
+    queue: str
+    priority: int = 0
+    skills: list[str] = field(default_factory=list)
+    customer: dict[str, Any] = field(default_factory=dict)
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a use case did: which interaction, and whether the event had been seen before."""
+
+    interaction_id: str
+    duplicate: bool = False
+
+
+def _source(kind: TargetKind, adapter: str) -> str:
+    return f"{kind.value}:{adapter}"
+
+
+async def _claim_or_duplicate(
+    uow: UnitOfWork, source: str, event_id: str, event_type: str, clock: Clock
+) -> Outcome | None:
+    """Claim the event in the inbox; on a repeat, return the first delivery's outcome."""
+    if await uow.inbox.claim(source, event_id, event_type, clock.now()):
+        return None
+    previous = await uow.inbox.interaction_for(source, event_id)
+    return Outcome(interaction_id=previous or "", duplicate=True)
+
+
+def _routing_request(interaction: Interaction) -> OutboundMessage:
+    assert interaction.request_id is not None
+    return OutboundMessage(
+        target_kind=TargetKind.ACD,
+        target=interaction.acd_adapter,
+        type=ROUTING_REQUESTED,
+        interaction_id=interaction.id,
+        payload={
+            "request_id": interaction.request_id,
+            "interaction_id": interaction.id,
+            "channel": interaction.channel.value,
+            "queue": interaction.queue,
+            "priority": interaction.priority,
+            "skills": list(interaction.skills),
+            "customer": interaction.customer,
+            "subject": interaction.subject,
+            "received_at": interaction.received_at.isoformat(),
+        },
+    )
+
+
+def _work_ended(interaction: Interaction, agent: Agent, reason: str) -> OutboundMessage:
+    return OutboundMessage(
+        target_kind=TargetKind.ACD,
+        target=interaction.acd_adapter,
+        type=WORK_ENDED,
+        interaction_id=interaction.id,
+        payload={
+            "request_id": interaction.request_id,
+            "interaction_id": interaction.id,
+            "agent_id": agent.acd_agent_id,
+            "channel": interaction.channel.value,
+            "reason": reason,
+        },
+    )
+
+
+async def receive_interaction(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    crm_adapter: str,
+    acd_adapter: str,
+    event_id: str,
+    new: NewInteraction,
+) -> Outcome:
+    """A CRM reported a new chat or email: store it and place a routing request in the ACD.
+
+    The same event id, or the same CRM external id, twice yields one interaction and one
+    routing request.
+    """
+    source = _source(TargetKind.CRM, crm_adapter)
+    async with uow:
+        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.created", clock)
+        if duplicate:
+            return duplicate
+        queue = await uow.queues.get(new.queue)
+        if queue is None:
+            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'")
+        now = clock.now()
+        interaction = Interaction.receive(
+            interaction_id=str(uuid.uuid4()),
+            crm_adapter=crm_adapter,
+            external_id=new.external_id,
+            channel=new.channel,
+            queue=queue,
+            priority=new.priority,
+            skills=new.skills,
+            customer=new.customer,
+            subject=new.subject,
+            acd_adapter=acd_adapter,
+            at=now,
+            cause=f"interaction.created {event_id} from {source}",
+        )
+        interaction.request_id = f"rr_{uuid.uuid4().hex}"
+        interaction.move_to(
+            S.ROUTING,
+            now,
+            event="routing_requested",
+            cause=f"routing request placed with acd:{acd_adapter}",
+            detail={"request_id": interaction.request_id},
+        )
+        if not await uow.interactions.add_if_absent(interaction):
+            existing = await uow.interactions.get_by_external_id(crm_adapter, new.external_id)
+            assert existing is not None
+            await uow.inbox.link(source, event_id, existing.id)
+            await uow.commit()
+            return Outcome(existing.id, duplicate=True)
+        await uow.outbox.add(_routing_request(interaction), now)
+        await uow.inbox.link(source, event_id, interaction.id)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def _interaction_for_crm_event(
+    uow: UnitOfWork, crm_adapter: str, external_id: str
+) -> Interaction:
+    interaction = await uow.interactions.get_by_external_id(
+        crm_adapter, external_id, for_update=True
+    )
+    if interaction is None:
+        raise NotFound(
+            f"data.external_id: no interaction '{external_id}' from crm:{crm_adapter}",
+            code="unknown_interaction",
+        )
+    return interaction
+
+
+async def accept_interaction(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    crm_adapter: str,
+    event_id: str,
+    external_id: str,
+    crm_agent_id: str | None,
+) -> Outcome:
+    """The agent accepted the delivered work in the CRM."""
+    source = _source(TargetKind.CRM, crm_adapter)
+    async with uow:
+        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.accepted", clock)
+        if duplicate:
+            return duplicate
+        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
+        if crm_agent_id is not None and interaction.agent_id is not None:
+            agent = await uow.agents.get(interaction.agent_id)
+            if agent is not None and agent.crm_agent_id != crm_agent_id:
+                raise Conflict(
+                    f"data.agent_id: interaction {interaction.id} was delivered to "
+                    f"{agent.crm_agent_id}, not {crm_agent_id}",
+                    code="invalid_transition",
+                )
+        interaction.advance_to(
+            S.ACCEPTED, clock.now(), event="accepted", cause=f"interaction.accepted {event_id}"
+        )
+        await uow.interactions.save(interaction)
+        await uow.inbox.link(source, event_id, interaction.id)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def complete_interaction(
+    uow: UnitOfWork, clock: Clock, *, crm_adapter: str, event_id: str, external_id: str
+) -> Outcome:
+    """The agent finished: release the agent's capacity and tell the ACD the work ended."""
+    source = _source(TargetKind.CRM, crm_adapter)
+    async with uow:
+        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.completed", clock)
+        if duplicate:
+            return duplicate
+        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
+        now = clock.now()
+        interaction.advance_to(
+            S.COMPLETED, now, event="completed", cause=f"interaction.completed {event_id}"
+        )
+        agent = await _holding_agent(uow, interaction)
+        await uow.agents.release(agent.id, interaction.channel)
+        await uow.outbox.add(_work_ended(interaction, agent, "completed"), now)
+        await uow.interactions.save(interaction)
+        await uow.inbox.link(source, event_id, interaction.id)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def _holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
+    if interaction.agent_id is None:
+        raise AssertionError(f"interaction {interaction.id} holds capacity but has no agent")
+    agent = await uow.agents.get(interaction.agent_id)
+    if agent is None:
+        raise AssertionError(f"agent {interaction.agent_id} of {interaction.id} vanished")
+    return agent
+
+
+async def _interaction_for_request(uow: UnitOfWork, request_id: str) -> Interaction:
+    interaction = await uow.interactions.get_by_request_id(request_id, for_update=True)
+    if interaction is None:
+        raise NotFound(
+            f"data.request_id: no routing request '{request_id}'", code="unknown_interaction"
+        )
+    if interaction.request_id != request_id:
+        raise Conflict(
+            f"data.request_id: '{request_id}' was superseded by {interaction.request_id}",
+            code="stale_request",
+        )
+    return interaction
+
+
+async def select_agent(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    acd_adapter: str,
+    event_id: str,
+    request_id: str,
+    acd_agent_id: str,
+) -> Outcome:
+    """The ACD chose an agent: reserve capacity, offer the work, and ask the CRM to deliver.
+
+    If the agent has no free capacity on the channel, nothing changes and Conflict
+    (``agent_unavailable``) tells the ACD to choose again.
+    """
+    source = _source(TargetKind.ACD, acd_adapter)
+    async with uow:
+        duplicate = await _claim_or_duplicate(uow, source, event_id, "agent.selected", clock)
+        if duplicate:
+            return duplicate
+        interaction = await _interaction_for_request(uow, request_id)
+        agent = await uow.agents.get_by_acd_id(acd_agent_id)
+        if agent is None:
+            raise NotFound(f"data.agent_id: no agent '{acd_agent_id}'", code="unknown_agent")
+        if interaction.state not in AWAITING_SELECTION:
+            raise Conflict(
+                f"interaction {interaction.id} is {interaction.state}; it is not awaiting an agent",
+                code="invalid_transition",
+            )
+        if not await uow.agents.reserve(agent.id, interaction.channel):
+            held = agent.capacity_on(interaction.channel)
+            raise Conflict(
+                f"agent {acd_agent_id} has no free {interaction.channel} capacity "
+                f"({held.load}/{held.capacity})",
+                code="agent_unavailable",
+            )
+        now = clock.now()
+        reserved = await uow.agents.get(agent.id)
+        assert reserved is not None
+        load = reserved.capacity_on(interaction.channel)
+        interaction.agent_id = agent.id
+        interaction.move_to(
+            S.OFFERED,
+            now,
+            event="agent_selected",
+            cause=f"agent.selected {event_id} from {source}",
+            detail={
+                "agent_id": agent.id,
+                "acd_agent_id": agent.acd_agent_id,
+                "crm_agent_id": agent.crm_agent_id,
+                "load": load.load,
+                "capacity": load.capacity,
+            },
+        )
+        await uow.outbox.add(
+            OutboundMessage(
+                target_kind=TargetKind.CRM,
+                target=interaction.crm_adapter,
+                type=INTERACTION_DELIVER,
+                interaction_id=interaction.id,
+                payload={
+                    "interaction_id": interaction.id,
+                    "external_id": interaction.external_id,
+                    "channel": interaction.channel.value,
+                    "queue": interaction.queue,
+                    "agent_id": agent.crm_agent_id,
+                },
+            ),
+            now,
+        )
+        await uow.interactions.save(interaction)
+        await uow.inbox.link(source, event_id, interaction.id)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def queue_request(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    acd_adapter: str,
+    event_id: str,
+    request_id: str,
+    position: int | None,
+) -> Outcome:
+    """The ACD holds the request until an agent frees up."""
+    source = _source(TargetKind.ACD, acd_adapter)
+    async with uow:
+        duplicate = await _claim_or_duplicate(uow, source, event_id, "request.queued", clock)
+        if duplicate:
+            return duplicate
+        interaction = await _interaction_for_request(uow, request_id)
+        detail = {"position": position} if position is not None else {}
+        cause = f"request.queued {event_id} from {source}"
+        if interaction.state == S.QUEUED:
+            interaction.note("queue_position", clock.now(), cause, detail)
+        elif interaction.state == S.ROUTING:
+            interaction.move_to(S.QUEUED, clock.now(), event="queued", cause=cause, detail=detail)
+        else:
+            # The selection overtook the queued notice: record it, change nothing.
+            interaction.note("late_queued_notice", clock.now(), cause, detail)
+        await uow.interactions.save(interaction)
+        await uow.inbox.link(source, event_id, interaction.id)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def message_sent(uow: UnitOfWork, clock: Clock, message: OutboundMessage) -> None:
+    """The receiver acknowledged an outbound message: apply what that confirms."""
+    async with uow:
+        now = clock.now()
+        await uow.outbox.mark_sent(message.id, now)
+        if message.type == INTERACTION_DELIVER:
+            interaction = await uow.interactions.get(message.interaction_id, for_update=True)
+            if interaction is not None:
+                cause = f"crm:{message.target} acknowledged delivery {message.id}"
+                if interaction.state == S.OFFERED:
+                    interaction.move_to(S.DELIVERED, now, event="delivered", cause=cause)
+                else:
+                    # The CRM reported acceptance before the relay recorded its answer.
+                    interaction.note("delivery_acknowledged", now, cause, {})
+                await uow.interactions.save(interaction)
+        await uow.commit()
+
+
+async def message_failed(
+    uow: UnitOfWork, clock: Clock, message: OutboundMessage, error: str
+) -> None:
+    """An outbound message will never be delivered: fail the interaction it was for.
+
+    A failed delivery gives the agent's reserved capacity back and tells the ACD the work ended.
+    """
+    async with uow:
+        now = clock.now()
+        await uow.outbox.mark_dead(message.id, now, error)
+        interaction = await uow.interactions.get(message.interaction_id, for_update=True)
+        if interaction is not None:
+            cause = f"{message.type} to {message.target_kind}:{message.target} failed: {error}"
+            await _fail_after_lost_message(uow, interaction, message, cause, now)
+            await uow.interactions.save(interaction)
+        await uow.commit()
+
+
+async def _fail_after_lost_message(
+    uow: UnitOfWork,
+    interaction: Interaction,
+    message: OutboundMessage,
+    cause: str,
+    now: datetime,
+) -> None:
+    lost_current_request = (
+        message.type == ROUTING_REQUESTED
+        and interaction.state in AWAITING_SELECTION
+        and message.payload.get("request_id") == interaction.request_id
+    )
+    lost_delivery = message.type == INTERACTION_DELIVER and interaction.state == S.OFFERED
+    if lost_delivery:
+        agent = await _holding_agent(uow, interaction)
+        interaction.move_to(S.FAILED, now, event="failed", cause=cause)
+        await uow.agents.release(agent.id, interaction.channel)
+        await uow.outbox.add(_work_ended(interaction, agent, "delivery_failed"), now)
+    elif lost_current_request:
+        interaction.move_to(S.FAILED, now, event="failed", cause=cause)
+    else:
+        interaction.note("message_lost", now, cause, {"message_id": message.id})
+
+
+async def upsert_queue(uow: UnitOfWork, queue: Queue) -> None:
+    """Create or replace a queue."""
+    async with uow:
+        await uow.queues.upsert(queue)
+        await uow.commit()
+
+
+async def upsert_agent(
+    uow: UnitOfWork,
+    *,
+    agent_id: str,
+    name: str,
+    crm_agent_id: str,
+    acd_agent_id: str,
+    skills: list[str],
+    capacity: dict[Channel, int],
+) -> Agent:
+    """Create or update an agent; its current load is kept and never exceeds new capacities."""
+    validate_capacity(capacity)
+    agent = Agent(
+        id=agent_id,
+        name=name,
+        crm_agent_id=crm_agent_id,
+        acd_agent_id=acd_agent_id,
+        skills=sorted(set(skills)),
+        channels={ch: ChannelCapacity(ch, capacity.get(ch, 0), 0) for ch in Channel},
+    )
+    async with uow:
+        await uow.agents.upsert(agent)
+        stored = await uow.agents.get(agent_id)
+        await uow.commit()
+    assert stored is not None
+    return stored
+
+
+__all__ = [
+    "NewInteraction",
+    "Outcome",
+    "accept_interaction",
+    "complete_interaction",
+    "message_failed",
+    "message_sent",
+    "queue_request",
+    "receive_interaction",
+    "select_agent",
+    "upsert_agent",
+    "upsert_queue",
+]
