@@ -1,0 +1,195 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), the app wired to recording peers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from harmony.config import DEV_SECRET, AdapterSettings, Settings
+from harmony.main import create_app
+from harmony.protocol import encode, envelope
+from harmony.signing import Signer
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ROOT / "examples" / "seed.json"
+PG_ADMIN_DSN = os.environ.get("HARMONY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+ACD_URL = "http://acd.test"
+CRM_URL = "http://crm.test"
+
+
+async def _pg_reachable() -> str | None:
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+def require_postgres_or_skip(reason: str) -> None:
+    """With CI=true PostgreSQL is mandatory: fail, never skip."""
+    message = f"PostgreSQL at {PG_ADMIN_DSN} unreachable ({reason})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; CI=true makes PostgreSQL tests mandatory")
+    pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database, dropped on exit; its SQLAlchemy URL is yielded."""
+    problem = await _pg_reachable()
+    if problem:
+        require_postgres_or_skip(problem)
+    name = f"harmony_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/harmony.db"
+        return
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@dataclass
+class RecordingPeer:
+    """A CRM or ACD that verifies Harmony's signatures, records every envelope, answers 202."""
+
+    secret: str = DEV_SECRET
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    answer_status: int = 202
+
+    def app(self) -> FastAPI:
+        peer = FastAPI()
+        signer = Signer(self.secret)
+
+        @peer.post("/events")
+        async def events(request: Request) -> JSONResponse:
+            body = await request.body()
+            signer.verify(body, dict(request.headers))
+            self.received.append(json.loads(body))
+            self.headers.append(dict(request.headers))
+            return JSONResponse({"status": "ok"}, status_code=self.answer_status)
+
+        return peer
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.received if m["type"] == event_type]
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """Routes outbound requests by host to in-process ASGI apps."""
+
+    def __init__(self, apps: dict[str, FastAPI]) -> None:
+        self._transports = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transports.get(request.url.host)
+        if transport is None:
+            raise httpx.ConnectError(f"no route to {request.url.host}", request=request)
+        return await transport.handle_async_request(request)
+
+
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        seed_file=SEED,
+        acd_adapters={"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
+        crm_adapters={"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
+        relay_base_backoff_seconds=0.01,
+        **overrides,
+    )
+
+
+@dataclass
+class Harness:
+    """The app on a real database, its relay drained by hand, with recording ACD and CRM."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    acd: RecordingPeer
+    crm: RecordingPeer
+
+    @property
+    def container(self) -> Any:
+        return self.app.state.container
+
+    async def drain(self) -> None:
+        await self.container.relay.drain()
+
+    async def post_event(
+        self,
+        kind: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        adapter: str = "generic",
+        secret: str = DEV_SECRET,
+    ) -> httpx.Response:
+        message = envelope(event_type, data, event_id=event_id)
+        body = encode(message)
+        headers = {
+            "content-type": "application/json",
+            **Signer(secret).headers(message["id"], body),
+        }
+        return await self.client.post(f"/v1/{kind}/{adapter}/events", content=body, headers=headers)
+
+    async def create(self, external_id: str, channel: str = "chat", **extra: Any) -> httpx.Response:
+        queue = extra.pop("queue", f"support-{channel}")
+        data = {"external_id": external_id, "channel": channel, "queue": queue, **extra}
+        return await self.post_event("crm", "interaction.created", data)
+
+    def request_id_for(self, interaction_id: str) -> str:
+        for message in self.acd.of_type("routing.requested"):
+            if message["data"]["interaction_id"] == interaction_id:
+                return str(message["data"]["request_id"])
+        raise AssertionError(f"no routing request sent for {interaction_id}")
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    acd, crm = RecordingPeer(), RecordingPeer()
+    transport = HostRouter({"acd.test": acd.app(), "crm.test": crm.app()})
+    app = create_app(test_settings(database_url), transport=transport, run_relay=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://harmony") as c,
+    ):
+        yield Harness(app, c, acd, crm)

@@ -1,0 +1,379 @@
+"""The CRM simulator against a fake Harmony that verifies signatures and scripts its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from harmony.protocol import (
+    INTERACTION_ACCEPTED,
+    INTERACTION_COMPLETED,
+    INTERACTION_CREATED,
+    INTERACTION_DELIVER,
+    envelope,
+    post_event,
+)
+from harmony.seed import Seed, SeedQueue
+from harmony.signing import SignatureError, Signer, new_secret
+from harmony.simulators.crm import CrmSimConfig, create_app
+
+SECRET = new_secret()
+HARMONY = "http://harmony.test"
+SEED = Seed(
+    queues=[
+        SeedQueue(name="support-chat", channel="chat"),
+        SeedQueue(name="billing-chat", channel="chat"),
+        SeedQueue(name="support-email", channel="email"),
+    ]
+)
+
+# Decides Harmony's answer to one event; None means the default answer.
+Policy = Callable[[dict[str, Any]], Awaitable[httpx.Response | None]]
+
+
+async def no_policy(message: dict[str, Any]) -> httpx.Response | None:
+    return None
+
+
+class FakeHarmony:
+    """Harmony's CRM endpoint: checks each event's signature and records it."""
+
+    def __init__(self) -> None:
+        self.signer = Signer(SECRET)
+        self.messages: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self.policy: Policy = no_policy
+        self._ids = itertools.count(1)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        try:
+            self.signer.verify(request.content, dict(request.headers))
+        except SignatureError as exc:
+            self.bad_signatures += 1
+            return httpx.Response(401, json={"error": "invalid_signature", "detail": str(exc)})
+        assert request.url.path == "/v1/crm/generic/events"
+        message = json.loads(request.content)
+        assert message["id"] == request.headers["webhook-id"]
+        self.messages.append(message)
+        answer = await self.policy(message)
+        if answer is not None:
+            return answer
+        body = {"status": "accepted"}
+        if message["type"] == INTERACTION_CREATED:
+            body["interaction_id"] = f"int-{next(self._ids)}"
+        return httpx.Response(202, json=body)
+
+    def data(self, event_type: str) -> list[dict[str, Any]]:
+        """The ``data`` of every message of ``event_type``, in arrival order."""
+        return [m["data"] for m in self.messages if m["type"] == event_type]
+
+
+@asynccontextmanager
+async def running_crm(
+    harmony: FakeHarmony | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    **options: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings: dict[str, Any] = {
+        "accept_delay": 0.01,
+        "complete_delay": 0.01,
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.02,
+        **options,
+    }
+    config = CrmSimConfig(harmony_url=HARMONY, secret=SECRET, seed=SEED, **settings)
+    handler = harmony.handle if isinstance(harmony, FakeHarmony) else harmony
+    app = create_app(config, transport=httpx.MockTransport(handler))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://crm") as client,
+    ):
+        yield client
+
+
+async def deliver(
+    client: httpx.AsyncClient,
+    external_id: str,
+    agent_id: str = "crm-001",
+    channel: str = "chat",
+    secret: str = SECRET,
+    event_id: str | None = None,
+) -> httpx.Response:
+    data = {
+        "interaction_id": f"int-{external_id}",
+        "external_id": external_id,
+        "channel": channel,
+        "queue": f"support-{channel}",
+        "agent_id": agent_id,
+    }
+    message = envelope(INTERACTION_DELIVER, data, event_id=event_id)
+    return await post_event(client, "/events", Signer(secret), message)
+
+
+async def state(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/state")
+    assert response.status_code == 200
+    current: dict[str, Any] = response.json()
+    return current
+
+
+async def wait_until(
+    client: httpx.AsyncClient, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Poll /state until ``predicate`` holds; fail after a bounded number of tries."""
+    for _ in range(500):
+        current = await state(client)
+        if predicate(current):
+            return current
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition never held; last state: {current}")
+
+
+async def test_simulate_posts_signed_created_events() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony) as client:
+        response = await client.post("/simulate/interactions", json={"count": 4})
+        assert response.status_code == 202
+        external_ids = response.json()["external_ids"]
+        current = await state(client)
+
+    assert len(set(external_ids)) == 4
+    created = harmony.data(INTERACTION_CREATED)
+    assert harmony.bad_signatures == 0
+    assert sorted(d["external_id"] for d in created) == sorted(external_ids)
+    by_id = {d["external_id"]: d for d in created}
+    # "mixed" alternates channels; chat queues are used round-robin.
+    channels = [by_id[eid]["channel"] for eid in external_ids]
+    assert channels == ["chat", "email", "chat", "email"]
+    assert [by_id[eid]["queue"] for eid in external_ids] == [
+        "support-chat",
+        "support-email",
+        "billing-chat",
+        "support-email",
+    ]
+    for eid in external_ids:
+        data = by_id[eid]
+        assert eid.startswith(f"{data['channel']}-")
+        assert data["priority"] == 0
+        assert data["customer"]["name"] and data["customer"]["email"]
+        assert data["subject"]
+        record = current["created"][eid]
+        assert record["status_code"] == 202
+        assert record["interaction_id"].startswith("int-")
+        assert record["channel"] == data["channel"]
+        assert record["queue"] == data["queue"]
+    assert current["errors"] == []
+
+
+async def test_simulate_with_channel_or_queue() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony) as client:
+        emails = await client.post("/simulate/interactions", json={"count": 2, "channel": "email"})
+        billing = await client.post(
+            "/simulate/interactions", json={"count": 2, "queue": "billing-chat"}
+        )
+    assert emails.status_code == billing.status_code == 202
+    by_id = {d["external_id"]: d for d in harmony.data(INTERACTION_CREATED)}
+    assert {by_id[e]["queue"] for e in emails.json()["external_ids"]} == {"support-email"}
+    assert {(by_id[e]["channel"], by_id[e]["queue"]) for e in billing.json()["external_ids"]} == {
+        ("chat", "billing-chat")
+    }
+
+
+async def test_simulate_rejects_bad_bodies() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony) as client:
+        for body in (
+            {"count": 0},
+            {"count": 10_001},
+            {"count": 1, "channel": "voice"},
+            {"count": 1, "channel": "email", "queue": "support-chat"},
+        ):
+            response = await client.post("/simulate/interactions", json=body)
+            assert response.status_code == 422, body
+            assert response.json()["error"] == "validation_error"
+            assert response.json()["detail"]
+        not_json = await client.post("/simulate/interactions", content=b"count=1")
+        assert not_json.status_code == 400
+        assert not_json.json()["error"] == "malformed_json"
+    assert harmony.messages == []
+
+
+async def test_created_is_retried_on_5xx_and_4xx_is_recorded() -> None:
+    harmony = FakeHarmony()
+    # In order: the first create fails once then succeeds; the second one is refused.
+    answers: list[httpx.Response | None] = [
+        httpx.Response(503, json={"error": "unavailable", "detail": "busy"}),
+        None,
+        httpx.Response(422, json={"error": "validation_error", "detail": "queue: unknown"}),
+    ]
+
+    async def script(message: dict[str, Any]) -> httpx.Response | None:
+        return answers.pop(0) if answers else None
+
+    harmony.policy = script
+    async with running_crm(harmony, max_concurrency=1) as client:
+        first = await client.post("/simulate/interactions", json={"count": 1})
+        second = await client.post("/simulate/interactions", json={"count": 1})
+        current = await state(client)
+
+    [retried] = first.json()["external_ids"]
+    [refused] = second.json()["external_ids"]
+    attempts = [m for m in harmony.messages if m["data"]["external_id"] == retried]
+    # The retry resends the same envelope, so Harmony can de-duplicate it.
+    assert len(attempts) == 2
+    assert attempts[0]["id"] == attempts[1]["id"]
+    assert current["created"][retried]["status_code"] == 202
+    assert current["created"][refused]["status_code"] == 422
+    assert current["created"][refused]["interaction_id"] is None
+    assert current["errors"] == [
+        {
+            "type": INTERACTION_CREATED,
+            "external_id": refused,
+            "status_code": 422,
+            "error": "validation_error",
+            "detail": "queue: unknown",
+        }
+    ]
+
+
+async def test_delivery_is_accepted_then_completed() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony) as client:
+        response = await deliver(client, "chat-0001", agent_id="crm-007")
+        assert response.status_code == 202
+        assert response.json() == {"status": "accepted"}
+        current = await wait_until(client, lambda s: s["completed"] == ["chat-0001"])
+
+    assert current["accepted"] == ["chat-0001"]
+    assert current["deliveries"]["chat-0001"]["agent_id"] == "crm-007"
+    assert current["deliveries"]["chat-0001"]["interaction_id"] == "int-chat-0001"
+    assert current["deliveries"]["chat-0001"]["channel"] == "chat"
+    assert current["deliveries"]["chat-0001"]["delivered_at"]
+    assert current["peak_active"] == {"crm-007": {"chat": 1, "email": 0}}
+    assert current["active"] == {"crm-007": {"chat": 0, "email": 0}}
+    assert [(m["type"], m["data"]) for m in harmony.messages] == [
+        (INTERACTION_ACCEPTED, {"external_id": "chat-0001", "agent_id": "crm-007"}),
+        (INTERACTION_COMPLETED, {"external_id": "chat-0001"}),
+    ]
+    assert harmony.bad_signatures == 0
+
+
+async def test_peak_active_counts_concurrent_work_per_channel() -> None:
+    harmony = FakeHarmony()
+    gate = asyncio.Event()
+
+    async def hold_accepts(message: dict[str, Any]) -> httpx.Response | None:
+        # Keeps every agent busy until the test has looked at the active counts.
+        if message["type"] == INTERACTION_ACCEPTED:
+            await gate.wait()
+        return None
+
+    harmony.policy = hold_accepts
+    async with running_crm(harmony) as client:
+        await deliver(client, "chat-1", agent_id="crm-001")
+        await deliver(client, "chat-2", agent_id="crm-001")
+        await deliver(client, "email-1", agent_id="crm-001", channel="email")
+        await deliver(client, "chat-3", agent_id="crm-002")
+        busy = await wait_until(client, lambda s: len(harmony.data(INTERACTION_ACCEPTED)) == 4)
+        gate.set()
+        done = await wait_until(client, lambda s: len(s["completed"]) == 4)
+
+    assert busy["active"] == {
+        "crm-001": {"chat": 2, "email": 1},
+        "crm-002": {"chat": 1, "email": 0},
+    }
+    assert done["peak_active"] == busy["active"]
+    assert done["active"] == {
+        "crm-001": {"chat": 0, "email": 0},
+        "crm-002": {"chat": 0, "email": 0},
+    }
+    assert sorted(done["accepted"]) == ["chat-1", "chat-2", "chat-3", "email-1"]
+
+
+async def test_refused_accept_is_recorded_and_frees_the_agent() -> None:
+    harmony = FakeHarmony()
+
+    async def refuse_accept(message: dict[str, Any]) -> httpx.Response | None:
+        if message["type"] == INTERACTION_ACCEPTED:
+            body = {"error": "invalid_transition", "detail": "interaction is completed"}
+            return httpx.Response(409, json=body)
+        return None
+
+    harmony.policy = refuse_accept
+    async with running_crm(harmony) as client:
+        await deliver(client, "chat-x")
+        current = await wait_until(client, lambda s: s["errors"] != [])
+
+    assert current["errors"][0]["type"] == INTERACTION_ACCEPTED
+    assert current["errors"][0]["external_id"] == "chat-x"
+    assert current["errors"][0]["status_code"] == 409
+    assert current["errors"][0]["error"] == "invalid_transition"
+    assert current["accepted"] == []
+    assert current["active"]["crm-001"]["chat"] == 0
+    assert harmony.data(INTERACTION_COMPLETED) == []
+
+
+async def test_network_errors_are_retried_during_the_cycle() -> None:
+    harmony = FakeHarmony()
+    failures = 2
+
+    async def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise httpx.ConnectError("connection refused")
+        return await harmony.handle(request)
+
+    async with running_crm(flaky) as client:
+        await deliver(client, "email-9", channel="email")
+        current = await wait_until(client, lambda s: s["completed"] == ["email-9"])
+    assert current["accepted"] == ["email-9"]
+    assert current["errors"] == []
+
+
+async def test_bad_signature_duplicates_and_malformed_deliveries() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, accept_delay=0.05) as client:
+        forged = await deliver(client, "chat-f", secret=new_secret())
+        assert forged.status_code == 401
+        assert forged.json()["error"] == "invalid_signature"
+
+        first = await deliver(client, "chat-d", event_id="evt_dup")
+        again = await deliver(client, "chat-d", event_id="evt_dup")
+        assert first.status_code == again.status_code == 202
+        assert again.json() == {"status": "duplicate"}
+
+        wrong_type = await post_event(
+            client, "/events", Signer(SECRET), envelope(INTERACTION_CREATED, {})
+        )
+        assert wrong_type.status_code == 422
+        assert wrong_type.json()["error"] == "validation_error"
+
+        missing = await post_event(
+            client, "/events", Signer(SECRET), envelope(INTERACTION_DELIVER, {"external_id": "x"})
+        )
+        assert missing.status_code == 422
+        assert "data.agent_id" in missing.json()["detail"]
+
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        current = await wait_until(client, lambda s: s["completed"] == ["chat-d"])
+
+    assert list(current["deliveries"]) == ["chat-d"]
+    assert current["peak_active"]["crm-001"]["chat"] == 1
+    assert [d["external_id"] for d in harmony.data(INTERACTION_ACCEPTED)] == ["chat-d"]
+
+
+async def test_trickle_creates_mixed_interactions_until_shutdown() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, trickle_per_second=200) as client:
+        current = await wait_until(client, lambda s: len(s["created"]) >= 4)
+    channels = {record["channel"] for record in current["created"].values()}
+    assert channels == {"chat", "email"}
+    assert harmony.bad_signatures == 0
+    assert all(d["external_id"] in current["created"] for d in harmony.data(INTERACTION_CREATED))
