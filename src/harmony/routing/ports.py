@@ -65,7 +65,7 @@ class InteractionRepository(Protocol):
     async def get_by_request_id(
         self, request_id: str, *, for_update: bool = False
     ) -> Interaction | None:
-        """Load the interaction whose current or past routing request has this id."""
+        """Load the interaction whose routing request has this id."""
         ...
 
     async def save(self, interaction: Interaction) -> None:

@@ -107,6 +107,22 @@ def _work_ended(interaction: Interaction, agent: Agent, reason: str) -> Outbound
     )
 
 
+def _delivery(interaction: Interaction, agent: Agent) -> OutboundMessage:
+    return OutboundMessage(
+        target_kind=TargetKind.CRM,
+        target=interaction.crm_adapter,
+        type=INTERACTION_DELIVER,
+        interaction_id=interaction.id,
+        payload={
+            "interaction_id": interaction.id,
+            "external_id": interaction.external_id,
+            "channel": interaction.channel.value,
+            "queue": interaction.queue,
+            "agent_id": agent.crm_agent_id,
+        },
+    )
+
+
 async def receive_interaction(
     uow: UnitOfWork,
     clock: Clock,
@@ -243,16 +259,15 @@ async def _holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
     return agent
 
 
-async def _interaction_for_request(uow: UnitOfWork, request_id: str) -> Interaction:
+async def _interaction_for_request(
+    uow: UnitOfWork, acd_adapter: str, request_id: str
+) -> Interaction:
     interaction = await uow.interactions.get_by_request_id(request_id, for_update=True)
-    if interaction is None:
+    # A request placed with one ACD is unknown to any other: it cannot answer for it.
+    if interaction is None or interaction.acd_adapter != acd_adapter:
         raise NotFound(
-            f"data.request_id: no routing request '{request_id}'", code="unknown_interaction"
-        )
-    if interaction.request_id != request_id:
-        raise Conflict(
-            f"data.request_id: '{request_id}' was superseded by {interaction.request_id}",
-            code="stale_request",
+            f"data.request_id: no routing request '{request_id}' placed with acd:{acd_adapter}",
+            code="unknown_interaction",
         )
     return interaction
 
@@ -276,7 +291,7 @@ async def select_agent(
         duplicate = await _claim_or_duplicate(uow, source, event_id, "agent.selected", clock)
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_request(uow, request_id)
+        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
         agent = await uow.agents.get_by_acd_id(acd_agent_id)
         if agent is None:
             raise NotFound(f"data.agent_id: no agent '{acd_agent_id}'", code="unknown_agent")
@@ -310,22 +325,7 @@ async def select_agent(
                 "capacity": load.capacity,
             },
         )
-        await uow.outbox.add(
-            OutboundMessage(
-                target_kind=TargetKind.CRM,
-                target=interaction.crm_adapter,
-                type=INTERACTION_DELIVER,
-                interaction_id=interaction.id,
-                payload={
-                    "interaction_id": interaction.id,
-                    "external_id": interaction.external_id,
-                    "channel": interaction.channel.value,
-                    "queue": interaction.queue,
-                    "agent_id": agent.crm_agent_id,
-                },
-            ),
-            now,
-        )
+        await uow.outbox.add(_delivery(interaction, agent), now)
         await uow.interactions.save(interaction)
         await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
@@ -347,7 +347,7 @@ async def queue_request(
         duplicate = await _claim_or_duplicate(uow, source, event_id, "request.queued", clock)
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_request(uow, request_id)
+        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
         detail = {"position": position} if position is not None else {}
         cause = f"request.queued {event_id} from {source}"
         if interaction.state == S.QUEUED:
