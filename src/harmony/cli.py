@@ -19,6 +19,7 @@ from harmony.logging import configure_logging
 from harmony.seed import Seed, load_seed
 
 DEFAULT_SEED = Path("examples/seed.json")
+UP_DATABASE = Path("var/harmony-up.db")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -141,7 +142,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from harmony.devstack import StackPorts, running_stack
 
     seed_path = Path(args.seed or DEFAULT_SEED)
-    settings = _settings(seed_file=seed_path)
+    overrides: dict[str, object] = {"seed_file": seed_path}
+    if "HARMONY_DATABASE_URL" not in os.environ:
+        # The simulators keep their state in memory, so the stack starts from a clean database:
+        # work left "offered" by an earlier run would hold capacity nobody remembers.
+        for leftover in UP_DATABASE.parent.glob(UP_DATABASE.name + "*"):
+            leftover.unlink()
+        overrides["database_url"] = f"sqlite+aiosqlite:///{UP_DATABASE}"
+    settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     ports = StackPorts(args.port, args.acd_port, args.crm_port)
 
@@ -161,8 +169,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"  {stack.harmony_url}/v1/queues         what waits, and for how long\n"
                 f"  {stack.harmony_url}/v1/agents         who holds what\n"
                 f"  {stack.harmony_url}/v1/interactions   every interaction, ?state=completed\n"
-                f"  {stack.acd_url}/state                 the ACD simulator's view\n"
-                f"  {stack.crm_url}/state                 the CRM simulator's view\n"
+                f"  {stack.acd_url}/state             the ACD simulator's view\n"
+                f"  {stack.crm_url}/state             the CRM simulator's view\n"
                 "Ctrl-C stops everything.\n",
                 flush=True,
             )
