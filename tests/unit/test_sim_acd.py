@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,43 +15,33 @@ from harmony.protocol import (
     ROUTING_REQUESTED,
     WORK_ENDED,
     envelope,
-    post_event,
 )
 from harmony.seed import Seed, SeedAgent
-from harmony.signing import SignatureError, Signer, new_secret
+from harmony.signing import Signer, new_secret
 from harmony.simulators.acd import AcdSimConfig, create_app
-
-SECRET = new_secret()
-HARMONY = "http://harmony.test"
+from tests.unit.sim_support import (
+    HARMONY,
+    SECRET,
+    RecordingHarmony,
+    send,
+    serving,
+    state,
+    wait_until,
+)
 
 # Decides Harmony's answer to one callback; None means the default 202.
 Policy = Callable[[dict[str, Any]], httpx.Response | None]
 
 
-class FakeHarmony:
+class FakeHarmony(RecordingHarmony):
     """Harmony's ACD endpoint: checks each callback's signature and records it."""
 
     def __init__(self) -> None:
-        self.signer = Signer(SECRET)
-        self.messages: list[dict[str, Any]] = []
-        self.bad_signatures = 0
+        super().__init__("/v1/acd/generic/events")
         self.policy: Policy = lambda message: None
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        try:
-            self.signer.verify(request.content, dict(request.headers))
-        except SignatureError as exc:
-            self.bad_signatures += 1
-            return httpx.Response(401, json={"error": "invalid_signature", "detail": str(exc)})
-        assert request.url.path == "/v1/acd/generic/events"
-        message = json.loads(request.content)
-        assert message["id"] == request.headers["webhook-id"]
-        self.messages.append(message)
-        return self.policy(message) or httpx.Response(202, json={"status": "accepted"})
-
-    def data(self, event_type: str) -> list[dict[str, Any]]:
-        """The ``data`` of every message of ``event_type``, in arrival order."""
-        return [m["data"] for m in self.messages if m["type"] == event_type]
+    async def answer(self, message: dict[str, Any]) -> httpx.Response:
+        return self.policy(message) or await super().answer(message)
 
     def selected(self) -> dict[str, str]:
         """request_id -> agent_id over every agent.selected received."""
@@ -82,24 +71,8 @@ async def running_acd(
         **options,
     )
     app = create_app(config, transport=httpx.MockTransport(harmony.handle))
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://acd.test") as client,
-    ):
+    async with serving(app, "http://acd.test") as client:
         yield client
-
-
-async def send(
-    client: httpx.AsyncClient,
-    event_type: str,
-    data: dict[str, Any],
-    secret: str = SECRET,
-    event_id: str | None = None,
-) -> httpx.Response:
-    return await post_event(
-        client, "/events", Signer(secret), envelope(event_type, data, event_id=event_id)
-    )
 
 
 def routing(
@@ -130,25 +103,6 @@ def ended(request_id: str, agent_id: str, channel: str = "chat") -> dict[str, An
         "channel": channel,
         "reason": "completed",
     }
-
-
-async def state(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/state")
-    assert response.status_code == 200
-    current: dict[str, Any] = response.json()
-    return current
-
-
-async def wait_until(
-    client: httpx.AsyncClient, predicate: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Poll /state until ``predicate`` holds; fail after a bounded number of tries."""
-    for _ in range(500):
-        current = await state(client)
-        if predicate(current):
-            return current
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition never held; last state: {current}")
 
 
 async def assigned(client: httpx.AsyncClient, request_id: str) -> str:
@@ -334,10 +288,7 @@ async def test_network_errors_and_5xx_are_retried_with_the_same_id() -> None:
         retry_base_delay=0.01,
     )
     app = create_app(config, transport=httpx.MockTransport(flaky))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://acd") as client,
-    ):
+    async with serving(app, "http://acd") as client:
         await send(client, ROUTING_REQUESTED, routing("r1"))
         assert await assigned(client, "r1") == "a1"
         current = await state(client)
@@ -360,10 +311,7 @@ async def test_unreachable_harmony_gives_up_and_frees_slot() -> None:
         retry_base_delay=0.001,
     )
     app = create_app(config, transport=httpx.MockTransport(down))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://acd") as client,
-    ):
+    async with serving(app, "http://acd") as client:
         await send(client, ROUTING_REQUESTED, routing("r1"))
         current = await wait_until(client, lambda s: "r1" in s["rejected"])
     assert current["rejected"]["r1"]["status_code"] is None
@@ -478,10 +426,7 @@ async def test_work_ended_that_overtakes_the_selection_answer_frees_once() -> No
 
     config = AcdSimConfig(harmony_url=HARMONY, secret=SECRET, seed=Seed(agents=[agent("a1", [])]))
     app = create_app(config, transport=httpx.MockTransport(handle))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://acd") as client,
-    ):
+    async with serving(app, "http://acd") as client:
         clients.append(client)
         await send(client, ROUTING_REQUESTED, routing("r1"))
         current = await wait_until(client, lambda s: "r1" in s["assignments"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,15 +15,20 @@ from harmony.protocol import (
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     INTERACTION_DELIVER,
-    envelope,
-    post_event,
 )
 from harmony.seed import Seed, SeedQueue
-from harmony.signing import SignatureError, Signer, new_secret
+from harmony.signing import new_secret
 from harmony.simulators.crm import CrmSimConfig, create_app
+from tests.unit.sim_support import (
+    HARMONY,
+    SECRET,
+    RecordingHarmony,
+    send,
+    serving,
+    state,
+    wait_until,
+)
 
-SECRET = new_secret()
-HARMONY = "http://harmony.test"
 SEED = Seed(
     queues=[
         SeedQueue(name="support-chat", channel="chat"),
@@ -41,26 +45,15 @@ async def no_policy(message: dict[str, Any]) -> httpx.Response | None:
     return None
 
 
-class FakeHarmony:
+class FakeHarmony(RecordingHarmony):
     """Harmony's CRM endpoint: checks each event's signature and records it."""
 
     def __init__(self) -> None:
-        self.signer = Signer(SECRET)
-        self.messages: list[dict[str, Any]] = []
-        self.bad_signatures = 0
+        super().__init__("/v1/crm/generic/events")
         self.policy: Policy = no_policy
         self._ids = itertools.count(1)
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        try:
-            self.signer.verify(request.content, dict(request.headers))
-        except SignatureError as exc:
-            self.bad_signatures += 1
-            return httpx.Response(401, json={"error": "invalid_signature", "detail": str(exc)})
-        assert request.url.path == "/v1/crm/generic/events"
-        message = json.loads(request.content)
-        assert message["id"] == request.headers["webhook-id"]
-        self.messages.append(message)
+    async def answer(self, message: dict[str, Any]) -> httpx.Response:
         answer = await self.policy(message)
         if answer is not None:
             return answer
@@ -68,10 +61,6 @@ class FakeHarmony:
         if message["type"] == INTERACTION_CREATED:
             body["interaction_id"] = f"int-{next(self._ids)}"
         return httpx.Response(202, json=body)
-
-    def data(self, event_type: str) -> list[dict[str, Any]]:
-        """The ``data`` of every message of ``event_type``, in arrival order."""
-        return [m["data"] for m in self.messages if m["type"] == event_type]
 
 
 @asynccontextmanager
@@ -89,10 +78,7 @@ async def running_crm(
     config = CrmSimConfig(harmony_url=HARMONY, secret=SECRET, seed=SEED, **settings)
     handler = harmony.handle if isinstance(harmony, FakeHarmony) else harmony
     app = create_app(config, transport=httpx.MockTransport(handler))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://crm") as client,
-    ):
+    async with serving(app, "http://crm") as client:
         yield client
 
 
@@ -111,27 +97,7 @@ async def deliver(
         "queue": f"support-{channel}",
         "agent_id": agent_id,
     }
-    message = envelope(INTERACTION_DELIVER, data, event_id=event_id)
-    return await post_event(client, "/events", Signer(secret), message)
-
-
-async def state(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/state")
-    assert response.status_code == 200
-    current: dict[str, Any] = response.json()
-    return current
-
-
-async def wait_until(
-    client: httpx.AsyncClient, predicate: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Poll /state until ``predicate`` holds; fail after a bounded number of tries."""
-    for _ in range(500):
-        current = await state(client)
-        if predicate(current):
-            return current
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition never held; last state: {current}")
+    return await send(client, INTERACTION_DELIVER, data, secret=secret, event_id=event_id)
 
 
 async def test_simulate_posts_signed_created_events() -> None:
@@ -349,15 +315,11 @@ async def test_bad_signature_duplicates_and_malformed_deliveries() -> None:
         assert first.status_code == again.status_code == 202
         assert again.json() == {"status": "duplicate"}
 
-        wrong_type = await post_event(
-            client, "/events", Signer(SECRET), envelope(INTERACTION_CREATED, {})
-        )
+        wrong_type = await send(client, INTERACTION_CREATED, {})
         assert wrong_type.status_code == 422
         assert wrong_type.json()["error"] == "validation_error"
 
-        missing = await post_event(
-            client, "/events", Signer(SECRET), envelope(INTERACTION_DELIVER, {"external_id": "x"})
-        )
+        missing = await send(client, INTERACTION_DELIVER, {"external_id": "x"})
         assert missing.status_code == 422
         assert "data.agent_id" in missing.json()["detail"]
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,19 +34,22 @@ from harmony.protocol import (
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     INTERACTION_DELIVER,
-    MAX_BODY_BYTES,
     Envelope,
-    envelope,
-    post_event,
 )
 from harmony.seed import Seed
-from harmony.signing import SignatureError, Signer
+from harmony.simulators._common import (
+    Answer,
+    EventError,
+    SimulatorBase,
+    describe_validation_error,
+    parse_json,
+    read_event,
+    simulator_app,
+)
 
 log = structlog.get_logger()
 
 CHANNELS = ("chat", "email")
-# Status codes worth retrying unchanged besides 5xx: the protocol treats them as transient too.
-TRANSIENT_4XX = frozenset({408, 425, 429})
 
 
 @dataclass
@@ -101,118 +102,13 @@ class SimulateRequest(BaseModel):
     queue: str | None = Field(default=None, min_length=1)
 
 
-class EventError(Exception):
-    """An inbound message is refused; carries the protocol's status and error code."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-    def response(self) -> JSONResponse:
-        """Render as the protocol's ``{"error", "detail"}`` body."""
-        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
-
-
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """Summarise pydantic errors naming each offending field, as the protocol asks."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        parts.append(f"{loc or 'body'}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def parse_json(body: bytes) -> Any:
-    """Decode a UTF-8 JSON body or raise the protocol's 400."""
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(400, "malformed_json", f"body is not UTF-8 JSON: {exc}") from exc
-
-
-async def read_event(request: Request, signer: Signer) -> tuple[Envelope, InteractionDeliver]:
-    """Verify, parse and validate one inbound envelope; raise ``EventError`` if it is refused.
-
-    The signature is checked over the raw bytes before anything is parsed, so an unsigned body
-    never reaches the JSON parser.
-    """
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise EventError(
-            413, "body_too_large", f"body is {len(body)} bytes, limit {MAX_BODY_BYTES}"
-        )
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise EventError(415, "unsupported_media_type", "content-type must be application/json")
-    try:
-        signer.verify(body, dict(request.headers))
-    except SignatureError as exc:
-        raise EventError(401, "invalid_signature", str(exc)) from exc
-    raw = parse_json(body)
-    try:
-        message = Envelope.model_validate(raw)
-    except ValidationError as exc:
-        raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
-    if message.id != request.headers.get("webhook-id"):
-        raise EventError(422, "validation_error", "id: must equal the webhook-id header")
-    if message.type != INTERACTION_DELIVER:
-        raise EventError(
-            422, "validation_error", f"type: unknown event type {message.type!r} for a CRM"
-        )
-    try:
-        data = InteractionDeliver.model_validate(message.data)
-    except ValidationError as exc:
-        raise EventError(422, "validation_error", describe_validation_error(exc, "data")) from exc
-    return message, data
-
-
-# --- outbound events ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Harmony's final answer to one event; ``status`` is None when it was never reached."""
-
-    status: int | None
-    error: str | None = None
-    detail: str | None = None
-    body: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True for any 2xx."""
-        return self.status is not None and 200 <= self.status < 300
-
-
-def answer_from(response: httpx.Response) -> Answer:
-    """Read status and the protocol's error fields from a response, tolerating any body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    error = body.get("error")
-    detail = body.get("detail")
-    return Answer(
-        status=response.status_code,
-        error=error if isinstance(error, str) else None,
-        detail=detail if isinstance(detail, str) else None,
-        body=body,
-    )
-
-
-def is_transient(answer: Answer) -> bool:
-    """Whether the same message should be sent again: no answer, 5xx or a transient 4xx."""
-    return answer.status is None or answer.status >= 500 or answer.status in TRANSIENT_4XX
+INBOUND_MODELS: dict[str, type[BaseModel]] = {INTERACTION_DELIVER: InteractionDeliver}
 
 
 # --- simulator ------------------------------------------------------------------------------
 
 
-class CrmSimulator:
+class CrmSimulator(SimulatorBase[CrmSimConfig]):
     """The CRM's in-memory state and behaviour, independent of the HTTP layer.
 
     Every state change happens between two awaits, so asyncio's single thread already makes
@@ -220,11 +116,14 @@ class CrmSimulator:
     """
 
     def __init__(self, config: CrmSimConfig) -> None:
-        self.config = config
-        self.signer = Signer(config.secret)
         self.events_url = f"{config.harmony_url.rstrip('/')}/v1/crm/{config.adapter}/events"
-        self._client: httpx.AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(
+            config,
+            name="CRM",
+            log_prefix="crm_sim",
+            post_url=self.events_url,
+            retry_event="event_retry",
+        )
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         self._random = random.Random()
         self._queues = {q.name: q for q in config.seed.queues}
@@ -253,62 +152,11 @@ class CrmSimulator:
 
     async def start(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         """Open the outbound HTTP client and start the trickle, if configured."""
-        self._client = httpx.AsyncClient(transport=transport, timeout=self.config.request_timeout)
+        await super().start(transport)
         if self.config.trickle_per_second > 0:
             self._spawn(self._trickle(self.config.trickle_per_second))
 
-    async def stop(self) -> None:
-        """Cancel background work (trickle, agent cycles) and close the client."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``coro`` in the background, keeping a reference so it is not garbage collected."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("crm_sim.task_failed", exc_info=task.exception())
-
-    # -- outbound
-
-    async def _post(self, event_type: str, data: dict[str, Any]) -> Answer:
-        """Send one event, retrying network errors and 5xx with the same envelope id."""
-        if self._client is None:
-            raise RuntimeError("the CRM simulator is not started")
-        # One id for every attempt so Harmony de-duplicates a retry of a message it did store.
-        message = envelope(event_type, data)
-        delay = self.config.retry_base_delay
-        answer = Answer(status=None, error="unreachable")
-        for attempt in range(1, self.config.retry_attempts + 1):
-            try:
-                response = await post_event(self._client, self.events_url, self.signer, message)
-            except httpx.HTTPError as exc:
-                answer = Answer(status=None, error="unreachable", detail=str(exc) or repr(exc))
-            else:
-                answer = answer_from(response)
-                if not is_transient(answer):
-                    return answer
-            if attempt < self.config.retry_attempts:
-                log.warning(
-                    "crm_sim.event_retry",
-                    type=event_type,
-                    attempt=attempt,
-                    status=answer.status,
-                    detail=answer.detail,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_delay)
-        return answer
+    # -- outbound (SimulatorBase._post sends and retries each event)
 
     def _record_error(self, event_type: str, external_id: str, answer: Answer) -> None:
         self._errors.append(
@@ -518,26 +366,18 @@ class CrmSimulator:
 def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the CRM simulator app; ``transport`` replaces the network for outbound events."""
     sim = CrmSimulator(config)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await sim.start(transport)
-        try:
-            yield
-        finally:
-            await sim.stop()
-
-    app = FastAPI(title="Harmony CRM simulator", lifespan=lifespan)
-    app.state.sim = sim
+    app = simulator_app("Harmony CRM simulator", sim, transport)
 
     @app.post("/events")
     async def events(request: Request) -> JSONResponse:
         """Receive one signed ``interaction.deliver`` from Harmony."""
         try:
-            message, data = await read_event(request, sim.signer)
+            message, data = await read_event(request, sim.signer, INBOUND_MODELS, "a CRM")
         except EventError as exc:
             log.warning("crm_sim.event_refused", status=exc.status, error=exc.error)
             return exc.response()
+        # INBOUND_MODELS admits interaction.deliver alone, so this only narrows the type.
+        assert isinstance(data, InteractionDeliver)
         return JSONResponse(sim.handle_delivery(message, data), status_code=202)
 
     @app.post("/simulate/interactions")
@@ -557,10 +397,5 @@ def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None 
     async def state() -> JSONResponse:
         """The simulator's whole in-memory state."""
         return JSONResponse(sim.snapshot())
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Liveness probe."""
-        return {"status": "ok"}
 
     return app

@@ -1,0 +1,274 @@
+"""What the ACD and CRM simulators share: reading Harmony's signed events and posting their own.
+
+Both simulators speak the same generic protocol (docs/protocol.md) from the other side of the
+wire, so refusing a bad inbound message and retrying an outbound one must behave identically in
+both; keeping that code here means a fix to one cannot miss the other. Only what really differs
+(the inbound event types, names in logs and error texts) is passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import httpx
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from harmony.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
+from harmony.signing import SignatureError, Signer
+
+log = structlog.get_logger()
+
+# Status codes worth retrying unchanged besides 5xx: the protocol treats them as transient too.
+TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+# --- inbound events -------------------------------------------------------------------------
+
+
+class EventError(Exception):
+    """An inbound message is refused; carries the protocol's status and error code."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> JSONResponse:
+        """Render as the protocol's ``{"error", "detail"}`` body."""
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """Summarise pydantic errors naming each offending field, as the protocol asks."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        parts.append(f"{loc or 'body'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a UTF-8 JSON body or raise the protocol's 400."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(400, "malformed_json", f"body is not UTF-8 JSON: {exc}") from exc
+
+
+async def read_event(
+    request: Request,
+    signer: Signer,
+    models: Mapping[str, type[BaseModel]],
+    peer: str,
+) -> tuple[Envelope, BaseModel]:
+    """Verify, parse and validate one inbound envelope; raise ``EventError`` if it is refused.
+
+    ``models`` maps each event type the simulator accepts to the model of its ``data``; any
+    other type is refused with a 422 naming ``peer`` (the receiver with its article, such as
+    ``"an ACD"``). The signature is checked over the raw bytes before anything is parsed, so an
+    unsigned body never reaches the JSON parser.
+    """
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise EventError(
+            413, "body_too_large", f"body is {len(body)} bytes, limit {MAX_BODY_BYTES}"
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise EventError(415, "unsupported_media_type", "content-type must be application/json")
+    try:
+        signer.verify(body, dict(request.headers))
+    except SignatureError as exc:
+        raise EventError(401, "invalid_signature", str(exc)) from exc
+    raw = parse_json(body)
+    try:
+        message = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+    if message.id != request.headers.get("webhook-id"):
+        raise EventError(422, "validation_error", "id: must equal the webhook-id header")
+    model = models.get(message.type)
+    if model is None:
+        raise EventError(
+            422, "validation_error", f"type: unknown event type {message.type!r} for {peer}"
+        )
+    try:
+        data = model.model_validate(message.data)
+    except ValidationError as exc:
+        raise EventError(422, "validation_error", describe_validation_error(exc, "data")) from exc
+    return message, data
+
+
+# --- outbound events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Harmony's final answer to one event we sent; ``status`` is None if it was never reached."""
+
+    status: int | None
+    error: str | None = None
+    detail: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True for any 2xx."""
+        return self.status is not None and 200 <= self.status < 300
+
+
+def answer_from(response: httpx.Response) -> Answer:
+    """Read status and the protocol's error fields from a response, tolerating any body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    error = body.get("error")
+    detail = body.get("detail")
+    return Answer(
+        status=response.status_code,
+        error=error if isinstance(error, str) else None,
+        detail=detail if isinstance(detail, str) else None,
+        body=body,
+    )
+
+
+def is_transient(answer: Answer) -> bool:
+    """Whether the same message should be sent again: no answer, 5xx or a transient 4xx."""
+    return answer.status is None or answer.status >= 500 or answer.status in TRANSIENT_4XX
+
+
+class SimSettings(Protocol):
+    """The part of a simulator's config the shared outbound machinery reads."""
+
+    secret: str
+    retry_attempts: int
+    retry_base_delay: float
+    retry_max_delay: float
+    request_timeout: float
+
+
+ConfigT = TypeVar("ConfigT", bound=SimSettings)
+
+
+class SimulatorBase(Generic[ConfigT]):
+    """Outbound HTTP client, retried signed posts and background tasks of one simulator.
+
+    ``name`` ("ACD", "CRM") appears in errors and ``log_prefix`` ("acd_sim") starts every log
+    event, so each simulator still reports under the names it always used. Events go to
+    ``post_url``; ``retry_event`` names the log event written before each retry.
+    """
+
+    def __init__(
+        self, config: ConfigT, *, name: str, log_prefix: str, post_url: str, retry_event: str
+    ) -> None:
+        self.config = config
+        self.signer = Signer(config.secret)
+        self._name = name
+        self._log_prefix = log_prefix
+        self._post_url = post_url
+        self._retry_event = retry_event
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle
+
+    async def start(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """Open the outbound HTTP client; ``transport`` replaces the network in tests."""
+        self._client = httpx.AsyncClient(transport=transport, timeout=self.config.request_timeout)
+
+    async def stop(self) -> None:
+        """Cancel background work and close the client; posts in flight are abandoned."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in the background, keeping a reference so it is not garbage collected."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # Nobody awaits these tasks, so an exception would otherwise vanish without a trace.
+        if not task.cancelled() and task.exception() is not None:
+            log.error(f"{self._log_prefix}.task_failed", exc_info=task.exception())
+
+    # -- outbound
+
+    async def _post(self, event_type: str, data: dict[str, Any]) -> Answer:
+        """Send one event, retrying network errors and 5xx with the same envelope id."""
+        if self._client is None:
+            raise RuntimeError(f"the {self._name} simulator is not started")
+        # One id for every attempt so Harmony de-duplicates a retry of a message it did store.
+        message = envelope(event_type, data)
+        delay = self.config.retry_base_delay
+        answer = Answer(status=None, error="unreachable")
+        for attempt in range(1, self.config.retry_attempts + 1):
+            try:
+                response = await post_event(self._client, self._post_url, self.signer, message)
+            except httpx.HTTPError as exc:
+                answer = Answer(status=None, error="unreachable", detail=str(exc) or repr(exc))
+            else:
+                answer = answer_from(response)
+                if not is_transient(answer):
+                    return answer
+            if attempt < self.config.retry_attempts:
+                log.warning(
+                    f"{self._log_prefix}.{self._retry_event}",
+                    type=event_type,
+                    attempt=attempt,
+                    status=answer.status,
+                    detail=answer.detail,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_delay)
+        return answer
+
+
+# --- HTTP app -------------------------------------------------------------------------------
+
+
+def simulator_app(
+    title: str, sim: SimulatorBase[Any], transport: httpx.AsyncBaseTransport | None
+) -> FastAPI:
+    """A FastAPI app that starts and stops ``sim`` with its lifespan and answers ``/healthz``.
+
+    ``sim`` is also put on ``app.state.sim`` so tests and tools can reach it; the caller adds
+    the simulator's own routes.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await sim.start(transport)
+        try:
+            yield
+        finally:
+            await sim.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.sim = sim
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness probe."""
+        return {"status": "ok"}
+
+    return app
