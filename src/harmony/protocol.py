@@ -17,6 +17,24 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from harmony.routing.messages import INTERACTION_DELIVER, ROUTING_REQUESTED, WORK_ENDED
 from harmony.signing import Signer
 
+__all__ = [
+    "AGENT_SELECTED",
+    "INTERACTION_ACCEPTED",
+    "INTERACTION_COMPLETED",
+    "INTERACTION_CREATED",
+    "INTERACTION_DELIVER",
+    "MAX_BODY_BYTES",
+    "OUTBOUND_TYPES",
+    "REQUEST_QUEUED",
+    "ROUTING_REQUESTED",
+    "WORK_ENDED",
+    "Envelope",
+    "encode",
+    "envelope",
+    "new_event_id",
+    "post_event",
+]
+
 MAX_BODY_BYTES = 256 * 1024
 OUTBOUND_TYPES = (ROUTING_REQUESTED, WORK_ENDED, INTERACTION_DELIVER)
 

@@ -170,11 +170,21 @@ class Outbox(Protocol):
 class UnitOfWork(Protocol):
     """One transaction. ``async with uow:`` begins it; leaving without commit rolls back."""
 
-    interactions: InteractionRepository
-    agents: AgentRepository
-    queues: QueueRepository
-    inbox: Inbox
-    outbox: Outbox
+    # Read-only, so an implementation may narrow each to its own concrete repository type.
+    @property
+    def interactions(self) -> InteractionRepository: ...
+
+    @property
+    def agents(self) -> AgentRepository: ...
+
+    @property
+    def queues(self) -> QueueRepository: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
 
     async def __aenter__(self) -> Self: ...
 
