@@ -18,7 +18,9 @@ from harmony.config import DEV_SECRET, Settings
 from harmony.logging import configure_logging
 from harmony.seed import Seed, load_seed
 
-DEFAULT_SEED = Path("examples/seed.json")
+# The repository's example, wherever the command is run from; ./examples/seed.json otherwise.
+_REPO_SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.json"
+DEFAULT_SEED = _REPO_SEED if _REPO_SEED.exists() else Path("examples/seed.json")
 UP_DATABASE = Path("var/harmony-up.db")
 
 

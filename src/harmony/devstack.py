@@ -88,7 +88,8 @@ async def running_stack(
     acd_url = f"http://127.0.0.1:{ports.acd}"
     crm_url = f"http://127.0.0.1:{ports.crm}"
     acd_secret = settings.acd_adapters[settings.routing_acd].secret
-    crm_secret = settings.crm_adapters["generic"].secret
+    crm_name = "generic" if "generic" in settings.crm_adapters else next(iter(settings.crm_adapters))
+    crm_secret = settings.crm_adapters[crm_name].secret
     settings = settings.model_copy(
         update={
             "acd_adapters": {
@@ -97,7 +98,7 @@ async def running_stack(
             },
             "crm_adapters": {
                 **settings.crm_adapters,
-                "generic": AdapterSettings(url=crm_url, secret=crm_secret),  # type: ignore[arg-type]
+                crm_name: AdapterSettings(url=crm_url, secret=crm_secret),  # type: ignore[arg-type]
             },
         }
     )
@@ -126,6 +127,7 @@ async def running_stack(
                         harmony_url=harmony_url,
                         secret=crm_secret,
                         seed=seed,
+                        adapter=crm_name,
                         accept_delay=accept_delay,
                         complete_delay=complete_delay,
                         jitter=jitter,
