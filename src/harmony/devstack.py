@@ -88,7 +88,9 @@ async def running_stack(
     acd_url = f"http://127.0.0.1:{ports.acd}"
     crm_url = f"http://127.0.0.1:{ports.crm}"
     acd_secret = settings.acd_adapters[settings.routing_acd].secret
-    crm_name = "generic" if "generic" in settings.crm_adapters else next(iter(settings.crm_adapters))
+    crm_name = (
+        "generic" if "generic" in settings.crm_adapters else next(iter(settings.crm_adapters))
+    )
     crm_secret = settings.crm_adapters[crm_name].secret
     settings = settings.model_copy(
         update={
