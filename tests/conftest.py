@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from harmony.config import DEV_SECRET, AdapterSettings, Settings
 from harmony.main import create_app
 from harmony.protocol import encode, envelope
+from harmony.seed import load_seed
 from harmony.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +139,19 @@ def test_settings(database_url: str, **overrides: Any) -> Settings:
     )
 
 
+class ShiftedClock:
+    """Real UTC time plus an offset that tests move forward (wrap-up expiry, ordering)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
 @dataclass
 class Harness:
     """The app on a real database, its relay drained by hand, with recording ACD and CRM."""
@@ -145,6 +160,7 @@ class Harness:
     client: httpx.AsyncClient
     acd: RecordingPeer
     crm: RecordingPeer
+    clock: ShiftedClock
 
     @property
     def container(self) -> Any:
@@ -162,8 +178,11 @@ class Harness:
         event_id: str | None = None,
         adapter: str = "generic",
         secret: str = DEV_SECRET,
+        occurred_at: datetime | None = None,
     ) -> httpx.Response:
         message = envelope(event_type, data, event_id=event_id)
+        if occurred_at is not None:
+            message["occurred_at"] = occurred_at.isoformat()
         body = encode(message)
         headers = {
             "content-type": "application/json",
@@ -176,6 +195,14 @@ class Harness:
         data = {"external_id": external_id, "channel": channel, "queue": queue, **extra}
         return await self.post_event("crm", "interaction.created", data)
 
+    async def login_everyone(self) -> None:
+        """Every seeded agent logs in from the CRM media bar, ready on every channel."""
+        for agent in load_seed(SEED).agents:
+            response = await self.post_event(
+                "crm", "agent.logged_in", {"agent_id": agent.crm_agent_id, "state": "ready"}
+            )
+            assert response.status_code == 202, response.text
+
     def request_id_for(self, interaction_id: str) -> str:
         for message in self.acd.of_type("routing.requested"):
             if message["data"]["interaction_id"] == interaction_id:
@@ -187,9 +214,17 @@ class Harness:
 async def harness(database_url: str) -> AsyncIterator[Harness]:
     acd, crm = RecordingPeer(), RecordingPeer()
     transport = HostRouter({"acd.test": acd.app(), "crm.test": crm.app()})
-    app = create_app(test_settings(database_url), transport=transport, run_relay=False)
+    clock = ShiftedClock()
+    app = create_app(test_settings(database_url), clock=clock, transport=transport, run_relay=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://harmony") as c,
     ):
-        yield Harness(app, c, acd, crm)
+        harness = Harness(app, c, acd, crm, clock)
+        await harness.login_everyone()
+        await harness.drain()
+        acd.received.clear()
+        acd.headers.clear()
+        crm.received.clear()
+        crm.headers.clear()
+        yield harness

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 from harmony.signing import Signer
 
 # Only for a laptop: `harmony serve` warns loudly when a configured adapter still uses it.
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"generic": AdapterSettings(url=HttpUrl("http://127.0.0.1:8101"))}
     )
     routing_acd: str = "generic"
+    not_ready_reasons: tuple[str, ...] = DEFAULT_NOT_READY_REASONS
     relay_batch_size: int = Field(default=100, ge=1, le=1000)
     relay_concurrency: int = Field(default=32, ge=1, le=512)
     relay_poll_seconds: float = Field(default=0.5, gt=0, le=60)
@@ -64,6 +66,16 @@ class Settings(BaseSettings):
     def _supported_database(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+    @field_validator("not_ready_reasons")
+    @classmethod
+    def _reasons_are_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one not-ready reason is needed")
+        bad = [r for r in value if not r or len(r) > 64 or not r.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"reason codes are 1-64 letters, digits or _: {bad}")
         return value
 
     @model_validator(mode="after")

@@ -23,10 +23,11 @@ from harmony.config import Settings
 from harmony.db.engine import Database
 from harmony.protocol import MAX_BODY_BYTES
 from harmony.relay import Relay
-from harmony.routing import service
+from harmony.routing import agent_service, service
+from harmony.routing.agent_state import Profile
 from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import Clock
-from harmony.seed import Seed, load_seed
+from harmony.seed import Seed, SeedProfile, load_seed
 
 log = structlog.get_logger("harmony")
 
@@ -46,8 +47,10 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
     return registry
 
 
-async def apply_seed(db: Database, seed: Seed) -> None:
-    """Upsert the seed's queues and agents (loads are kept)."""
+async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
+    """Upsert the seed's profiles, queues and agents (states and loads are kept)."""
+    for profile in seed.profiles:
+        await agent_service.upsert_profile(db.uow(), clock, profile_from_seed(profile))
     for queue in seed.queues:
         await service.upsert_queue(
             db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
@@ -55,13 +58,25 @@ async def apply_seed(db: Database, seed: Seed) -> None:
     for agent in seed.agents:
         await service.upsert_agent(
             db.uow(),
+            clock,
             agent_id=agent.id,
             name=agent.name,
             crm_agent_id=agent.crm_agent_id,
             acd_agent_id=agent.acd_agent_id,
             skills=agent.skills,
+            profile=agent.profile,
             capacity={Channel(ch): n for ch, n in agent.capacity.items()},
         )
+
+
+def profile_from_seed(profile: SeedProfile) -> Profile:
+    """A seed file's profile as the routing core's; unknown channel names raise ValueError."""
+    return Profile(
+        name=profile.name,
+        capacity={Channel(c): n for c, n in profile.capacity.items()},
+        wrap_up_seconds={Channel(c): n for c, n in profile.wrap_up_seconds.items()},
+        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in profile.blocks.items()},
+    )
 
 
 def create_app(
@@ -82,7 +97,7 @@ def create_app(
         if settings.migrate_on_start:
             await db.migrate()
         if settings.seed_file is not None:
-            await apply_seed(db, load_seed(settings.seed_file))
+            await apply_seed(db, clock, load_seed(settings.seed_file))
         for name in settings.adapters_using_dev_secret():
             log.warning("development_secret_in_use", adapter=name)
         client = httpx.AsyncClient(

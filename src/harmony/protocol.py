@@ -14,11 +14,21 @@ from typing import Any
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from harmony.routing.messages import INTERACTION_DELIVER, ROUTING_REQUESTED, WORK_ENDED
+from harmony.routing.messages import (
+    AGENT_STATE,
+    INTERACTION_DELIVER,
+    ROUTING_REQUESTED,
+    WORK_ENDED,
+)
 from harmony.signing import Signer
 
 __all__ = [
+    "AGENT_LOGGED_IN",
+    "AGENT_LOGGED_OUT",
+    "AGENT_LOGIN_FAILED",
     "AGENT_SELECTED",
+    "AGENT_STATE",
+    "AGENT_STATE_CHANGED",
     "INTERACTION_ACCEPTED",
     "INTERACTION_COMPLETED",
     "INTERACTION_CREATED",
@@ -27,6 +37,8 @@ __all__ = [
     "OUTBOUND_TYPES",
     "REQUEST_QUEUED",
     "ROUTING_REQUESTED",
+    "VOICE_ENDED",
+    "VOICE_STARTED",
     "WORK_ENDED",
     "Envelope",
     "encode",
@@ -36,16 +48,24 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 256 * 1024
-OUTBOUND_TYPES = (ROUTING_REQUESTED, WORK_ENDED, INTERACTION_DELIVER)
+OUTBOUND_TYPES = (ROUTING_REQUESTED, WORK_ENDED, INTERACTION_DELIVER, AGENT_STATE)
 
 # CRM -> Harmony
 INTERACTION_CREATED = "interaction.created"
 INTERACTION_ACCEPTED = "interaction.accepted"
 INTERACTION_COMPLETED = "interaction.completed"
+# CRM (media bar) -> Harmony; the ACD may send the last two as well
+AGENT_LOGGED_IN = "agent.logged_in"
+AGENT_LOGGED_OUT = "agent.logged_out"
+AGENT_STATE_CHANGED = "agent.state_changed"
 # ACD -> Harmony
 AGENT_SELECTED = "agent.selected"
 REQUEST_QUEUED = "request.queued"
-# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED; Harmony -> CRM: INTERACTION_DELIVER
+AGENT_LOGIN_FAILED = "agent.login_failed"
+VOICE_STARTED = "voice.started"
+VOICE_ENDED = "voice.ended"
+# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE
+# Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE
 
 
 class Envelope(BaseModel):

@@ -1,7 +1,8 @@
 """The seed file: queues and agents to provision in Harmony and mirror in the ACD simulator.
 
-One JSON file describes a contact center; ``harmony serve --seed`` upserts it into Harmony and
-``harmony sim-acd --seed`` gives the simulated ACD the same agents, so both sides agree.
+One JSON file describes a contact center (channel profiles, queues, agents); ``harmony serve
+--seed`` upserts it into Harmony and ``harmony sim-acd --seed`` gives the simulated ACD the same
+agents, so both sides agree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 CHANNELS = ("voice", "chat", "email")
+# Harmony's built-in "default" profile (migration 0002), for agents whose seed names no other.
+DEFAULT_CAPACITY = {"voice": 1, "chat": 3, "email": 2}
 
 
 class SeedQueue(BaseModel):
@@ -22,6 +25,15 @@ class SeedQueue(BaseModel):
     skills: list[str] = Field(default_factory=list)
 
 
+class SeedProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    capacity: dict[str, int] = Field(default_factory=dict)
+    wrap_up_seconds: dict[str, int] = Field(default_factory=dict)
+    blocks: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class SeedAgent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,14 +42,26 @@ class SeedAgent(BaseModel):
     crm_agent_id: str = Field(min_length=1, max_length=200)
     acd_agent_id: str = Field(min_length=1, max_length=200)
     skills: list[str] = Field(default_factory=list)
+    profile: str = "default"
     capacity: dict[str, int] = Field(default_factory=dict)
 
 
 class Seed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    profiles: list[SeedProfile] = Field(default_factory=list)
     queues: list[SeedQueue] = Field(default_factory=list)
     agents: list[SeedAgent] = Field(default_factory=list)
+
+    def profile_of(self, agent: SeedAgent) -> SeedProfile | None:
+        """The agent's profile as the seed defines it (None for Harmony's built-in default)."""
+        return next((p for p in self.profiles if p.name == agent.profile), None)
+
+    def capacity_of(self, agent: SeedAgent) -> dict[str, int]:
+        """Effective capacity per channel: the agent's own where given, else its profile's."""
+        profile = self.profile_of(agent)
+        base = dict(profile.capacity) if profile else dict(DEFAULT_CAPACITY)
+        return {**base, **agent.capacity}
 
 
 def load_seed(path: str | Path) -> Seed:

@@ -6,6 +6,7 @@ and data (422); only then does a use case run. A refused event changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -15,26 +16,39 @@ from pydantic import BaseModel, ValidationError
 from harmony.api.deps import Container, container
 from harmony.api.plumbing import describe_pydantic_errors, parse_json
 from harmony.api.schemas import (
+    AgentEventAccepted,
+    AgentLoggedInData,
+    AgentLoggedOutData,
+    AgentLoginFailedData,
     AgentSelectedData,
+    AgentStateChangedData,
     ErrorBody,
     EventAccepted,
     InteractionAcceptedData,
     InteractionCompletedData,
     InteractionCreatedData,
     RequestQueuedData,
+    VoiceEndedData,
+    VoiceStartedData,
 )
 from harmony.errors import HarmonyError, Unauthorized, ValidationFailed
 from harmony.protocol import (
+    AGENT_LOGGED_IN,
+    AGENT_LOGGED_OUT,
+    AGENT_LOGIN_FAILED,
     AGENT_SELECTED,
+    AGENT_STATE_CHANGED,
     INTERACTION_ACCEPTED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     REQUEST_QUEUED,
+    VOICE_ENDED,
+    VOICE_STARTED,
     Envelope,
 )
-from harmony.routing import service
+from harmony.routing import agent_service, service
 from harmony.routing.messages import TargetKind
-from harmony.routing.model import Channel
+from harmony.routing.model import Channel, ChannelStatus
 from harmony.signing import SignatureError
 
 router = APIRouter(tags=["events"])
@@ -105,21 +119,79 @@ def _answer(outcome: service.Outcome) -> EventAccepted:
     )
 
 
-CRM_TYPES = [INTERACTION_CREATED, INTERACTION_ACCEPTED, INTERACTION_COMPLETED]
-ACD_TYPES = [AGENT_SELECTED, REQUEST_QUEUED]
+AGENT_STATE_TYPES = (AGENT_LOGGED_IN, AGENT_LOGGED_OUT, AGENT_STATE_CHANGED)
+CRM_TYPES = [INTERACTION_CREATED, INTERACTION_ACCEPTED, INTERACTION_COMPLETED, *AGENT_STATE_TYPES]
+ACD_TYPES = [
+    AGENT_SELECTED,
+    REQUEST_QUEUED,
+    AGENT_LOGGED_OUT,
+    AGENT_STATE_CHANGED,
+    AGENT_LOGIN_FAILED,
+    VOICE_STARTED,
+    VOICE_ENDED,
+]
+
+
+def _channels(names: Sequence[str] | None) -> tuple[Channel, ...] | None:
+    return tuple(Channel(n) for n in dict.fromkeys(names)) if names else None
+
+
+def _agent_answer(outcome: agent_service.AgentOutcome) -> AgentEventAccepted:
+    return AgentEventAccepted(
+        status=outcome.summary,  # type: ignore[arg-type]
+        agent_id=outcome.agent_id,
+        channels={c.value: o.value for c, o in outcome.outcomes.items()},
+    )
+
+
+async def _agent_state_event(
+    wired: Container, kind: TargetKind, adapter: str, event: Envelope
+) -> AgentEventAccepted:
+    """Login, logout and readiness changes, from the CRM's media bar or from the ACD."""
+    if event.type == AGENT_LOGGED_IN:
+        login = _data(event, AgentLoggedInData)
+        agent_ref, sequence, channels = login.agent_id, login.sequence, login.channels
+        status, reason, echo_of = ChannelStatus(login.state), login.reason, None
+    elif event.type == AGENT_LOGGED_OUT:
+        logout = _data(event, AgentLoggedOutData)
+        agent_ref, sequence, channels = logout.agent_id, logout.sequence, logout.channels
+        status, reason, echo_of = ChannelStatus.LOGGED_OUT, None, None
+    else:
+        changed = _data(event, AgentStateChangedData)
+        agent_ref, sequence, channels = changed.agent_id, changed.sequence, changed.channels
+        status, reason, echo_of = ChannelStatus(changed.state), changed.reason, changed.echo_of
+    outcome = await agent_service.report_state(
+        wired.db.uow(),
+        wired.clock,
+        reporter=agent_service.Reporter(kind, adapter),
+        event_id=event.id,
+        agent_ref=agent_ref,
+        report=agent_service.StateReport(
+            event=event.type,
+            status=status,
+            reason=reason,
+            channels=_channels(channels),
+            occurred_at=event.occurred_at,
+            sequence=sequence,
+            echo_of=echo_of,
+        ),
+        reasons=wired.settings.not_ready_reasons,
+        acd_adapter=wired.settings.routing_acd,
+    )
+    return _agent_answer(outcome)
 
 
 @router.post(
     "/v1/crm/{adapter}/events",
     status_code=202,
-    response_model=EventAccepted,
+    response_model=EventAccepted | AgentEventAccepted,
     responses=ERRORS,
     openapi_extra=_event_body(CRM_TYPES),
     summary="Receive a CRM event (interaction created / accepted / completed)",
 )
 async def crm_event(
     adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
-) -> EventAccepted:
+) -> EventAccepted | AgentEventAccepted:
     event = await _verified_envelope(request, TargetKind.CRM, adapter, wired)
     uow, clock = wired.db.uow(), wired.clock
     if event.type == INTERACTION_CREATED:
@@ -155,6 +227,8 @@ async def crm_event(
         outcome = await service.complete_interaction(
             uow, clock, crm_adapter=adapter, event_id=event.id, external_id=completed.external_id
         )
+    elif event.type in AGENT_STATE_TYPES:
+        return await _agent_state_event(wired, TargetKind.CRM, adapter, event)
     else:
         raise _unknown_type(event, CRM_TYPES)
     return _answer(outcome)
@@ -163,14 +237,14 @@ async def crm_event(
 @router.post(
     "/v1/acd/{adapter}/events",
     status_code=202,
-    response_model=EventAccepted,
+    response_model=EventAccepted | AgentEventAccepted,
     responses=ERRORS,
     openapi_extra=_event_body(ACD_TYPES),
     summary="Receive an ACD callback (agent selected / request queued)",
 )
 async def acd_event(
     adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
-) -> EventAccepted:
+) -> EventAccepted | AgentEventAccepted:
     event = await _verified_envelope(request, TargetKind.ACD, adapter, wired)
     uow, clock = wired.db.uow(), wired.clock
     if event.type == AGENT_SELECTED:
@@ -183,6 +257,46 @@ async def acd_event(
             request_id=selected.request_id,
             acd_agent_id=selected.agent_id,
         )
+    elif event.type in AGENT_STATE_TYPES and event.type != AGENT_LOGGED_IN:
+        return await _agent_state_event(wired, TargetKind.ACD, adapter, event)
+    elif event.type == AGENT_LOGIN_FAILED:
+        failed = _data(event, AgentLoginFailedData)
+        agent_outcome = await agent_service.login_failed(
+            uow,
+            clock,
+            acd_adapter=adapter,
+            event_id=event.id,
+            acd_agent_id=failed.agent_id,
+            channels=_channels(failed.channels),
+            reason=failed.reason,
+            occurred_at=event.occurred_at,
+        )
+        return _agent_answer(agent_outcome)
+    elif event.type == VOICE_STARTED:
+        started = _data(event, VoiceStartedData)
+        agent_outcome = await agent_service.voice_started(
+            uow,
+            clock,
+            acd_adapter=adapter,
+            event_id=event.id,
+            acd_agent_id=started.agent_id,
+            call_id=started.call_id,
+            occurred_at=event.occurred_at,
+        )
+        return _agent_answer(agent_outcome)
+    elif event.type == VOICE_ENDED:
+        ended = _data(event, VoiceEndedData)
+        agent_outcome = await agent_service.voice_ended(
+            uow,
+            clock,
+            acd_adapter=adapter,
+            event_id=event.id,
+            acd_agent_id=ended.agent_id,
+            call_id=ended.call_id,
+            occurred_at=event.occurred_at,
+            wrap_up_seconds=ended.wrap_up_seconds,
+        )
+        return _agent_answer(agent_outcome)
     elif event.type == REQUEST_QUEUED:
         queued = _data(event, RequestQueuedData)
         outcome = await service.queue_request(

@@ -8,23 +8,31 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from harmony.api.deps import Container, container
 from harmony.api.schemas import (
+    AgentHistoryPage,
     AgentIn,
     AgentOut,
+    AgentPage,
+    AgentStateEntryOut,
+    AgentStateIn,
+    AnyChannel,
     ErrorBody,
     Health,
     HistoryOut,
     InteractionDetail,
     InteractionOut,
     InteractionPage,
+    ProfileIn,
+    ProfileOut,
     QueueIn,
     QueueOut,
     Readiness,
     RoutableChannel,
 )
 from harmony.errors import HarmonyError, NotFound
-from harmony.routing import service
-from harmony.routing.model import Channel, InteractionState, Queue
-from harmony.routing.ports import InteractionFilter
+from harmony.routing import agent_service, service
+from harmony.routing.agent_state import Presence, Profile
+from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
+from harmony.routing.ports import AgentFilter, InteractionFilter
 
 router = APIRouter()
 Wired = Annotated[Container, Depends(container)]
@@ -73,22 +81,50 @@ async def get_interaction(
     )
 
 
-@router.get("/v1/agents", response_model=list[AgentOut], tags=["agents"])
-async def list_agents(wired: Wired) -> list[AgentOut]:
-    """Every agent with per-channel capacity and load."""
+@router.get("/v1/agents", response_model=AgentPage, tags=["agents"])
+async def list_agents(
+    wired: Wired,
+    presence: Annotated[Presence | None, Query()] = None,
+    channel: Annotated[AnyChannel | None, Query()] = None,
+    state: Annotated[
+        ChannelStatus | None, Query(description="channel state; with `channel`, on that channel")
+    ] = None,
+    skill: Annotated[list[str] | None, Query(description="repeat for several")] = None,
+    queue: Annotated[
+        str | None, Query(max_length=100, description="has the queue's skills")
+    ] = None,
+    profile: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> AgentPage:
+    """Agents by id, with each channel's state, load and capacity; filters combine with AND."""
+    now = wired.clock.now()
     async with wired.db.reader() as uow:
-        agents = await uow.agents.all()
-    return [AgentOut.of(a) for a in agents]
+        skills = list(skill or [])
+        if queue is not None:
+            found = await uow.queues.get(queue)
+            if found is None:
+                raise NotFound(f"queue: no queue '{queue}'", code="unknown_queue")
+            skills += found.skills
+        flt = AgentFilter(
+            presence=presence,
+            channel=Channel(channel) if channel else None,
+            status=state,
+            skills=tuple(sorted(set(skills))),
+            profile=profile,
+        )
+        page = await uow.agents.search(flt, now, limit, cursor)
+    return AgentPage(items=[AgentOut.of(a, now) for a in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/v1/agents/{agent_id}", response_model=AgentOut, responses=NOT_FOUND, tags=["agents"])
 async def get_agent(wired: Wired, agent_id: Annotated[str, Path(max_length=100)]) -> AgentOut:
-    """One agent's per-channel load and capacity."""
+    """One agent: each channel's state, reason, since when, load, capacity and wrap-up."""
     async with wired.db.reader() as uow:
         agent = await uow.agents.get(agent_id)
     if agent is None:
         raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
-    return AgentOut.of(agent)
+    return AgentOut.of(agent, wired.clock.now())
 
 
 @router.put("/v1/agents/{agent_id}", response_model=AgentOut, responses=PUT_ERRORS, tags=["agents"])
@@ -96,14 +132,88 @@ async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: Agen
     """Create or update an agent. Capacity may not drop below the load the agent holds now."""
     agent = await service.upsert_agent(
         wired.db.uow(),
+        wired.clock,
         agent_id=agent_id,
         name=body.name,
         crm_agent_id=body.crm_agent_id,
         acd_agent_id=body.acd_agent_id,
         skills=body.skills,
+        profile=body.profile,
+        crm_adapter=body.crm_adapter,
         capacity={Channel(ch): n for ch, n in body.capacity.items()},
     )
-    return AgentOut.of(agent)
+    return AgentOut.of(agent, wired.clock.now())
+
+
+@router.put(
+    "/v1/agents/{agent_id}/state",
+    response_model=AgentOut,
+    responses={**PUT_ERRORS, **NOT_FOUND},
+    tags=["agents"],
+)
+async def put_agent_state(
+    wired: Wired, agent_id: Annotated[str, Path(max_length=100)], body: AgentStateIn
+) -> AgentOut:
+    """Supervisor override of one channel. 409 names the rule when it is not allowed: only the
+    agent logs in; no logout while holding work; no ready without capacity."""
+    await agent_service.report_state(
+        wired.db.uow(),
+        wired.clock,
+        reporter=agent_service.Reporter.operator(),
+        event_id=None,
+        agent_ref=agent_id,
+        report=agent_service.StateReport(
+            event="operator.override",
+            status=ChannelStatus(body.state),
+            reason=body.reason,
+            channels=(Channel(body.channel),),
+        ),
+        reasons=wired.settings.not_ready_reasons,
+        acd_adapter=wired.settings.routing_acd,
+    )
+    return await get_agent(wired, agent_id)
+
+
+@router.get(
+    "/v1/agents/{agent_id}/history",
+    response_model=AgentHistoryPage,
+    responses=NOT_FOUND,
+    tags=["agents"],
+)
+async def agent_history(
+    wired: Wired,
+    agent_id: Annotated[str, Path(max_length=100)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> AgentHistoryPage:
+    """The agent's append-only state history, oldest first: every change with its source."""
+    async with wired.db.reader() as uow:
+        if await uow.agents.get(agent_id) is None:
+            raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
+        page = await uow.agents.history(agent_id, limit, cursor)
+    return AgentHistoryPage(
+        items=[AgentStateEntryOut.of(e) for e in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/v1/profiles", response_model=list[ProfileOut], tags=["agents"])
+async def list_profiles(wired: Wired) -> list[ProfileOut]:
+    """Channel profiles: capacities, wrap-up and cross-channel rules."""
+    async with wired.db.reader() as uow:
+        return [ProfileOut.of(p) for p in await uow.profiles.all()]
+
+
+@router.put("/v1/profiles/{name}", response_model=ProfileOut, responses=PUT_ERRORS, tags=["agents"])
+async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
+    """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
+    profile = Profile(
+        name=name,
+        capacity={Channel(c): n for c, n in body.capacity.items()},
+        wrap_up_seconds={Channel(c): n for c, n in body.wrap_up_seconds.items()},
+        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in body.blocks.items()},
+    )
+    await agent_service.upsert_profile(wired.db.uow(), wired.clock, profile)
+    return ProfileOut.of(profile)
 
 
 @router.get("/v1/queues", response_model=list[QueueOut], tags=["queues"])

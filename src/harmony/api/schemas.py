@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harmony.routing.model import Agent, HistoryEntry, Interaction
+from harmony.routing.agent_state import AgentStateEntry, Profile, presence
+from harmony.routing.model import DEFAULT_PROFILE, Agent, ChannelState, HistoryEntry, Interaction
 from harmony.routing.ports import QueueStats
 
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")]
@@ -97,37 +98,195 @@ class AgentIn(_In):
     name: str = Field(default="", max_length=200)
     crm_agent_id: str = Field(min_length=1, max_length=200)
     acd_agent_id: str = Field(min_length=1, max_length=200)
+    crm_adapter: Name = "generic"
     skills: list[Skill] = Field(default_factory=list, max_length=100)
-    capacity: dict[AnyChannel, int] = Field(default_factory=dict)
+    profile: Name = DEFAULT_PROFILE
+    capacity: dict[AnyChannel, int] = Field(
+        default_factory=dict, description="per-channel overrides of the profile's capacity"
+    )
 
 
 class ChannelOut(BaseModel):
+    state: str
+    reason: str | None
+    since: datetime | None
     capacity: int
     load: int
     free: int
+    wrap_up_until: datetime | None
+    in_wrap_up: bool
+
+    @classmethod
+    def of(cls, c: ChannelState, now: datetime) -> ChannelOut:
+        return cls(
+            state=c.status.value,
+            reason=c.reason,
+            since=c.since,
+            capacity=c.capacity,
+            load=c.load,
+            free=c.free,
+            wrap_up_until=c.wrap_up_until,
+            in_wrap_up=c.in_wrap_up(now),
+        )
 
 
 class AgentOut(BaseModel):
     id: str
     name: str
+    crm_adapter: str
     crm_agent_id: str
     acd_agent_id: str
     skills: list[str]
+    profile: str
+    presence: str
+    login_failures: int
     channels: dict[str, ChannelOut]
 
     @classmethod
-    def of(cls, agent: Agent) -> AgentOut:
+    def of(cls, agent: Agent, now: datetime) -> AgentOut:
         return cls(
             id=agent.id,
             name=agent.name,
+            crm_adapter=agent.crm_adapter,
             crm_agent_id=agent.crm_agent_id,
             acd_agent_id=agent.acd_agent_id,
             skills=agent.skills,
+            profile=agent.profile,
+            presence=presence(agent.channels.values(), now).value,
+            login_failures=agent.login_failures,
             channels={
-                channel.value: ChannelOut(capacity=c.capacity, load=c.load, free=c.free)
+                channel.value: ChannelOut.of(c, now)
                 for channel, c in sorted(agent.channels.items())
             },
         )
+
+
+class AgentPage(BaseModel):
+    items: list[AgentOut]
+    next_cursor: str | None
+
+
+class AgentStateIn(_In):
+    """A supervisor's override of one channel's state."""
+
+    model_config = ConfigDict(extra="forbid")
+    channel: AnyChannel
+    state: Literal["logged_out", "not_ready", "ready"]
+    reason: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class AgentStateEntryOut(BaseModel):
+    at: datetime
+    channel: str | None
+    source: str
+    source_at: datetime | None
+    sequence: int | None
+    event: str
+    outcome: str
+    state: str | None
+    reason: str | None
+    load: int | None
+    capacity: int | None
+    wrap_up_until: datetime | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: AgentStateEntry) -> AgentStateEntryOut:
+        return cls(
+            at=e.at,
+            channel=e.channel.value if e.channel else None,
+            source=e.source,
+            source_at=e.source_at,
+            sequence=e.sequence,
+            event=e.event,
+            outcome=e.outcome.value,
+            state=e.status.value if e.status else None,
+            reason=e.reason,
+            load=e.load,
+            capacity=e.capacity,
+            wrap_up_until=e.wrap_up_until,
+            detail=e.detail,
+        )
+
+
+class AgentHistoryPage(BaseModel):
+    items: list[AgentStateEntryOut]
+    next_cursor: str | None
+
+
+class ProfileIn(_In):
+    model_config = ConfigDict(extra="forbid")
+    capacity: dict[AnyChannel, Annotated[int, Field(ge=0, le=20)]]
+    wrap_up_seconds: dict[AnyChannel, Annotated[int, Field(ge=0, le=3600)]] = Field(
+        default_factory=dict
+    )
+    blocks: dict[AnyChannel, list[AnyChannel]] = Field(
+        default_factory=dict,
+        description="work on the key channel blocks offers on the listed channels",
+    )
+
+
+class ProfileOut(BaseModel):
+    name: str
+    capacity: dict[str, int]
+    wrap_up_seconds: dict[str, int]
+    blocks: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, p: Profile) -> ProfileOut:
+        return cls(
+            name=p.name,
+            capacity={c.value: n for c, n in sorted(p.capacity.items())},
+            wrap_up_seconds={c.value: n for c, n in sorted(p.wrap_up_seconds.items())},
+            blocks={c.value: sorted(b.value for b in bs) for c, bs in sorted(p.blocks.items())},
+        )
+
+
+# --- agent events (docs/protocol.md) ----------------------------------------------------------
+
+StateName = Literal["logged_out", "not_ready", "ready"]
+
+
+class _AgentEvent(_In):
+    agent_id: str = Field(min_length=1, max_length=200)
+    sequence: int | None = Field(default=None, ge=0)
+
+
+class AgentLoggedInData(_AgentEvent):
+    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    state: Literal["not_ready", "ready"] = "not_ready"
+    reason: str | None = Field(default=None, max_length=64)
+
+
+class AgentLoggedOutData(_AgentEvent):
+    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+
+
+class AgentStateChangedData(_AgentEvent):
+    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    state: StateName
+    reason: str | None = Field(default=None, max_length=64)
+    echo_of: str | None = Field(default=None, max_length=128)
+
+
+class AgentLoginFailedData(_AgentEvent):
+    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    reason: str = Field(default="refused", max_length=200)
+
+
+class VoiceStartedData(_AgentEvent):
+    call_id: str = Field(min_length=1, max_length=128)
+
+
+class VoiceEndedData(_AgentEvent):
+    call_id: str = Field(min_length=1, max_length=128)
+    wrap_up_seconds: int | None = Field(default=None, ge=0, le=3600)
+
+
+class AgentEventAccepted(BaseModel):
+    status: Literal["applied", "unchanged", "ignored_stale", "echo", "duplicate"]
+    agent_id: str
+    channels: dict[str, str]
 
 
 class HistoryOut(BaseModel):

@@ -73,16 +73,45 @@ queues = Table(
     CheckConstraint("channel IN ('chat', 'email')", name="channel"),
 )
 
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("capacity", JSON, nullable=False),
+    Column("wrap_up_seconds", JSON, nullable=False),
+    Column("blocks", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
 agents = Table(
     "agents",
     metadata,
     Column("id", String(100), primary_key=True),
     Column("name", String(200), nullable=False),
+    Column("crm_adapter", String(64), nullable=False, server_default="generic"),
     Column("crm_agent_id", String(200), nullable=False, unique=True),
     Column("acd_agent_id", String(200), nullable=False, unique=True),
-    Column("skills", JSON, nullable=False),
+    Column(
+        "profile",
+        String(100),
+        ForeignKey("profiles.name"),
+        nullable=False,
+        server_default="default",
+    ),
+    Column("login_failures", Integer, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_agents_profile", "profile"),
+)
+
+agent_skills = Table(
+    "agent_skills",
+    metadata,
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("skill", String(100), nullable=False),
+    PrimaryKeyConstraint("agent_id", "skill"),
+    Index("ix_agent_skills_skill_agent_id", "skill", "agent_id"),
 )
 
 agent_channels = Table(
@@ -92,8 +121,17 @@ agent_channels = Table(
     Column("channel", String(16), nullable=False),
     Column("capacity", Integer, nullable=False),
     Column("load", Integer, nullable=False),
+    # Set when the agent's own capacity overrides its profile's on this channel.
+    Column("capacity_override", Integer, nullable=True),
+    Column("status", String(16), nullable=False, server_default="logged_out"),
+    Column("reason", String(64), nullable=True),
+    Column("since", UtcDateTime, nullable=True),
+    Column("source_at", UtcDateTime, nullable=True),
+    Column("wrap_up_until", UtcDateTime, nullable=True),
     PrimaryKeyConstraint("agent_id", "channel"),
     CheckConstraint(f"channel IN {CHANNELS_SQL}", name="channel"),
+    CheckConstraint("status IN ('logged_out', 'not_ready', 'ready')", name="status"),
+    Index("ix_agent_channels_channel_status", "channel", "status"),
     CheckConstraint("capacity >= 0", name="capacity_not_negative"),
     CheckConstraint("load >= 0", name="load_not_negative"),
     CheckConstraint("load <= capacity", name="load_within_capacity"),
@@ -190,4 +228,64 @@ outbox = Table(
     CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
     CheckConstraint("target_kind IN ('acd', 'crm')", name="target_kind"),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+agent_state_history = Table(
+    "agent_state_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("channel", String(16), nullable=True),
+    Column("source", String(80), nullable=False),
+    Column("source_at", UtcDateTime, nullable=True),
+    Column("sequence", BigInteger, nullable=True),
+    Column("event", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status", String(16), nullable=True),
+    Column("reason", String(64), nullable=True),
+    Column("load", Integer, nullable=True),
+    Column("capacity", Integer, nullable=True),
+    Column("wrap_up_until", UtcDateTime, nullable=True),
+    Column("detail", JSON, nullable=False),
+    CheckConstraint("outcome IN ('applied', 'unchanged', 'ignored_stale', 'echo')", name="outcome"),
+    Index("ix_agent_state_history_agent_id_id", "agent_id", "id"),
+)
+
+# Latest sequence number seen per agent and source, for sources that number their events.
+agent_sequences = Table(
+    "agent_sequences",
+    metadata,
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("source", String(80), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    PrimaryKeyConstraint("agent_id", "source"),
+)
+
+# State changes Harmony mirrored to a CRM or ACD, to recognise their echo coming back.
+agent_mirrors = Table(
+    "agent_mirrors",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("target_kind", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("sent_at", UtcDateTime, nullable=False),
+    Column("echoed_at", UtcDateTime, nullable=True),
+    Index("ix_agent_mirrors_agent_id_channel_target_kind", "agent_id", "channel", "target_kind"),
+)
+
+voice_calls = Table(
+    "voice_calls",
+    metadata,
+    Column("acd_adapter", String(64), nullable=False),
+    Column("call_id", String(128), nullable=False),
+    Column("agent_id", String(100), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("ended_at", UtcDateTime, nullable=True),
+    PrimaryKeyConstraint("acd_adapter", "call_id"),
 )

@@ -15,9 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from harmony.db.agents import SqlAgents, SqlProfiles
 from harmony.db.tables import (
-    agent_channels,
-    agents,
     inbox,
     interaction_history,
     interactions,
@@ -27,9 +26,7 @@ from harmony.db.tables import (
 from harmony.errors import Conflict, ValidationFailed
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
-    Agent,
     Channel,
-    ChannelCapacity,
     HistoryEntry,
     Interaction,
     InteractionState,
@@ -247,138 +244,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return at, interaction_id
 
 
-class SqlAgents:
-    """Agents and their per-channel capacity and load in SQL."""
-
-    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
-        self._conn = conn
-        self._now = now
-
-    async def _load(self, condition: Any) -> list[Agent]:
-        agent_rows = (
-            await self._conn.execute(select(agents).where(condition).order_by(agents.c.id))
-        ).all()
-        if not agent_rows:
-            return []
-        ids = [row.id for row in agent_rows]
-        channel_rows = await self._conn.execute(
-            select(agent_channels).where(agent_channels.c.agent_id.in_(ids))
-        )
-        channels: dict[str, dict[Channel, ChannelCapacity]] = {agent_id: {} for agent_id in ids}
-        for row in channel_rows:
-            channel = Channel(row.channel)
-            channels[row.agent_id][channel] = ChannelCapacity(channel, row.capacity, row.load)
-        return [
-            Agent(
-                id=row.id,
-                name=row.name,
-                crm_agent_id=row.crm_agent_id,
-                acd_agent_id=row.acd_agent_id,
-                skills=list(row.skills),
-                channels=channels[row.id],
-            )
-            for row in agent_rows
-        ]
-
-    async def get(self, agent_id: str) -> Agent | None:
-        """Load an agent by Harmony's id."""
-        found = await self._load(agents.c.id == agent_id)
-        return found[0] if found else None
-
-    async def get_by_acd_id(self, acd_agent_id: str) -> Agent | None:
-        """Load an agent by the id the ACD uses."""
-        found = await self._load(agents.c.acd_agent_id == acd_agent_id)
-        return found[0] if found else None
-
-    async def all(self) -> list[Agent]:
-        """Every agent, two queries in all."""
-        return await self._load(agents.c.id.is_not(None))
-
-    async def upsert(self, agent: Agent) -> None:
-        """Create or update, keeping loads; Conflict on id clashes or capacity below load."""
-        now = self._now()
-        values = {
-            "name": agent.name,
-            "crm_agent_id": agent.crm_agent_id,
-            "acd_agent_id": agent.acd_agent_id,
-            "skills": agent.skills,
-            "updated_at": now,
-        }
-        clash = (
-            await self._conn.execute(
-                select(agents.c.id)
-                .where(agents.c.id != agent.id)
-                .where(
-                    or_(
-                        agents.c.crm_agent_id == agent.crm_agent_id,
-                        agents.c.acd_agent_id == agent.acd_agent_id,
-                    )
-                )
-            )
-        ).first()
-        if clash is not None:
-            raise Conflict(
-                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
-                f"already belongs to agent {clash.id}",
-                code="agent_id_taken",
-            )
-        exists = await self._conn.execute(
-            update(agents).where(agents.c.id == agent.id).values(**values)
-        )
-        if exists.rowcount == 0:
-            await self._conn.execute(insert(agents).values(id=agent.id, created_at=now, **values))
-        for channel, wanted in agent.channels.items():
-            changed = await self._conn.execute(
-                update(agent_channels)
-                .where(agent_channels.c.agent_id == agent.id)
-                .where(agent_channels.c.channel == channel.value)
-                .where(agent_channels.c.load <= wanted.capacity)
-                .values(capacity=wanted.capacity)
-            )
-            if changed.rowcount == 1:
-                continue
-            held = (
-                await self._conn.execute(
-                    select(agent_channels.c.load)
-                    .where(agent_channels.c.agent_id == agent.id)
-                    .where(agent_channels.c.channel == channel.value)
-                )
-            ).scalar()
-            if held is not None:
-                raise Conflict(
-                    f"capacity.{channel.value}: {wanted.capacity} is below the {held} "
-                    "interaction(s) the agent holds now",
-                    code="capacity_below_load",
-                )
-            await self._conn.execute(
-                insert(agent_channels).values(
-                    agent_id=agent.id, channel=channel.value, capacity=wanted.capacity, load=0
-                )
-            )
-
-    async def reserve(self, agent_id: str, channel: Channel) -> bool:
-        """One conditional UPDATE: atomic across transactions and replicas."""
-        result = await self._conn.execute(
-            update(agent_channels)
-            .where(agent_channels.c.agent_id == agent_id)
-            .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load < agent_channels.c.capacity)
-            .values(load=agent_channels.c.load + 1)
-        )
-        return bool(result.rowcount == 1)
-
-    async def release(self, agent_id: str, channel: Channel) -> bool:
-        """Give one unit back, never below zero."""
-        result = await self._conn.execute(
-            update(agent_channels)
-            .where(agent_channels.c.agent_id == agent_id)
-            .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load > 0)
-            .values(load=agent_channels.c.load - 1)
-        )
-        return bool(result.rowcount == 1)
-
-
 class SqlQueues:
     """Queues and their waiting counts in SQL."""
 
@@ -573,6 +438,7 @@ class SqlUnitOfWork:
 
     interactions: SqlInteractions
     agents: SqlAgents
+    profiles: SqlProfiles
     queues: SqlQueues
     inbox: SqlInbox
     outbox: SqlOutbox
@@ -603,6 +469,7 @@ class SqlUnitOfWork:
             raise
         self.interactions = SqlInteractions(self._conn)
         self.agents = SqlAgents(self._conn, self._now)
+        self.profiles = SqlProfiles(self._conn, self._now)
         self.queues = SqlQueues(self._conn, self._now)
         self.inbox = SqlInbox(self._conn)
         self.outbox = SqlOutbox(self._conn)

@@ -15,6 +15,8 @@ from typing import Any
 ROUTING_REQUESTED = "routing.requested"
 WORK_ENDED = "work.ended"
 INTERACTION_DELIVER = "interaction.deliver"
+# Harmony -> ACD and CRM: one agent channel's state, so both sides show the same.
+AGENT_STATE = "agent.state"
 
 
 class TargetKind(StrEnum):

@@ -198,17 +198,38 @@ class Interaction:
         )
 
 
+class ChannelStatus(StrEnum):
+    LOGGED_OUT = "logged_out"
+    NOT_READY = "not_ready"
+    READY = "ready"
+
+
+DEFAULT_PROFILE = "default"
+
+
 @dataclass(frozen=True)
-class ChannelCapacity:
-    """How many interactions an agent may hold on one channel, and how many it holds now."""
+class ChannelState:
+    """One agent's standing on one channel."""
 
     channel: Channel
     capacity: int
     load: int
+    status: ChannelStatus = ChannelStatus.LOGGED_OUT
+    reason: str | None = None
+    since: datetime | None = None
+    source_at: datetime | None = None
+    wrap_up_until: datetime | None = None
 
     @property
     def free(self) -> int:
         return max(self.capacity - self.load, 0)
+
+    def in_wrap_up(self, now: datetime) -> bool:
+        return self.wrap_up_until is not None and self.wrap_up_until > now
+
+    def busy(self, now: datetime) -> bool:
+        """Holding work or wrapping up: what the other side's media bar shows as busy."""
+        return self.load > 0 or self.in_wrap_up(now)
 
 
 @dataclass
@@ -220,10 +241,13 @@ class Agent:
     crm_agent_id: str
     acd_agent_id: str
     skills: list[str]
-    channels: dict[Channel, ChannelCapacity]
+    channels: dict[Channel, ChannelState]
+    profile: str = DEFAULT_PROFILE
+    crm_adapter: str = "generic"
+    login_failures: int = 0
 
-    def capacity_on(self, channel: Channel) -> ChannelCapacity:
-        return self.channels.get(channel, ChannelCapacity(channel, 0, 0))
+    def capacity_on(self, channel: Channel) -> ChannelState:
+        return self.channels.get(channel, ChannelState(channel, 0, 0))
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from harmony.routing.messages import OutboundMessage, OutboxEntry
+from harmony.routing.agent_state import AgentStateEntry, Presence, Profile
+from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     Agent,
     Channel,
+    ChannelState,
+    ChannelStatus,
     HistoryEntry,
     Interaction,
     InteractionState,
@@ -36,6 +39,28 @@ class Page(Generic[T]):
 
     items: list[T]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AgentFilter:
+    """Which agents an operator asks for; every given criterion must hold."""
+
+    presence: Presence | None = None
+    channel: Channel | None = None
+    status: ChannelStatus | None = None
+    skills: tuple[str, ...] = ()
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class VoiceCall:
+    """A voice call the ACD reported, as far as Harmony has heard of it."""
+
+    acd_adapter: str
+    call_id: str
+    agent_id: str
+    started_at: datetime | None
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -84,32 +109,125 @@ class InteractionRepository(Protocol):
 
 
 class AgentRepository(Protocol):
-    async def get(self, agent_id: str) -> Agent | None:
-        """Load an agent by Harmony's id."""
+    async def get(self, agent_id: str, *, for_update: bool = False) -> Agent | None:
+        """Load an agent by Harmony's id; ``for_update`` serialises changes to this agent."""
         ...
 
-    async def get_by_acd_id(self, acd_agent_id: str) -> Agent | None:
+    async def get_by_acd_id(self, acd_agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by the id the ACD uses."""
         ...
 
-    async def all(self) -> list[Agent]:
-        """Every agent with its channel capacities, ordered by id."""
+    async def get_by_crm_id(self, crm_agent_id: str, *, for_update: bool = False) -> Agent | None:
+        """Load an agent by the id the CRM uses."""
         ...
 
-    async def upsert(self, agent: Agent) -> None:
-        """Create or update an agent's ids, skills and capacities, keeping its current load.
+    async def all(self) -> list[Agent]:
+        """Every agent with its channel states, ordered by id."""
+        ...
 
-        Raises Conflict when a capacity would drop below the load held now, or when the CRM or
-        ACD id already belongs to another agent.
+    async def search(
+        self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
+    ) -> Page[Agent]:
+        """Page through agents by id, filtered in the database (no per-agent queries)."""
+        ...
+
+    async def upsert(
+        self, agent: Agent, capacity_override: dict[Channel, int]
+    ) -> list[ChannelState]:
+        """Create or update ids, skills and profile, keeping states and loads.
+
+        Effective capacity per channel is the override if given, else the profile's. Returns
+        the channels created or whose capacity changed. Raises Conflict when a capacity would
+        drop below the load held now, when the profile does not exist, or when the CRM or ACD
+        id already belongs to another agent.
         """
         ...
 
-    async def reserve(self, agent_id: str, channel: Channel) -> bool:
-        """Take one unit of capacity atomically; False if none is free."""
+    async def save_channel(self, agent_id: str, state: ChannelState) -> None:
+        """Store a channel's status, reason, since, source time and wrap-up (not its load)."""
         ...
 
-    async def release(self, agent_id: str, channel: Channel) -> bool:
-        """Give one unit back; False if the agent held none on that channel."""
+    async def reserve(self, agent_id: str, channel: Channel, *, require_ready: bool = True) -> bool:
+        """Take one unit of capacity atomically; False if none is free (or not ready)."""
+        ...
+
+    async def release(
+        self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
+    ) -> bool:
+        """Give one unit back, starting wrap-up if given; False if none was held."""
+        ...
+
+    async def count_login_failure(self, agent_id: str) -> None:
+        """Add one to the agent's login failure count."""
+        ...
+
+    async def append_history(self, entries: list[AgentStateEntry]) -> None:
+        """Append lines to agents' state history."""
+        ...
+
+    async def history(self, agent_id: str, limit: int, cursor: str | None) -> Page[AgentStateEntry]:
+        """Page through one agent's state history, oldest first."""
+        ...
+
+    async def last_sequence(self, agent_id: str, source: str) -> int | None:
+        """The highest sequence number applied from ``source`` for this agent."""
+        ...
+
+    async def set_sequence(self, agent_id: str, source: str, sequence: int) -> None:
+        """Remember the highest sequence number applied from ``source``."""
+        ...
+
+    async def add_mirror(
+        self,
+        message_id: str,
+        agent_id: str,
+        channel: Channel,
+        target: TargetKind,
+        status: ChannelStatus,
+        reason: str | None,
+        at: datetime,
+    ) -> None:
+        """Remember a state change Harmony told ``target``, to know its echo later."""
+        ...
+
+    async def take_echo(
+        self,
+        agent_id: str,
+        channel: Channel,
+        source: TargetKind,
+        status: ChannelStatus,
+        reason: str | None,
+        since: datetime,
+        echo_of: str | None,
+        at: datetime,
+    ) -> bool:
+        """If this report repeats a change Harmony mirrored to ``source``, consume it: True."""
+        ...
+
+    async def voice_call(self, acd_adapter: str, call_id: str) -> VoiceCall | None:
+        """A call Harmony heard of, if any."""
+        ...
+
+    async def save_voice_call(self, call: VoiceCall) -> None:
+        """Insert or update a call's start and end."""
+        ...
+
+
+class ProfileRepository(Protocol):
+    async def get(self, name: str) -> Profile | None:
+        """Load a profile by name."""
+        ...
+
+    async def all(self) -> list[Profile]:
+        """Every profile, ordered by name."""
+        ...
+
+    async def upsert(self, profile: Profile) -> list[tuple[str, ChannelState]]:
+        """Create or replace a profile and apply its capacities to its agents.
+
+        Returns each (agent id, channel state) whose capacity changed. Raises Conflict when an
+        agent of the profile holds more than the new capacity.
+        """
         ...
 
 
@@ -179,6 +297,9 @@ class UnitOfWork(Protocol):
 
     @property
     def queues(self) -> QueueRepository: ...
+
+    @property
+    def profiles(self) -> ProfileRepository: ...
 
     @property
     def inbox(self) -> Inbox: ...

@@ -8,11 +8,18 @@ talks to the network.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.routing.agent_service import OPERATOR, profile_of
+from harmony.routing.agent_state import (
+    AgentStateEntry,
+    StateOutcome,
+    entry_for,
+    offer_refusal,
+)
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -22,9 +29,10 @@ from harmony.routing.messages import (
 )
 from harmony.routing.model import (
     AWAITING_SELECTION,
+    DEFAULT_PROFILE,
     Agent,
     Channel,
-    ChannelCapacity,
+    ChannelState,
     Interaction,
     InteractionState,
     Queue,
@@ -91,7 +99,9 @@ def _routing_request(interaction: Interaction) -> OutboundMessage:
     )
 
 
-def _work_ended(interaction: Interaction, agent: Agent, reason: str) -> OutboundMessage:
+def _work_ended(
+    interaction: Interaction, agent: Agent, reason: str, wrap_up_seconds: int
+) -> OutboundMessage:
     return OutboundMessage(
         target_kind=TargetKind.ACD,
         target=interaction.acd_adapter,
@@ -103,6 +113,7 @@ def _work_ended(interaction: Interaction, agent: Agent, reason: str) -> Outbound
             "agent_id": agent.acd_agent_id,
             "channel": interaction.channel.value,
             "reason": reason,
+            "wrap_up_seconds": wrap_up_seconds,
         },
     )
 
@@ -242,18 +253,62 @@ async def complete_interaction(
             S.COMPLETED, now, event="completed", cause=f"interaction.completed {event_id}"
         )
         agent = await _holding_agent(uow, interaction)
-        await uow.agents.release(agent.id, interaction.channel)
-        await uow.outbox.add(_work_ended(interaction, agent, "completed"), now)
+        seconds = (await profile_of(uow, agent)).wrap_up_seconds.get(interaction.channel, 0)
+        await _release(uow, agent, interaction, now, source, "work_completed", seconds)
+        await uow.outbox.add(_work_ended(interaction, agent, "completed", seconds), now)
         await uow.interactions.save(interaction)
         await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 
 
+def _load_entry(
+    agent_id: str,
+    state: ChannelState,
+    now: datetime,
+    source: str,
+    event: str,
+    interaction_id: str,
+) -> AgentStateEntry:
+    return entry_for(
+        agent_id,
+        state,
+        at=now,
+        source=source,
+        event=event,
+        outcome=StateOutcome.APPLIED,
+        detail={"interaction_id": interaction_id},
+    )
+
+
+async def _release(
+    uow: UnitOfWork,
+    agent: Agent,
+    interaction: Interaction,
+    now: datetime,
+    source: str,
+    event: str,
+    wrap_up_seconds: int,
+) -> None:
+    """Give the agent's unit back, start the channel's wrap-up, and record both."""
+    channel = interaction.channel
+    wrap_up_until = now + timedelta(seconds=wrap_up_seconds) if wrap_up_seconds > 0 else None
+    await uow.agents.release(agent.id, channel, wrap_up_until)
+    before = agent.capacity_on(channel)
+    after = replace(
+        before,
+        load=max(before.load - 1, 0),
+        wrap_up_until=wrap_up_until or before.wrap_up_until,
+    )
+    await uow.agents.append_history(
+        [_load_entry(agent.id, after, now, source, event, interaction.id)]
+    )
+
+
 async def _holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
     if interaction.agent_id is None:
         raise AssertionError(f"interaction {interaction.id} holds capacity but has no agent")
-    agent = await uow.agents.get(interaction.agent_id)
+    agent = await uow.agents.get(interaction.agent_id, for_update=True)
     if agent is None:
         raise AssertionError(f"agent {interaction.agent_id} of {interaction.id} vanished")
     return agent
@@ -283,7 +338,8 @@ async def select_agent(
 ) -> Outcome:
     """The ACD chose an agent: reserve capacity, offer the work, and ask the CRM to deliver.
 
-    If the agent has no free capacity on the channel, nothing changes and Conflict
+    If the agent cannot take the work (not ready on the channel, wrapping up, at capacity, or
+    busy on a channel whose work blocks this one), nothing changes and Conflict
     (``agent_unavailable``) tells the ACD to choose again.
     """
     source = _source(TargetKind.ACD, acd_adapter)
@@ -292,7 +348,8 @@ async def select_agent(
         if duplicate:
             return duplicate
         interaction = await _interaction_for_request(uow, acd_adapter, request_id)
-        agent = await uow.agents.get_by_acd_id(acd_agent_id)
+        # Locking the agent serialises this check with voice calls and state changes.
+        agent = await uow.agents.get_by_acd_id(acd_agent_id, for_update=True)
         if agent is None:
             raise NotFound(f"data.agent_id: no agent '{acd_agent_id}'", code="unknown_agent")
         if interaction.state not in AWAITING_SELECTION:
@@ -300,17 +357,18 @@ async def select_agent(
                 f"interaction {interaction.id} is {interaction.state}; it is not awaiting an agent",
                 code="invalid_transition",
             )
-        if not await uow.agents.reserve(agent.id, interaction.channel):
-            held = agent.capacity_on(interaction.channel)
-            raise Conflict(
-                f"agent {acd_agent_id} has no free {interaction.channel} capacity "
-                f"({held.load}/{held.capacity})",
-                code="agent_unavailable",
-            )
         now = clock.now()
-        reserved = await uow.agents.get(agent.id)
-        assert reserved is not None
-        load = reserved.capacity_on(interaction.channel)
+        channel = interaction.channel
+        refusal = offer_refusal(agent.channels, await profile_of(uow, agent), channel, now)
+        if refusal is None and not await uow.agents.reserve(agent.id, channel):
+            refusal = f"has no free {channel.value} capacity"
+        if refusal is not None:
+            raise Conflict(f"agent {acd_agent_id} {refusal}", code="agent_unavailable")
+        before = agent.capacity_on(channel)
+        load = replace(before, load=before.load + 1)
+        await uow.agents.append_history(
+            [_load_entry(agent.id, load, now, source, "offer_reserved", interaction.id)]
+        )
         interaction.agent_id = agent.id
         interaction.move_to(
             S.OFFERED,
@@ -415,8 +473,9 @@ async def _fail_after_lost_message(
     if lost_delivery:
         agent = await _holding_agent(uow, interaction)
         interaction.move_to(S.FAILED, now, event="failed", cause=cause)
-        await uow.agents.release(agent.id, interaction.channel)
-        await uow.outbox.add(_work_ended(interaction, agent, "delivery_failed"), now)
+        source = _source(message.target_kind, message.target)
+        await _release(uow, agent, interaction, now, source, "delivery_failed", 0)
+        await uow.outbox.add(_work_ended(interaction, agent, "delivery_failed", 0), now)
     elif lost_current_request:
         interaction.move_to(S.FAILED, now, event="failed", cause=cause)
     else:
@@ -432,26 +491,52 @@ async def upsert_queue(uow: UnitOfWork, queue: Queue) -> None:
 
 async def upsert_agent(
     uow: UnitOfWork,
+    clock: Clock,
     *,
     agent_id: str,
     name: str,
     crm_agent_id: str,
     acd_agent_id: str,
     skills: list[str],
-    capacity: dict[Channel, int],
+    profile: str = DEFAULT_PROFILE,
+    crm_adapter: str = "generic",
+    capacity: dict[Channel, int] | None = None,
 ) -> Agent:
-    """Create or update an agent; its current load is kept and never exceeds new capacities."""
-    validate_capacity(capacity)
+    """Create or update an agent; states and loads are kept, loads never exceed capacities.
+
+    ``capacity`` overrides the profile's capacity on the channels it names.
+    """
+    overrides = capacity or {}
+    validate_capacity(overrides)
     agent = Agent(
         id=agent_id,
         name=name,
         crm_agent_id=crm_agent_id,
         acd_agent_id=acd_agent_id,
         skills=sorted(set(skills)),
-        channels={ch: ChannelCapacity(ch, capacity.get(ch, 0), 0) for ch in Channel},
+        channels={},
+        profile=profile,
+        crm_adapter=crm_adapter,
     )
     async with uow:
-        await uow.agents.upsert(agent)
+        if await uow.profiles.get(profile) is None:
+            raise ValidationFailed(f"profile: unknown profile '{profile}'")
+        changed = await uow.agents.upsert(agent, overrides)
+        now = clock.now()
+        await uow.agents.append_history(
+            [
+                entry_for(
+                    agent_id,
+                    state,
+                    at=now,
+                    source=OPERATOR,
+                    event="capacity_changed",
+                    outcome=StateOutcome.APPLIED,
+                    detail={"profile": profile},
+                )
+                for state in changed
+            ]
+        )
         stored = await uow.agents.get(agent_id)
         await uow.commit()
     assert stored is not None

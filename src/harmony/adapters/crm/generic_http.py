@@ -6,11 +6,15 @@ import httpx
 
 from harmony.adapters.generic_http import GenericHttpAdapter
 from harmony.config import AdapterSettings
-from harmony.routing.messages import INTERACTION_DELIVER, TargetKind
+from harmony.routing.messages import AGENT_STATE, INTERACTION_DELIVER, TargetKind
 
 
 def create(name: str, settings: AdapterSettings, client: httpx.AsyncClient) -> GenericHttpAdapter:
-    """A CRM adapter sending ``interaction.deliver``."""
+    """A CRM adapter sending ``interaction.deliver`` and ``agent.state``."""
     return GenericHttpAdapter(
-        TargetKind.CRM, name, settings, client, accepts=frozenset({INTERACTION_DELIVER})
+        TargetKind.CRM,
+        name,
+        settings,
+        client,
+        accepts=frozenset({INTERACTION_DELIVER, AGENT_STATE}),
     )

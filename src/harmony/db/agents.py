@@ -1,0 +1,593 @@
+"""Agents, their channel states, skills, profiles and state history in SQL.
+
+Reads are set-based: a page of agents costs three queries whatever its size (agents, their
+channels, their skills), and every filter is evaluated in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    delete,
+    exists,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from harmony.db.tables import (
+    agent_channels,
+    agent_mirrors,
+    agent_sequences,
+    agent_skills,
+    agent_state_history,
+    agents,
+    profiles,
+    voice_calls,
+)
+from harmony.errors import Conflict, ValidationFailed
+from harmony.routing.agent_state import AgentStateEntry, Presence, Profile, StateOutcome
+from harmony.routing.messages import TargetKind
+from harmony.routing.model import Agent, Channel, ChannelState, ChannelStatus
+from harmony.routing.ports import AgentFilter, Page, VoiceCall
+
+
+def _encode(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor: not a cursor this API returned") from exc
+
+
+def _channel_state(row: Any) -> ChannelState:
+    return ChannelState(
+        channel=Channel(row.channel),
+        capacity=row.capacity,
+        load=row.load,
+        status=ChannelStatus(row.status),
+        reason=row.reason,
+        since=row.since,
+        source_at=row.source_at,
+        wrap_up_until=row.wrap_up_until,
+    )
+
+
+def _profile(row: Any) -> Profile:
+    return Profile(
+        name=row.name,
+        capacity={Channel(c): int(n) for c, n in row.capacity.items()},
+        wrap_up_seconds={Channel(c): int(n) for c, n in row.wrap_up_seconds.items()},
+        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in row.blocks.items()},
+    )
+
+
+def _presence_condition(presence: Presence, now: datetime) -> Any:
+    """SQL for ``agent_state.presence`` (keep the two in step)."""
+
+    def any_channel(*conditions: Any) -> Any:
+        return exists().where(agent_channels.c.agent_id == agents.c.id, *conditions)
+
+    busy = any_channel(agent_channels.c.load > 0)
+    wrapping = any_channel(agent_channels.c.wrap_up_until > now)
+    ready = any_channel(agent_channels.c.status == ChannelStatus.READY.value)
+    logged_in = any_channel(
+        or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, agent_channels.c.load > 0)
+    )
+    if presence == Presence.LOGGED_OUT:
+        return not_(logged_in)
+    if presence == Presence.BUSY:
+        return busy
+    if presence == Presence.WRAP_UP:
+        return and_(logged_in, not_(busy), wrapping)
+    if presence == Presence.READY:
+        return and_(not_(busy), not_(wrapping), ready)
+    return and_(logged_in, not_(busy), not_(wrapping), not_(ready))
+
+
+class SqlAgents:
+    """Agents in SQL; ``for_update`` takes a row lock on PostgreSQL."""
+
+    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+        self._conn = conn
+        self._now = now
+
+    async def _load(
+        self, condition: Any, *, for_update: bool = False, limit: int | None = None
+    ) -> list[Agent]:
+        query = select(agents).where(condition).order_by(agents.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        if for_update:
+            query = query.with_for_update()
+        agent_rows = (await self._conn.execute(query)).all()
+        if not agent_rows:
+            return []
+        ids = [row.id for row in agent_rows]
+        channels: dict[str, dict[Channel, ChannelState]] = {agent_id: {} for agent_id in ids}
+        for row in await self._conn.execute(
+            select(agent_channels).where(agent_channels.c.agent_id.in_(ids))
+        ):
+            channels[row.agent_id][Channel(row.channel)] = _channel_state(row)
+        skills: dict[str, list[str]] = {agent_id: [] for agent_id in ids}
+        for row in await self._conn.execute(
+            select(agent_skills)
+            .where(agent_skills.c.agent_id.in_(ids))
+            .order_by(agent_skills.c.skill)
+        ):
+            skills[row.agent_id].append(row.skill)
+        return [
+            Agent(
+                id=row.id,
+                name=row.name,
+                crm_agent_id=row.crm_agent_id,
+                acd_agent_id=row.acd_agent_id,
+                skills=skills[row.id],
+                channels=channels[row.id],
+                profile=row.profile,
+                crm_adapter=row.crm_adapter,
+                login_failures=row.login_failures,
+            )
+            for row in agent_rows
+        ]
+
+    async def _one(self, condition: Any, for_update: bool) -> Agent | None:
+        found = await self._load(condition, for_update=for_update)
+        return found[0] if found else None
+
+    async def get(self, agent_id: str, *, for_update: bool = False) -> Agent | None:
+        """Load an agent by Harmony's id."""
+        return await self._one(agents.c.id == agent_id, for_update)
+
+    async def get_by_acd_id(self, acd_agent_id: str, *, for_update: bool = False) -> Agent | None:
+        """Load an agent by the id the ACD uses."""
+        return await self._one(agents.c.acd_agent_id == acd_agent_id, for_update)
+
+    async def get_by_crm_id(self, crm_agent_id: str, *, for_update: bool = False) -> Agent | None:
+        """Load an agent by the id the CRM uses."""
+        return await self._one(agents.c.crm_agent_id == crm_agent_id, for_update)
+
+    async def all(self) -> list[Agent]:
+        """Every agent, three queries in all."""
+        return await self._load(agents.c.id.is_not(None))
+
+    async def search(
+        self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
+    ) -> Page[Agent]:
+        """Filters become EXISTS subqueries on the channel and skill indexes."""
+        conditions: list[Any] = []
+        if cursor is not None:
+            conditions.append(agents.c.id > _decode(cursor))
+        if flt.profile is not None:
+            conditions.append(agents.c.profile == flt.profile)
+        if flt.channel is not None or flt.status is not None:
+            channel_conditions = [agent_channels.c.agent_id == agents.c.id]
+            if flt.channel is not None:
+                channel_conditions.append(agent_channels.c.channel == flt.channel.value)
+            if flt.status is not None:
+                channel_conditions.append(agent_channels.c.status == flt.status.value)
+            conditions.append(exists().where(*channel_conditions))
+        for skill in flt.skills:
+            conditions.append(
+                exists().where(
+                    agent_skills.c.agent_id == agents.c.id, agent_skills.c.skill == skill
+                )
+            )
+        if flt.presence is not None:
+            conditions.append(_presence_condition(flt.presence, now))
+        found = await self._load(and_(agents.c.id.is_not(None), *conditions), limit=limit + 1)
+        items = found[:limit]
+        next_cursor = _encode(items[-1].id) if len(found) > limit else None
+        return Page(items, next_cursor)
+
+    async def upsert(
+        self, agent: Agent, capacity_override: dict[Channel, int]
+    ) -> list[ChannelState]:
+        """Create or update, keeping states and loads; capacity = override or profile's."""
+        now = self._now()
+        clash = (
+            await self._conn.execute(
+                select(agents.c.id)
+                .where(agents.c.id != agent.id)
+                .where(
+                    or_(
+                        agents.c.crm_agent_id == agent.crm_agent_id,
+                        agents.c.acd_agent_id == agent.acd_agent_id,
+                    )
+                )
+            )
+        ).first()
+        if clash is not None:
+            raise Conflict(
+                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
+                f"already belongs to agent {clash.id}",
+                code="agent_id_taken",
+            )
+        profile_row = (
+            await self._conn.execute(select(profiles).where(profiles.c.name == agent.profile))
+        ).first()
+        if profile_row is None:
+            raise ValidationFailed(f"profile: unknown profile '{agent.profile}'")
+        profile = _profile(profile_row)
+        values = {
+            "name": agent.name,
+            "crm_adapter": agent.crm_adapter,
+            "crm_agent_id": agent.crm_agent_id,
+            "acd_agent_id": agent.acd_agent_id,
+            "profile": agent.profile,
+            "updated_at": now,
+        }
+        existed = await self._conn.execute(
+            update(agents).where(agents.c.id == agent.id).values(**values)
+        )
+        if existed.rowcount == 0:
+            await self._conn.execute(
+                insert(agents).values(id=agent.id, created_at=now, login_failures=0, **values)
+            )
+        await self._conn.execute(delete(agent_skills).where(agent_skills.c.agent_id == agent.id))
+        if agent.skills:
+            await self._conn.execute(
+                insert(agent_skills), [{"agent_id": agent.id, "skill": s} for s in agent.skills]
+            )
+        current = {
+            Channel(row.channel): row
+            for row in await self._conn.execute(
+                select(agent_channels).where(agent_channels.c.agent_id == agent.id)
+            )
+        }
+        changed: list[ChannelState] = []
+        for channel in Channel:
+            override = capacity_override.get(channel)
+            wanted = override if override is not None else profile.capacity.get(channel, 0)
+            row = current.get(channel)
+            if row is None:
+                await self._conn.execute(
+                    insert(agent_channels).values(
+                        agent_id=agent.id,
+                        channel=channel.value,
+                        capacity=wanted,
+                        load=0,
+                        capacity_override=override,
+                        status=ChannelStatus.LOGGED_OUT.value,
+                    )
+                )
+                changed.append(ChannelState(channel, wanted, 0))
+                continue
+            if row.load > wanted:
+                raise Conflict(
+                    f"capacity.{channel.value}: {wanted} is below the {row.load} "
+                    "interaction(s) the agent holds now",
+                    code="capacity_below_load",
+                )
+            await self._conn.execute(
+                update(agent_channels)
+                .where(agent_channels.c.agent_id == agent.id)
+                .where(agent_channels.c.channel == channel.value)
+                .values(capacity=wanted, capacity_override=override)
+            )
+            if row.capacity != wanted:
+                changed.append(replace(_channel_state(row), capacity=wanted))
+        return changed
+
+    async def save_channel(self, agent_id: str, state: ChannelState) -> None:
+        """Store status, reason, since, source time and wrap-up; the load is not touched."""
+        await self._conn.execute(
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == state.channel.value)
+            .values(
+                status=state.status.value,
+                reason=state.reason,
+                since=state.since,
+                source_at=state.source_at,
+                wrap_up_until=state.wrap_up_until,
+            )
+        )
+
+    async def reserve(self, agent_id: str, channel: Channel, *, require_ready: bool = True) -> bool:
+        """One conditional UPDATE: atomic across transactions and replicas."""
+        query = (
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == channel.value)
+            .where(agent_channels.c.load < agent_channels.c.capacity)
+            .values(load=agent_channels.c.load + 1)
+        )
+        if require_ready:
+            query = query.where(agent_channels.c.status == ChannelStatus.READY.value)
+        result = await self._conn.execute(query)
+        return bool(result.rowcount == 1)
+
+    async def release(
+        self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
+    ) -> bool:
+        """Give one unit back, never below zero; start wrap-up if given."""
+        values: dict[str, Any] = {"load": agent_channels.c.load - 1}
+        if wrap_up_until is not None:
+            values["wrap_up_until"] = wrap_up_until
+        result = await self._conn.execute(
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == channel.value)
+            .where(agent_channels.c.load > 0)
+            .values(**values)
+        )
+        return bool(result.rowcount == 1)
+
+    async def count_login_failure(self, agent_id: str) -> None:
+        """Add one to the agent's login failures."""
+        await self._conn.execute(
+            update(agents)
+            .where(agents.c.id == agent_id)
+            .values(login_failures=agents.c.login_failures + 1)
+        )
+
+    async def append_history(self, entries: list[AgentStateEntry]) -> None:
+        """Append lines in one INSERT."""
+        if not entries:
+            return
+        await self._conn.execute(
+            insert(agent_state_history),
+            [
+                {
+                    "agent_id": e.agent_id,
+                    "at": e.at,
+                    "channel": e.channel.value if e.channel else None,
+                    "source": e.source,
+                    "source_at": e.source_at,
+                    "sequence": e.sequence,
+                    "event": e.event,
+                    "outcome": e.outcome.value,
+                    "status": e.status.value if e.status else None,
+                    "reason": e.reason,
+                    "load": e.load,
+                    "capacity": e.capacity,
+                    "wrap_up_until": e.wrap_up_until,
+                    "detail": e.detail,
+                }
+                for e in entries
+            ],
+        )
+
+    async def history(self, agent_id: str, limit: int, cursor: str | None) -> Page[AgentStateEntry]:
+        """Keyset on the history id, oldest first."""
+        query = select(agent_state_history).where(agent_state_history.c.agent_id == agent_id)
+        if cursor is not None:
+            after = _decode(cursor)
+            if not after.isdigit():
+                raise ValidationFailed("cursor: not a cursor this API returned")
+            query = query.where(agent_state_history.c.id > int(after))
+        rows = (
+            await self._conn.execute(query.order_by(agent_state_history.c.id).limit(limit + 1))
+        ).all()
+        items = [
+            AgentStateEntry(
+                agent_id=row.agent_id,
+                at=row.at,
+                channel=Channel(row.channel) if row.channel else None,
+                source=row.source,
+                event=row.event,
+                outcome=StateOutcome(row.outcome),
+                status=ChannelStatus(row.status) if row.status else None,
+                reason=row.reason,
+                load=row.load,
+                capacity=row.capacity,
+                wrap_up_until=row.wrap_up_until,
+                source_at=row.source_at,
+                sequence=row.sequence,
+                detail=dict(row.detail),
+            )
+            for row in rows[:limit]
+        ]
+        next_cursor = _encode(str(rows[limit - 1].id)) if len(rows) > limit else None
+        return Page(items, next_cursor)
+
+    async def last_sequence(self, agent_id: str, source: str) -> int | None:
+        """The highest sequence applied from ``source``."""
+        value = (
+            await self._conn.execute(
+                select(agent_sequences.c.sequence)
+                .where(agent_sequences.c.agent_id == agent_id)
+                .where(agent_sequences.c.source == source)
+            )
+        ).scalar()
+        return int(value) if value is not None else None
+
+    async def set_sequence(self, agent_id: str, source: str, sequence: int) -> None:
+        """Upsert the highest sequence applied from ``source``."""
+        changed = await self._conn.execute(
+            update(agent_sequences)
+            .where(agent_sequences.c.agent_id == agent_id)
+            .where(agent_sequences.c.source == source)
+            .values(sequence=sequence)
+        )
+        if changed.rowcount == 0:
+            await self._conn.execute(
+                insert(agent_sequences).values(agent_id=agent_id, source=source, sequence=sequence)
+            )
+
+    async def add_mirror(
+        self,
+        message_id: str,
+        agent_id: str,
+        channel: Channel,
+        target: TargetKind,
+        status: ChannelStatus,
+        reason: str | None,
+        at: datetime,
+    ) -> None:
+        """Remember what Harmony told ``target``."""
+        await self._conn.execute(
+            insert(agent_mirrors).values(
+                id=message_id,
+                agent_id=agent_id,
+                channel=channel.value,
+                target_kind=target.value,
+                status=status.value,
+                reason=reason,
+                sent_at=at,
+            )
+        )
+
+    async def take_echo(
+        self,
+        agent_id: str,
+        channel: Channel,
+        source: TargetKind,
+        status: ChannelStatus,
+        reason: str | None,
+        since: datetime,
+        echo_of: str | None,
+        at: datetime,
+    ) -> bool:
+        """Consume the oldest unconsumed matching mirror (or the one named by ``echo_of``)."""
+        query = (
+            select(agent_mirrors.c.id)
+            .where(agent_mirrors.c.agent_id == agent_id)
+            .where(agent_mirrors.c.channel == channel.value)
+            .where(agent_mirrors.c.target_kind == source.value)
+            .where(agent_mirrors.c.echoed_at.is_(None))
+        )
+        if echo_of is not None:
+            query = query.where(agent_mirrors.c.id == echo_of)
+        else:
+            query = query.where(
+                agent_mirrors.c.status == status.value,
+                (agent_mirrors.c.reason == reason)
+                if reason is not None
+                else agent_mirrors.c.reason.is_(None),
+                agent_mirrors.c.sent_at >= since,
+            )
+        found = (await self._conn.execute(query.order_by(agent_mirrors.c.sent_at).limit(1))).first()
+        if found is None:
+            return False
+        await self._conn.execute(
+            update(agent_mirrors).where(agent_mirrors.c.id == found.id).values(echoed_at=at)
+        )
+        return True
+
+    async def voice_call(self, acd_adapter: str, call_id: str) -> VoiceCall | None:
+        """A call Harmony heard of."""
+        row = (
+            await self._conn.execute(
+                select(voice_calls)
+                .where(voice_calls.c.acd_adapter == acd_adapter)
+                .where(voice_calls.c.call_id == call_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return VoiceCall(row.acd_adapter, row.call_id, row.agent_id, row.started_at, row.ended_at)
+
+    async def save_voice_call(self, call: VoiceCall) -> None:
+        """Insert the call or update its start and end."""
+        values = {
+            "agent_id": call.agent_id,
+            "started_at": call.started_at,
+            "ended_at": call.ended_at,
+        }
+        changed = await self._conn.execute(
+            update(voice_calls)
+            .where(voice_calls.c.acd_adapter == call.acd_adapter)
+            .where(voice_calls.c.call_id == call.call_id)
+            .values(**values)
+        )
+        if changed.rowcount == 0:
+            await self._conn.execute(
+                insert(voice_calls).values(
+                    acd_adapter=call.acd_adapter, call_id=call.call_id, **values
+                )
+            )
+
+
+class SqlProfiles:
+    """Channel profiles in SQL."""
+
+    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+        self._conn = conn
+        self._now = now
+
+    async def get(self, name: str) -> Profile | None:
+        """Load a profile by name."""
+        row = (await self._conn.execute(select(profiles).where(profiles.c.name == name))).first()
+        return _profile(row) if row else None
+
+    async def all(self) -> list[Profile]:
+        """Every profile by name."""
+        rows = await self._conn.execute(select(profiles).order_by(profiles.c.name))
+        return [_profile(row) for row in rows]
+
+    async def upsert(self, profile: Profile) -> list[tuple[str, ChannelState]]:
+        """Replace the profile, then set-based UPDATEs carry its capacities to its agents."""
+        now = self._now()
+        values = {
+            "capacity": {c.value: n for c, n in profile.capacity.items()},
+            "wrap_up_seconds": {c.value: n for c, n in profile.wrap_up_seconds.items()},
+            "blocks": {c.value: sorted(b.value for b in bs) for c, bs in profile.blocks.items()},
+            "updated_at": now,
+        }
+        existed = await self._conn.execute(
+            update(profiles).where(profiles.c.name == profile.name).values(**values)
+        )
+        if existed.rowcount == 0:
+            await self._conn.execute(
+                insert(profiles).values(name=profile.name, created_at=now, **values)
+            )
+            return []
+        members = select(agents.c.id).where(agents.c.profile == profile.name)
+        changed: list[tuple[str, ChannelState]] = []
+        for channel in Channel:
+            wanted = profile.capacity.get(channel, 0)
+            following = and_(
+                agent_channels.c.channel == channel.value,
+                agent_channels.c.capacity_override.is_(None),
+                agent_channels.c.agent_id.in_(members),
+            )
+            too_busy = (
+                await self._conn.execute(
+                    select(agent_channels.c.agent_id, agent_channels.c.load)
+                    .where(following)
+                    .where(agent_channels.c.load > wanted)
+                    .limit(1)
+                )
+            ).first()
+            if too_busy is not None:
+                raise Conflict(
+                    f"capacity.{channel.value}: {wanted} is below the {too_busy.load} "
+                    f"interaction(s) agent {too_busy.agent_id} holds now",
+                    code="capacity_below_load",
+                )
+            rows = (
+                await self._conn.execute(
+                    select(agent_channels).where(following, agent_channels.c.capacity != wanted)
+                )
+            ).all()
+            if not rows:
+                continue
+            try:
+                await self._conn.execute(
+                    update(agent_channels)
+                    .where(following, agent_channels.c.capacity != wanted)
+                    .values(capacity=wanted)
+                )
+            except IntegrityError as exc:  # a load grew meanwhile: the CHECK has the last word
+                raise Conflict(
+                    f"capacity.{channel.value}: an agent's load rose above {wanted}",
+                    code="capacity_below_load",
+                ) from exc
+            for row in rows:
+                changed.append((row.agent_id, replace(_channel_state(row), capacity=wanted)))
+        return changed

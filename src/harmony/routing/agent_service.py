@@ -1,0 +1,490 @@
+"""Use cases for agent state: what the CRM's media bar, the ACD and supervisors report.
+
+Each reported change is ordered (source time, optional sequence), checked against Harmony's own
+mirrors (an echo is recognised, not re-applied), applied per channel, recorded in the agent's
+append-only history, and mirrored through the outbox to the other side so both show the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.routing.agent_state import (
+    AgentStateEntry,
+    Profile,
+    StateOutcome,
+    default_profile,
+    entry_for,
+    operator_refusal,
+    presence,
+)
+from harmony.routing.messages import AGENT_STATE, OutboundMessage, TargetKind
+from harmony.routing.model import (
+    Agent,
+    Channel,
+    ChannelState,
+    ChannelStatus,
+    validate_capacity,
+)
+from harmony.routing.ports import Clock, UnitOfWork, VoiceCall
+
+# How long after Harmony mirrors a change a matching report from that side counts as its echo.
+ECHO_WINDOW = timedelta(seconds=60)
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who reports a change: a CRM or ACD adapter, or a supervisor through the API."""
+
+    kind: TargetKind | None  # None for an operator
+    name: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.kind.value}:{self.name}" if self.kind else OPERATOR
+
+    @classmethod
+    def operator(cls) -> Reporter:
+        return cls(None, OPERATOR)
+
+
+@dataclass(frozen=True)
+class StateReport:
+    """A reported change of login or readiness on some channels of one agent.
+
+    ``channels=None`` means: for a login, every channel the agent has capacity on; otherwise
+    every channel the agent is logged into.
+    """
+
+    event: str
+    status: ChannelStatus
+    reason: str | None = None
+    channels: tuple[Channel, ...] | None = None
+    occurred_at: datetime | None = None
+    sequence: int | None = None
+    echo_of: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """What a reported change did, channel by channel."""
+
+    agent_id: str
+    outcomes: dict[Channel, StateOutcome]
+    duplicate: bool = False
+
+    @property
+    def summary(self) -> str:
+        """``duplicate``, ``applied`` if any channel changed, else the first channel's outcome."""
+        if self.duplicate:
+            return "duplicate"
+        values = list(self.outcomes.values())
+        if StateOutcome.APPLIED in values or not values:
+            return StateOutcome.APPLIED.value if values else StateOutcome.UNCHANGED.value
+        return values[0].value
+
+
+async def _load_agent(uow: UnitOfWork, reporter: Reporter, agent_ref: str) -> Agent:
+    if reporter.kind == TargetKind.ACD:
+        agent = await uow.agents.get_by_acd_id(agent_ref, for_update=True)
+    elif reporter.kind == TargetKind.CRM:
+        agent = await uow.agents.get_by_crm_id(agent_ref, for_update=True)
+    else:
+        agent = await uow.agents.get(agent_ref, for_update=True)
+    if agent is None:
+        raise NotFound(f"data.agent_id: no agent '{agent_ref}'", code="unknown_agent")
+    return agent
+
+
+async def profile_of(uow: UnitOfWork, agent: Agent) -> Profile:
+    """The agent's profile (the built-in default if its row is missing)."""
+    return await uow.profiles.get(agent.profile) or default_profile()
+
+
+def mirror_message(
+    agent: Agent, channel: Channel, target: TargetKind, target_name: str, now: datetime
+) -> OutboundMessage:
+    """``agent.state`` for one channel, addressed with the target's own agent id."""
+    state = agent.capacity_on(channel)
+    return OutboundMessage(
+        target_kind=target,
+        target=target_name,
+        type=AGENT_STATE,
+        interaction_id="",
+        payload={
+            "agent_id": agent.acd_agent_id if target == TargetKind.ACD else agent.crm_agent_id,
+            "channel": channel.value,
+            "state": state.status.value,
+            "reason": state.reason,
+            "load": state.load,
+            "capacity": state.capacity,
+            "busy": state.busy(now),
+            "wrap_up_until": state.wrap_up_until.isoformat() if state.wrap_up_until else None,
+            "presence": presence(agent.channels.values(), now).value,
+        },
+    )
+
+
+async def mirror(
+    uow: UnitOfWork,
+    agent: Agent,
+    channel: Channel,
+    targets: list[tuple[TargetKind, str]],
+    now: datetime,
+) -> None:
+    """Tell each target the channel's state now, and remember it to recognise the echo."""
+    state = agent.capacity_on(channel)
+    for kind, name in targets:
+        message = mirror_message(agent, channel, kind, name, now)
+        await uow.outbox.add(message, now)
+        await uow.agents.add_mirror(
+            message.id, agent.id, channel, kind, state.status, state.reason, now
+        )
+
+
+def mirror_targets(
+    reporter: Reporter, agent: Agent, acd_adapter: str
+) -> list[tuple[TargetKind, str]]:
+    """A change from one side goes to the other; a supervisor's goes to both."""
+    to_acd, to_crm = (TargetKind.ACD, acd_adapter), (TargetKind.CRM, agent.crm_adapter)
+    if reporter.kind == TargetKind.CRM:
+        return [to_acd]
+    if reporter.kind == TargetKind.ACD:
+        return [to_crm]
+    return [to_acd, to_crm]
+
+
+def _channels_for(agent: Agent, report: StateReport) -> tuple[Channel, ...]:
+    if report.channels is not None:
+        return report.channels
+    if report.status != ChannelStatus.LOGGED_OUT and report.event.endswith("logged_in"):
+        return tuple(c for c, s in sorted(agent.channels.items()) if s.capacity > 0)
+    return tuple(
+        c for c, s in sorted(agent.channels.items()) if s.status != ChannelStatus.LOGGED_OUT
+    )
+
+
+def check_reason(report: StateReport, reasons: tuple[str, ...]) -> str | None:
+    """The reason to store: validated for not ready, dropped otherwise."""
+    if report.status != ChannelStatus.NOT_READY:
+        return None
+    reason = report.reason or "other"
+    if reason not in reasons:
+        raise ValidationFailed(
+            f"data.reason: '{reason}' is not a configured not-ready reason ({', '.join(reasons)})"
+        )
+    return reason
+
+
+async def report_state(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    reporter: Reporter,
+    event_id: str | None,
+    agent_ref: str,
+    report: StateReport,
+    reasons: tuple[str, ...],
+    acd_adapter: str,
+) -> AgentOutcome:
+    """Apply a login, logout or readiness change from the CRM, the ACD or a supervisor.
+
+    A supervisor's change that the rules refuse raises Conflict and changes nothing. Changes
+    from the CRM or ACD are never refused for their transition: they report what already
+    happened there. They are ignored when older than the state they would change, or when they
+    are the echo of Harmony's own mirrored change.
+    """
+    async with uow:
+        inbox = event_id is not None and reporter.kind is not None
+        if inbox and not await uow.inbox.claim(
+            reporter.source, str(event_id), report.event, clock.now()
+        ):
+            agent = await _load_agent(uow, reporter, agent_ref)
+            return AgentOutcome(agent.id, {}, duplicate=True)
+        agent = await _load_agent(uow, reporter, agent_ref)
+        reason = check_reason(report, reasons)
+        now = clock.now()
+        source_at = report.occurred_at or now
+        channels = _channels_for(agent, report)
+        unknown = [c for c in channels if c not in agent.channels]
+        if unknown:
+            raise ValidationFailed(f"data.channels: agent has no channel {unknown[0].value}")
+        if reporter.kind is None:
+            for channel in channels:
+                refusal = operator_refusal(agent.channels[channel], report.status)
+                if refusal:
+                    raise Conflict(refusal, code="transition_not_allowed")
+
+        entries: list[AgentStateEntry] = []
+        outcomes: dict[Channel, StateOutcome] = {}
+        stale_sequence = False
+        if report.sequence is not None:
+            last = await uow.agents.last_sequence(agent.id, reporter.source)
+            stale_sequence = last is not None and report.sequence <= last
+            if not stale_sequence:
+                await uow.agents.set_sequence(agent.id, reporter.source, report.sequence)
+
+        def note(state: ChannelState, outcome: StateOutcome, **detail: object) -> None:
+            outcomes[state.channel] = outcome
+            entries.append(
+                entry_for(
+                    agent.id,
+                    state,
+                    at=now,
+                    source=reporter.source,
+                    event=report.event,
+                    outcome=outcome,
+                    source_at=source_at,
+                    sequence=report.sequence,
+                    detail={k: v for k, v in detail.items() if v is not None},
+                )
+            )
+
+        for channel in channels:
+            current = agent.channels[channel]
+            if stale_sequence or (current.source_at is not None and source_at < current.source_at):
+                note(current, StateOutcome.STALE, reported=report.status.value, reason=reason)
+                continue
+            if reporter.kind is not None and await uow.agents.take_echo(
+                agent.id,
+                channel,
+                reporter.kind,
+                report.status,
+                reason,
+                now - ECHO_WINDOW,
+                report.echo_of,
+                now,
+            ):
+                note(current, StateOutcome.ECHO, reported=report.status.value, reason=reason)
+                continue
+            if current.status == report.status and current.reason == reason:
+                updated = replace(current, source_at=max(source_at, current.source_at or source_at))
+                await uow.agents.save_channel(agent.id, updated)
+                agent.channels[channel] = updated
+                note(updated, StateOutcome.UNCHANGED)
+                continue
+            updated = replace(
+                current, status=report.status, reason=reason, since=now, source_at=source_at
+            )
+            await uow.agents.save_channel(agent.id, updated)
+            agent.channels[channel] = updated
+            note(updated, StateOutcome.APPLIED, previous=current.status.value)
+            await mirror(uow, agent, channel, mirror_targets(reporter, agent, acd_adapter), now)
+
+        await uow.agents.append_history(entries)
+        if inbox:
+            await uow.inbox.link(reporter.source, str(event_id), "")
+        await uow.commit()
+        return AgentOutcome(agent.id, outcomes)
+
+
+async def login_failed(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    acd_adapter: str,
+    event_id: str,
+    acd_agent_id: str,
+    channels: tuple[Channel, ...] | None,
+    reason: str,
+    occurred_at: datetime,
+) -> AgentOutcome:
+    """The ACD refused a login: count it, log the channel out, show the CRM."""
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    async with uow:
+        if not await uow.inbox.claim(reporter.source, event_id, "agent.login_failed", clock.now()):
+            agent = await _load_agent(uow, reporter, acd_agent_id)
+            return AgentOutcome(agent.id, {}, duplicate=True)
+        agent = await _load_agent(uow, reporter, acd_agent_id)
+        await uow.agents.count_login_failure(agent.id)
+        now = clock.now()
+        entries: list[AgentStateEntry] = []
+        outcomes: dict[Channel, StateOutcome] = {}
+        targets = channels or tuple(
+            c for c, s in sorted(agent.channels.items()) if s.status != ChannelStatus.LOGGED_OUT
+        )
+        for channel in targets:
+            current = agent.capacity_on(channel)
+            if current.source_at is not None and occurred_at < current.source_at:
+                outcome, state = StateOutcome.STALE, current
+            elif current.status == ChannelStatus.LOGGED_OUT:
+                outcome, state = StateOutcome.UNCHANGED, current
+            else:
+                state = replace(
+                    current,
+                    status=ChannelStatus.LOGGED_OUT,
+                    reason=None,
+                    since=now,
+                    source_at=occurred_at,
+                )
+                await uow.agents.save_channel(agent.id, state)
+                agent.channels[channel] = state
+                outcome = StateOutcome.APPLIED
+                await mirror(uow, agent, channel, [(TargetKind.CRM, agent.crm_adapter)], now)
+            outcomes[channel] = outcome
+            entries.append(
+                entry_for(
+                    agent.id,
+                    state,
+                    at=now,
+                    source=reporter.source,
+                    event="agent.login_failed",
+                    outcome=outcome,
+                    source_at=occurred_at,
+                    detail={"reason": reason},
+                )
+            )
+        await uow.agents.append_history(entries)
+        await uow.inbox.link(reporter.source, event_id, "")
+        await uow.commit()
+        return AgentOutcome(agent.id, outcomes)
+
+
+async def voice_started(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    acd_adapter: str,
+    event_id: str,
+    acd_agent_id: str,
+    call_id: str,
+    occurred_at: datetime,
+) -> AgentOutcome:
+    """A call reached the agent at the ACD (queued or not): it counts on the voice channel."""
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    async with uow:
+        if not await uow.inbox.claim(reporter.source, event_id, "voice.started", clock.now()):
+            agent = await _load_agent(uow, reporter, acd_agent_id)
+            return AgentOutcome(agent.id, {}, duplicate=True)
+        agent = await _load_agent(uow, reporter, acd_agent_id)
+        now = clock.now()
+        call = await uow.agents.voice_call(acd_adapter, call_id)
+        voice = agent.capacity_on(Channel.VOICE)
+        if call is not None:
+            # Already started (a repeat under a new event id), or its end overtook its start.
+            outcome, state = StateOutcome.STALE, voice
+        else:
+            if not await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False):
+                raise Conflict(
+                    f"agent {acd_agent_id} already holds {voice.load}/{voice.capacity} voice "
+                    f"call(s); call {call_id} exceeds its voice capacity",
+                    code="capacity_exceeded",
+                )
+            await uow.agents.save_voice_call(
+                VoiceCall(acd_adapter, call_id, agent.id, occurred_at, None)
+            )
+            state = replace(voice, load=voice.load + 1)
+            agent.channels[Channel.VOICE] = state
+            outcome = StateOutcome.APPLIED
+            await mirror(uow, agent, Channel.VOICE, [(TargetKind.CRM, agent.crm_adapter)], now)
+        await uow.agents.append_history(
+            [
+                entry_for(
+                    agent.id,
+                    state,
+                    at=now,
+                    source=reporter.source,
+                    event="voice.started",
+                    outcome=outcome,
+                    source_at=occurred_at,
+                    detail={"call_id": call_id},
+                )
+            ]
+        )
+        await uow.inbox.link(reporter.source, event_id, "")
+        await uow.commit()
+        return AgentOutcome(agent.id, {Channel.VOICE: outcome})
+
+
+async def voice_ended(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    acd_adapter: str,
+    event_id: str,
+    acd_agent_id: str,
+    call_id: str,
+    occurred_at: datetime,
+    wrap_up_seconds: int | None,
+) -> AgentOutcome:
+    """A call ended: free the voice channel and start its wrap-up."""
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    async with uow:
+        if not await uow.inbox.claim(reporter.source, event_id, "voice.ended", clock.now()):
+            agent = await _load_agent(uow, reporter, acd_agent_id)
+            return AgentOutcome(agent.id, {}, duplicate=True)
+        agent = await _load_agent(uow, reporter, acd_agent_id)
+        now = clock.now()
+        call = await uow.agents.voice_call(acd_adapter, call_id)
+        voice = agent.capacity_on(Channel.VOICE)
+        detail: dict[str, object] = {"call_id": call_id}
+        if call is None or call.ended_at is not None or call.started_at is None:
+            # Never started here (its start may still arrive: remember the end) or ended already.
+            if call is None:
+                await uow.agents.save_voice_call(
+                    VoiceCall(acd_adapter, call_id, agent.id, None, occurred_at)
+                )
+            outcome, state = StateOutcome.STALE, voice
+        else:
+            profile = await profile_of(uow, agent)
+            seconds = (
+                wrap_up_seconds
+                if wrap_up_seconds is not None
+                else profile.wrap_up_seconds.get(Channel.VOICE, 0)
+            )
+            wrap_up_until = now + timedelta(seconds=seconds) if seconds > 0 else None
+            await uow.agents.release(agent.id, Channel.VOICE, wrap_up_until)
+            await uow.agents.save_voice_call(replace(call, ended_at=occurred_at))
+            state = replace(
+                voice,
+                load=max(voice.load - 1, 0),
+                wrap_up_until=wrap_up_until or voice.wrap_up_until,
+            )
+            agent.channels[Channel.VOICE] = state
+            outcome = StateOutcome.APPLIED
+            detail["wrap_up_seconds"] = seconds
+            await mirror(uow, agent, Channel.VOICE, [(TargetKind.CRM, agent.crm_adapter)], now)
+        await uow.agents.append_history(
+            [
+                entry_for(
+                    agent.id,
+                    state,
+                    at=now,
+                    source=reporter.source,
+                    event="voice.ended",
+                    outcome=outcome,
+                    source_at=occurred_at,
+                    detail=detail,
+                )
+            ]
+        )
+        await uow.inbox.link(reporter.source, event_id, "")
+        await uow.commit()
+        return AgentOutcome(agent.id, {Channel.VOICE: outcome})
+
+
+async def upsert_profile(uow: UnitOfWork, clock: Clock, profile: Profile) -> None:
+    """Create or replace a profile; its agents' capacities follow unless overridden."""
+    for channel, wanted in profile.capacity.items():
+        validate_capacity({channel: wanted})
+    async with uow:
+        changed = await uow.profiles.upsert(profile)
+        now = clock.now()
+        await uow.agents.append_history(
+            [
+                entry_for(
+                    agent_id,
+                    state,
+                    at=now,
+                    source=OPERATOR,
+                    event="profile_changed",
+                    outcome=StateOutcome.APPLIED,
+                    detail={"profile": profile.name},
+                )
+                for agent_id, state in changed
+            ]
+        )
+        await uow.commit()
