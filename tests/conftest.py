@@ -128,7 +128,7 @@ class HostRouter(httpx.AsyncBaseTransport):
         return await transport.handle_async_request(request)
 
 
-def test_settings(database_url: str, **overrides: Any) -> Settings:
+def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(
         database_url=database_url,
         seed_file=SEED,
@@ -215,7 +215,7 @@ async def harness(database_url: str) -> AsyncIterator[Harness]:
     acd, crm = RecordingPeer(), RecordingPeer()
     transport = HostRouter({"acd.test": acd.app(), "crm.test": crm.app()})
     clock = ShiftedClock()
-    app = create_app(test_settings(database_url), clock=clock, transport=transport, run_relay=False)
+    app = create_app(make_settings(database_url), clock=clock, transport=transport, run_relay=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://harmony") as c,

@@ -101,6 +101,8 @@ def cmd_sim_acd(args: argparse.Namespace) -> int:
         secret=args.secret,
         seed=_seed(args.seed),
         adapter=args.adapter,
+        voice_calls_per_minute=args.voice_per_minute,
+        voice_call_seconds=args.voice_seconds,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None)
     return 0
@@ -119,6 +121,7 @@ def cmd_sim_crm(args: argparse.Namespace) -> int:
         complete_delay=args.complete_delay,
         jitter=args.jitter,
         trickle_per_second=args.trickle,
+        login_agents=not args.no_login,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None)
     return 0
@@ -164,6 +167,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             complete_delay=args.complete_delay,
             jitter=0.5,
             trickle_per_second=args.trickle,
+            voice_calls_per_minute=args.voice_per_minute,
+            voice_call_seconds=args.voice_seconds,
         ) as stack:
             print(
                 "\nHarmony is routing a trickle of chats and emails. Look at:\n"
@@ -197,6 +202,18 @@ def _sim_args(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
+def _voice_args(parser: argparse.ArgumentParser, per_minute: float) -> None:
+    parser.add_argument(
+        "--voice-per-minute",
+        type=float,
+        default=per_minute,
+        help=f"voice calls the ACD simulator starts per minute (default {per_minute:g})",
+    )
+    parser.add_argument(
+        "--voice-seconds", type=float, default=20.0, help="mean voice call length (+-50%%)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="harmony", description=__doc__)
@@ -217,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_acd = sub.add_parser("sim-acd", help="run the ACD simulator")
     _sim_args(sim_acd, 8101)
+    _voice_args(sim_acd, per_minute=0.0)
     sim_acd.set_defaults(func=cmd_sim_acd)
 
     sim_crm = sub.add_parser("sim-crm", help="run the CRM simulator")
@@ -225,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_crm.add_argument("--complete-delay", type=float, default=5.0)
     sim_crm.add_argument("--jitter", type=float, default=0.3)
     sim_crm.add_argument("--trickle", type=float, default=0.0, help="interactions per second")
+    sim_crm.add_argument(
+        "--no-login", action="store_true", help="do not log the seed's agents in at start"
+    )
     sim_crm.set_defaults(func=cmd_sim_crm)
 
     demo = sub.add_parser("demo", help="route N interactions end to end, check each, exit")
@@ -242,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--trickle", type=float, default=0.5, help="interactions per second")
     up.add_argument("--accept-delay", type=float, default=2.0)
     up.add_argument("--complete-delay", type=float, default=8.0)
+    _voice_args(up, per_minute=4.0)
     up.set_defaults(func=cmd_up)
     return parser
 

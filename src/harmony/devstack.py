@@ -72,6 +72,24 @@ async def _serve(app: FastAPI, port: int, servers: list[uvicorn.Server]) -> asyn
     return task
 
 
+LOGIN_WAIT_SECONDS = 30.0
+
+
+async def _wait_logged_in(stack: Stack) -> None:
+    """Wait until the CRM simulator reports every agent logged in; raise if it never does."""
+    deadline = time.monotonic() + LOGIN_WAIT_SECONDS
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if (await client.get(f"{stack.crm_url}/state")).json().get("logged_in"):
+                    return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"the CRM simulator's agents were not logged in after {LOGIN_WAIT_SECONDS} s"
+                )
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     settings: Settings,
@@ -82,8 +100,15 @@ async def running_stack(
     complete_delay: float,
     jitter: float = 0.0,
     trickle_per_second: float = 0.0,
+    voice_calls_per_minute: float = 0.0,
+    voice_call_seconds: float = 20.0,
+    login_agents: bool = True,
 ) -> AsyncIterator[Stack]:
-    """Start the ACD simulator, the CRM simulator and Harmony; stop them all on exit."""
+    """Start the ACD simulator, the CRM simulator and Harmony; stop them all on exit.
+
+    With ``login_agents`` the CRM simulator logs every seed agent in, ready, and this waits
+    (bounded) until Harmony accepted every login, so the first traffic finds agents ready.
+    """
     harmony_url = f"http://127.0.0.1:{ports.harmony}"
     acd_url = f"http://127.0.0.1:{ports.acd}"
     crm_url = f"http://127.0.0.1:{ports.crm}"
@@ -115,6 +140,8 @@ async def running_stack(
                         secret=acd_secret,
                         seed=seed,
                         adapter=settings.routing_acd,
+                        voice_calls_per_minute=voice_calls_per_minute,
+                        voice_call_seconds=voice_call_seconds,
                     )
                 ),
                 ports.acd,
@@ -134,13 +161,17 @@ async def running_stack(
                         complete_delay=complete_delay,
                         jitter=jitter,
                         trickle_per_second=trickle_per_second,
+                        login_agents=login_agents,
                     )
                 ),
                 ports.crm,
                 servers,
             )
         )
-        yield Stack(harmony_url, acd_url, crm_url)
+        stack = Stack(harmony_url, acd_url, crm_url)
+        if login_agents:
+            await _wait_logged_in(stack)
+        yield stack
     finally:
         # Stop the traffic source first and Harmony last, so nothing is cut mid-call.
         for server in reversed(servers):
@@ -183,18 +214,22 @@ class DemoReport:
         return "\n".join(lines)
 
 
-async def _all_interactions(client: httpx.AsyncClient, harmony_url: str) -> list[dict[str, Any]]:
+async def _all_pages(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 500}
         if cursor:
             params["cursor"] = cursor
-        page = (await client.get(f"{harmony_url}/v1/interactions", params=params)).json()
+        page = (await client.get(url, params=params)).json()
         items.extend(page["items"])
         cursor = page["next_cursor"]
         if not cursor:
             return items
+
+
+async def _all_interactions(client: httpx.AsyncClient, harmony_url: str) -> list[dict[str, Any]]:
+    return await _all_pages(client, f"{harmony_url}/v1/interactions")
 
 
 async def verify_loop(
@@ -203,7 +238,7 @@ async def verify_loop(
     """Check each interaction went to the agent the ACD chose, within every capacity."""
     acd = (await client.get(f"{stack.acd_url}/state")).json()
     crm = (await client.get(f"{stack.crm_url}/state")).json()
-    agents = {a["id"]: a for a in (await client.get(f"{stack.harmony_url}/v1/agents")).json()}
+    agents = {a["id"]: a for a in await _all_pages(client, f"{stack.harmony_url}/v1/agents")}
     by_external = {i["external_id"]: i for i in await _all_interactions(client, stack.harmony_url)}
     capacity = {a["agent_id"]: a["capacity"] for a in acd["agents"]}
     for external_id in external_ids:

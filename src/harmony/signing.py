@@ -36,7 +36,8 @@ class Signer:
 
     def headers(self, message_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:
         """Return the three Standard Webhooks headers for ``body`` sent as ``message_id``."""
-        timestamp = at or datetime.now(UTC)
+        # The library formats the time as if it were UTC: convert, or the signature breaks.
+        timestamp = (at or datetime.now(UTC)).astimezone(UTC)
         signature = self._webhook.sign(message_id, timestamp, body.decode())
         return {
             "webhook-id": message_id,

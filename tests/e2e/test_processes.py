@@ -114,7 +114,8 @@ async def test_hundred_interactions_through_real_processes(
         assert report.by_channel == {"chat": 50, "email": 50}
 
         # Harmony's own record: every reservation stayed within the agent's capacity.
-        agents = (await client.get(f"{stack.harmony_url}/v1/agents")).json()
+        agents = (await client.get(f"{stack.harmony_url}/v1/agents")).json()["items"]
+        assert len(agents) == 12
         assert all(c["load"] == 0 for a in agents for c in a["channels"].values())
         page = (await client.get(f"{stack.harmony_url}/v1/interactions?limit=500")).json()
         assert len(page["items"]) == 100

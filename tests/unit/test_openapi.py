@@ -26,4 +26,7 @@ def test_every_route_documents_its_errors() -> None:
         "interaction.created",
         "interaction.accepted",
         "interaction.completed",
+        "agent.logged_in",
+        "agent.logged_out",
+        "agent.state_changed",
     ]

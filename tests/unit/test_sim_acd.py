@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,12 +11,16 @@ import httpx
 
 from harmony.protocol import (
     AGENT_SELECTED,
+    AGENT_STATE,
+    AGENT_STATE_CHANGED,
     REQUEST_QUEUED,
     ROUTING_REQUESTED,
+    VOICE_ENDED,
+    VOICE_STARTED,
     WORK_ENDED,
     envelope,
 )
-from harmony.seed import Seed, SeedAgent
+from harmony.seed import Seed, SeedAgent, SeedProfile
 from harmony.signing import Signer, new_secret
 from harmony.simulators.acd import AcdSimConfig, create_app
 from tests.unit.sim_support import (
@@ -48,30 +52,94 @@ class FakeHarmony(RecordingHarmony):
         return {d["request_id"]: d["agent_id"] for d in self.data(AGENT_SELECTED)}
 
 
-def agent(agent_id: str, skills: list[str], chat: int = 1, email: int = 1) -> SeedAgent:
+# No cross-channel rule and no wrap-up: channels are independent, as the older tests assume.
+OPEN = SeedProfile(name="open")
+# Calls still allow chat, but block email; a call is followed by 3 s of wrap-up.
+CALLS_ALLOW_CHAT = SeedProfile(
+    name="calls-allow-chat", blocks={"voice": ["email"]}, wrap_up_seconds={"voice": 3}
+)
+PROFILES = [OPEN, CALLS_ALLOW_CHAT]
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+def agent(
+    agent_id: str,
+    skills: list[str],
+    chat: int = 1,
+    email: int = 1,
+    voice: int = 1,
+    profile: str = OPEN.name,
+) -> SeedAgent:
     return SeedAgent(
         id=f"agent-{agent_id}",
         crm_agent_id=f"crm-{agent_id}",
         acd_agent_id=agent_id,
         skills=skills,
-        capacity={"chat": chat, "email": email},
+        profile=profile,
+        capacity={"voice": voice, "chat": chat, "email": email},
     )
+
+
+def agent_state(
+    agent_id: str, channel: str, state_name: str = "ready", reason: str | None = None
+) -> dict[str, Any]:
+    """``agent.state`` as Harmony mirrors it to the ACD."""
+    return {
+        "agent_id": agent_id,
+        "channel": channel,
+        "state": state_name,
+        "reason": reason,
+        "load": 0,
+        "capacity": 1,
+        "busy": False,
+        "wrap_up_until": None,
+        "presence": state_name,
+    }
+
+
+async def set_state(
+    client: httpx.AsyncClient,
+    agent_ids: list[str],
+    channels: tuple[str, ...] = ("chat", "email"),
+    state_name: str = "ready",
+) -> None:
+    """Report each agent ``state_name`` on ``channels`` and wait until every echo went out."""
+    before = (await state(client))["echoes_sent"]
+    changes = 0
+    for agent_id in agent_ids:
+        for channel in channels:
+            response = await send(client, AGENT_STATE, agent_state(agent_id, channel, state_name))
+            assert response.status_code == 202
+            changes += response.json()["status"] == "accepted"
+    await wait_until(client, lambda s: s["echoes_sent"] == before + changes)
 
 
 @asynccontextmanager
 async def running_acd(
-    harmony: FakeHarmony, *agents: SeedAgent, **options: Any
+    harmony: FakeHarmony | Handler,
+    *agents: SeedAgent,
+    ready: tuple[str, ...] = ("chat", "email"),
+    **options: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """The simulator with ``agents``, each made ready on ``ready`` before the test starts.
+
+    The echoes of those state changes are then forgotten, so a test sees only its own traffic.
+    """
+    settings: dict[str, Any] = {"retry_base_delay": 0.01, "retry_max_delay": 0.02, **options}
     config = AcdSimConfig(
         harmony_url=HARMONY,
         secret=SECRET,
-        seed=Seed(agents=list(agents)),
-        retry_base_delay=0.01,
-        retry_max_delay=0.02,
-        **options,
+        seed=Seed(profiles=PROFILES, agents=list(agents)),
+        **settings,
     )
-    app = create_app(config, transport=httpx.MockTransport(harmony.handle))
+    handler = harmony.handle if isinstance(harmony, FakeHarmony) else harmony
+    app = create_app(config, transport=httpx.MockTransport(handler))
     async with serving(app, "http://acd.test") as client:
+        if ready:
+            await set_state(client, [a.acd_agent_id for a in agents], ready)
+        if isinstance(harmony, FakeHarmony):
+            harmony.messages.clear()
         yield client
 
 
@@ -170,8 +238,8 @@ async def test_queues_when_full_and_selects_on_work_ended() -> None:
         assert await assigned(client, "r2") == "a1"
         current = await state(client)
         assert current["pending"] == ["r3"]
-        assert current["agents"][0]["load"] == {"chat": 1, "email": 1}
-        assert current["agents"][0]["peak_load"] == {"chat": 1, "email": 1}
+        assert current["agents"][0]["load"] == {"voice": 0, "chat": 1, "email": 1}
+        assert current["agents"][0]["peak_load"] == {"voice": 0, "chat": 1, "email": 1}
         assert current["assignments"]["r1"]["ended_at"] is not None
 
     # Each queued request was reported once, and before its selection.
@@ -267,10 +335,7 @@ async def test_other_4xx_drops_request_and_frees_slot() -> None:
 
 async def test_network_errors_and_5xx_are_retried_with_the_same_id() -> None:
     harmony = FakeHarmony()
-    failures: list[httpx.ConnectError | httpx.Response] = [
-        httpx.ConnectError("connection refused"),
-        httpx.Response(503, json={"error": "unavailable", "detail": "try later"}),
-    ]
+    failures: list[httpx.ConnectError | httpx.Response] = []
 
     async def flaky(request: httpx.Request) -> httpx.Response:
         if failures:
@@ -281,14 +346,12 @@ async def test_network_errors_and_5xx_are_retried_with_the_same_id() -> None:
             return failure
         return await harmony.handle(request)
 
-    config = AcdSimConfig(
-        harmony_url=HARMONY,
-        secret=SECRET,
-        seed=Seed(agents=[agent("a1", [])]),
-        retry_base_delay=0.01,
-    )
-    app = create_app(config, transport=httpx.MockTransport(flaky))
-    async with serving(app, "http://acd") as client:
+    async with running_acd(flaky, agent("a1", [])) as client:
+        harmony.messages.clear()
+        failures += [
+            httpx.ConnectError("connection refused"),
+            httpx.Response(503, json={"error": "unavailable", "detail": "try later"}),
+        ]
         await send(client, ROUTING_REQUESTED, routing("r1"))
         assert await assigned(client, "r1") == "a1"
         current = await state(client)
@@ -303,15 +366,8 @@ async def test_unreachable_harmony_gives_up_and_frees_slot() -> None:
     async def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    config = AcdSimConfig(
-        harmony_url=HARMONY,
-        secret=SECRET,
-        seed=Seed(agents=[agent("a1", [])]),
-        retry_attempts=3,
-        retry_base_delay=0.001,
-    )
-    app = create_app(config, transport=httpx.MockTransport(down))
-    async with serving(app, "http://acd") as client:
+    options = {"retry_attempts": 3, "retry_base_delay": 0.001, "retry_max_delay": 0.001}
+    async with running_acd(down, agent("a1", []), **options) as client:
         await send(client, ROUTING_REQUESTED, routing("r1"))
         current = await wait_until(client, lambda s: "r1" in s["rejected"])
     assert current["rejected"]["r1"]["status_code"] is None
@@ -424,9 +480,7 @@ async def test_work_ended_that_overtakes_the_selection_answer_frees_once() -> No
         override = await end_before_answering(json.loads(request.content))
         return override or response
 
-    config = AcdSimConfig(harmony_url=HARMONY, secret=SECRET, seed=Seed(agents=[agent("a1", [])]))
-    app = create_app(config, transport=httpx.MockTransport(handle))
-    async with serving(app, "http://acd") as client:
+    async with running_acd(handle, agent("a1", [])) as client:
         clients.append(client)
         await send(client, ROUTING_REQUESTED, routing("r1"))
         current = await wait_until(client, lambda s: "r1" in s["assignments"])
@@ -434,3 +488,266 @@ async def test_work_ended_that_overtakes_the_selection_answer_frees_once() -> No
     assert loads(current) == {"a1": 0}
     assert current["agents"][0]["peak_load"]["chat"] == 1
     assert current["unmatched_work_ended"] == 0
+
+
+# --- agent state, wrap-up, cross-channel rules and voice -------------------------------------
+
+
+async def voice(
+    client: httpx.AsyncClient, agent_id: str, action: str, call_id: str | None = None
+) -> httpx.Response:
+    body = {"agent_id": agent_id, "action": action}
+    if call_id is not None:
+        body["call_id"] = call_id
+    return await client.post("/simulate/voice", json=body)
+
+
+def agent_json(current: dict[str, Any], agent_id: str) -> dict[str, Any]:
+    [found] = [a for a in current["agents"] if a["agent_id"] == agent_id]
+    return found
+
+
+async def test_agents_start_logged_out_and_only_ready_agents_are_selected() -> None:
+    harmony = FakeHarmony()
+    agents = [agent("a1", []), agent("a2", []), agent("a3", [])]
+    async with running_acd(harmony, *agents, ready=()) as client:
+        current = await state(client)
+        assert [a["state"] for a in current["agents"]] == [
+            {"voice": "logged_out", "chat": "logged_out", "email": "logged_out"}
+        ] * 3
+        await set_state(client, ["a2"], ("chat",), "not_ready")
+        await set_state(client, ["a3"], ("email",))
+        harmony.messages.clear()
+
+        # Nobody is ready on chat: a1 is logged out, a2 not ready, a3 ready on email only.
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        current = await wait_until(client, lambda s: len(harmony.data(REQUEST_QUEUED)) == 1)
+        assert current["pending"] == ["r1"]
+        assert harmony.data(AGENT_SELECTED) == []
+
+        # The moment a2 is ready on chat, the waiting request goes to it.
+        await set_state(client, ["a2"], ("chat",))
+        assert await assigned(client, "r1") == "a2"
+        # a3 still takes email.
+        await send(client, ROUTING_REQUESTED, routing("e1", channel="email"))
+        assert await assigned(client, "e1") == "a3"
+        current = await state(client)
+    assert agent_json(current, "a2")["state"] == {
+        "voice": "logged_out",
+        "chat": "ready",
+        "email": "logged_out",
+    }
+    assert [d["agent_id"] for d in harmony.data(AGENT_SELECTED)] == ["a2", "a3"]
+
+
+async def test_agent_state_is_echoed_once_per_change_with_echo_of() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", []), ready=()) as client:
+        first = await send(client, AGENT_STATE, agent_state("a1", "chat"), event_id="evt_1")
+        assert first.json() == {"status": "accepted"}
+        # The same state again (new id) changes nothing, so it is not echoed; the same id is
+        # a duplicate.
+        same = await send(client, AGENT_STATE, agent_state("a1", "chat"), event_id="evt_2")
+        assert same.json() == {"status": "unchanged"}
+        again = await send(client, AGENT_STATE, agent_state("a1", "chat"), event_id="evt_1")
+        assert again.json() == {"status": "duplicate"}
+        on_break = agent_state("a1", "chat", "not_ready", "break")
+        assert (await send(client, AGENT_STATE, on_break, event_id="evt_3")).status_code == 202
+        ghost = await send(client, AGENT_STATE, agent_state("ghost", "chat"))
+        assert ghost.status_code == 202
+        assert ghost.json() == {"status": "ignored"}
+        bad = await send(client, AGENT_STATE, {**agent_state("a1", "chat"), "state": "asleep"})
+        assert bad.status_code == 422
+        assert "data.state" in bad.json()["detail"]
+
+        current = await wait_until(client, lambda s: s["echoes_sent"] >= 2)
+    assert harmony.data(AGENT_STATE_CHANGED) == [
+        {
+            "agent_id": "a1",
+            "channels": ["chat"],
+            "state": "ready",
+            "reason": None,
+            "echo_of": "evt_1",
+        },
+        {
+            "agent_id": "a1",
+            "channels": ["chat"],
+            "state": "not_ready",
+            "reason": "break",
+            "echo_of": "evt_3",
+        },
+    ]
+    assert current["echoes_sent"] == 2
+    assert current["unknown_agent_state"] == 1
+    assert agent_json(current, "a1")["state"]["chat"] == "not_ready"
+    assert agent_json(current, "a1")["reason"]["chat"] == "break"
+    assert harmony.bad_signatures == 0
+
+
+async def test_wrap_up_after_work_ended_holds_offers_until_it_runs_out() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", [], chat=2)) as client:
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        assert await assigned(client, "r1") == "a1"
+        await send(client, WORK_ENDED, {**ended("r1", "a1"), "wrap_up_seconds": 1})
+        # A free chat slot, but the agent wraps up: the request waits.
+        await send(client, ROUTING_REQUESTED, routing("r2"))
+        current = await state(client)
+        assert current["pending"] == ["r2"]
+        assert agent_json(current, "a1")["wrap_up_until"]["chat"] is not None
+        assert agent_json(current, "a1")["wrap_up_until"]["email"] is None
+        # Email has no wrap-up running.
+        await send(client, ROUTING_REQUESTED, routing("e1", channel="email"))
+        assert await assigned(client, "e1") == "a1"
+
+        # Nothing but the end of the wrap-up wakes the queue.
+        assert await assigned(client, "r2") == "a1"
+        current = await state(client)
+    assert agent_json(current, "a1")["wrap_up_until"]["chat"] is None
+    assert [d["request_id"] for d in harmony.data(REQUEST_QUEUED)] == ["r2"]
+
+
+async def test_default_profile_voice_blocks_chat_and_email_and_chat_blocks_email() -> None:
+    harmony = FakeHarmony()
+    # "default" is not in the seed: Harmony's built-in rule applies.
+    a1 = agent("a1", [], chat=2, email=2, profile="default")
+    async with running_acd(harmony, a1, ready=("voice", "chat", "email")) as client:
+        started = await voice(client, "a1", "start")
+        assert started.status_code == 202
+        call_id = started.json()["call_id"]
+        assert started.json()["harmony"]["status_code"] == 202
+        # Harmony heard of the call before the simulator answered.
+        assert harmony.data(VOICE_STARTED) == [{"agent_id": "a1", "call_id": call_id}]
+
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        await send(client, ROUTING_REQUESTED, routing("e1", channel="email"))
+        current = await state(client)
+        assert sorted(current["pending"]) == ["e1", "r1"]
+        assert agent_json(current, "a1")["voice_calls"] == [call_id]
+        assert agent_json(current, "a1")["load"]["voice"] == 1
+
+        ended_call = await voice(client, "a1", "end", call_id)
+        assert ended_call.status_code == 202
+        assert harmony.data(VOICE_ENDED) == [
+            {"agent_id": "a1", "call_id": call_id, "wrap_up_seconds": 0}
+        ]
+        # The call's end frees chat; the chat it takes then blocks the email.
+        assert await assigned(client, "r1") == "a1"
+        current = await state(client)
+        assert current["pending"] == ["e1"]
+        await send(client, WORK_ENDED, ended("r1", "a1"))
+        assert await assigned(client, "e1") == "a1"
+        current = await state(client)
+    assert current["voice_started"] == current["voice_ended"] == 1
+    assert agent_json(current, "a1")["voice_calls"] == []
+    assert agent_json(current, "a1")["peak_load"]["voice"] == 1
+    assert harmony.bad_signatures == 0
+
+
+async def test_seed_profile_rules_and_voice_wrap_up() -> None:
+    harmony = FakeHarmony()
+    a1 = agent("a1", [], profile=CALLS_ALLOW_CHAT.name)
+    async with running_acd(harmony, a1, ready=("voice", "chat", "email")) as client:
+        call_id = (await voice(client, "a1", "start", "call-7")).json()["call_id"]
+        assert call_id == "call-7"
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        await send(client, ROUTING_REQUESTED, routing("e1", channel="email"))
+        # This profile lets chat through during a call but not email.
+        assert await assigned(client, "r1") == "a1"
+        current = await state(client)
+        assert current["pending"] == ["e1"]
+
+        await voice(client, "a1", "end")
+        # The profile's voice wrap-up is reported to Harmony and applies to voice only.
+        assert harmony.data(VOICE_ENDED) == [
+            {"agent_id": "a1", "call_id": "call-7", "wrap_up_seconds": 3}
+        ]
+        assert await assigned(client, "e1") == "a1"
+        current = await state(client)
+    assert agent_json(current, "a1")["wrap_up_until"]["voice"] is not None
+    assert agent_json(current, "a1")["wrap_up_until"]["chat"] is None
+
+
+async def test_voice_start_and_end_are_checked() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", []), agent("a2", [], voice=0)) as client:
+        # Logged out on voice (only chat and email were made ready).
+        logged_out = await voice(client, "a1", "start")
+        assert logged_out.status_code == 409
+        assert logged_out.json()["error"] == "agent_unavailable"
+        assert "not logged into voice" in logged_out.json()["detail"]
+
+        # Not ready is still logged in: a call can reach the agent.
+        await set_state(client, ["a1", "a2"], ("voice",), "not_ready")
+        started = await voice(client, "a1", "start", "c1")
+        assert started.status_code == 202
+        full = await voice(client, "a1", "start", "c2")
+        assert full.status_code == 409
+        assert "no free voice slot" in full.json()["detail"]
+        no_capacity = await voice(client, "a2", "start")
+        assert no_capacity.status_code == 409
+        assert (await voice(client, "a1", "end", "c9")).status_code == 404
+        assert (await voice(client, "a2", "end")).status_code == 409
+        assert (await voice(client, "nobody", "start")).json()["error"] == "unknown_agent"
+        bad = await client.post("/simulate/voice", json={"agent_id": "a1", "action": "hold"})
+        assert bad.status_code == 422
+        assert "action" in bad.json()["detail"]
+
+        assert (await voice(client, "a1", "end", "c1")).status_code == 202
+        assert (await voice(client, "a1", "end", "c1")).status_code == 404
+        current = await state(client)
+    assert current["voice_started"] == 1
+    assert current["voice_ended"] == 1
+    assert current["voice_errors"] == []
+    assert agent_json(current, "a1")["load"]["voice"] == 0
+    assert [m["type"] for m in harmony.messages] == [
+        AGENT_STATE_CHANGED,
+        AGENT_STATE_CHANGED,
+        VOICE_STARTED,
+        VOICE_ENDED,
+    ]
+
+
+async def test_voice_refused_by_harmony_is_recorded() -> None:
+    harmony = FakeHarmony()
+
+    def refuse_calls(message: dict[str, Any]) -> httpx.Response | None:
+        if message["type"] == VOICE_STARTED:
+            body = {"error": "capacity_exceeded", "detail": "already on a call"}
+            return httpx.Response(409, json=body)
+        return None
+
+    harmony.policy = refuse_calls
+    async with running_acd(harmony, agent("a1", []), ready=("voice",)) as client:
+        started = await voice(client, "a1", "start", "c1")
+        current = await state(client)
+    # The call happened at the ACD whatever Harmony thinks of it.
+    assert started.status_code == 202
+    assert started.json()["harmony"]["status_code"] == 409
+    assert agent_json(current, "a1")["voice_calls"] == ["c1"]
+    assert current["voice_errors"] == [
+        {
+            "type": VOICE_STARTED,
+            "call_id": "c1",
+            "status_code": 409,
+            "error": "capacity_exceeded",
+            "detail": "already on a call",
+        }
+    ]
+
+
+async def test_voice_traffic_calls_only_agents_ready_on_voice() -> None:
+    harmony = FakeHarmony()
+    agents = [agent("a1", []), agent("a2", [])]
+    options = {"voice_calls_per_minute": 6000.0, "voice_call_seconds": 0.02}
+    async with running_acd(harmony, *agents, ready=(), **options) as client:
+        await set_state(client, ["a1"], ("voice",))
+        await set_state(client, ["a2"], ("voice",), "not_ready")
+        current = await wait_until(client, lambda s: s["voice_ended"] >= 3)
+    started = harmony.data(VOICE_STARTED)
+    ended_calls = harmony.data(VOICE_ENDED)
+    assert {d["agent_id"] for d in started} == {"a1"}
+    assert {d["call_id"] for d in ended_calls} <= {d["call_id"] for d in started}
+    assert len({d["call_id"] for d in started}) == len(started)
+    assert agent_json(current, "a1")["peak_load"]["voice"] == 1
+    assert current["voice_errors"] == []

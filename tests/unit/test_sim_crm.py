@@ -11,12 +11,16 @@ from typing import Any
 import httpx
 
 from harmony.protocol import (
+    AGENT_LOGGED_IN,
+    AGENT_LOGGED_OUT,
+    AGENT_STATE,
+    AGENT_STATE_CHANGED,
     INTERACTION_ACCEPTED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     INTERACTION_DELIVER,
 )
-from harmony.seed import Seed, SeedQueue
+from harmony.seed import Seed, SeedAgent, SeedQueue
 from harmony.signing import new_secret
 from harmony.simulators.crm import CrmSimConfig, create_app
 from tests.unit.sim_support import (
@@ -66,6 +70,7 @@ class FakeHarmony(RecordingHarmony):
 @asynccontextmanager
 async def running_crm(
     harmony: FakeHarmony | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    seed: Seed = SEED,
     **options: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings: dict[str, Any] = {
@@ -75,7 +80,7 @@ async def running_crm(
         "retry_max_delay": 0.02,
         **options,
     }
-    config = CrmSimConfig(harmony_url=HARMONY, secret=SECRET, seed=SEED, **settings)
+    config = CrmSimConfig(harmony_url=HARMONY, secret=SECRET, seed=seed, **settings)
     handler = harmony.handle if isinstance(harmony, FakeHarmony) else harmony
     app = create_app(config, transport=httpx.MockTransport(handler))
     async with serving(app, "http://crm") as client:
@@ -339,3 +344,197 @@ async def test_trickle_creates_mixed_interactions_until_shutdown() -> None:
     assert channels == {"chat", "email"}
     assert harmony.bad_signatures == 0
     assert all(d["external_id"] in current["created"] for d in harmony.data(INTERACTION_CREATED))
+
+
+# --- the agents' media bar -------------------------------------------------------------------
+
+AGENTS_SEED = Seed(
+    queues=SEED.queues,
+    agents=[
+        SeedAgent(id="agent-1", crm_agent_id="crm-1", acd_agent_id="acd-1"),
+        # No voice capacity: its media bar has no voice channel.
+        SeedAgent(id="agent-2", crm_agent_id="crm-2", acd_agent_id="acd-2", capacity={"voice": 0}),
+    ],
+)
+
+
+def agent_answer(message: dict[str, Any], outcome: str = "applied") -> httpx.Response:
+    """Harmony's answer to an agent event: the outcome on each channel it concerned."""
+    agent_id = message["data"]["agent_id"]
+    # Without channels, Harmony applies the change to every channel the agent has capacity on.
+    every = ["chat", "email"] if agent_id == "crm-2" else ["voice", "chat", "email"]
+    channels = message["data"].get("channels") or every
+    return httpx.Response(
+        202,
+        json={
+            "status": outcome,
+            "agent_id": f"agent-{agent_id}",
+            "channels": dict.fromkeys(channels, outcome),
+        },
+    )
+
+
+def harmony_state(
+    agent_id: str,
+    channel: str,
+    state_name: str = "ready",
+    *,
+    load: int = 0,
+    busy: bool = False,
+    wrap_up_until: str | None = None,
+) -> dict[str, Any]:
+    """``agent.state`` as Harmony mirrors it to the CRM."""
+    return {
+        "agent_id": agent_id,
+        "channel": channel,
+        "state": state_name,
+        "reason": None,
+        "load": load,
+        "capacity": 1,
+        "busy": busy,
+        "wrap_up_until": wrap_up_until,
+        "presence": "busy" if busy else state_name,
+    }
+
+
+async def test_agents_are_logged_in_at_start_once_harmony_answers() -> None:
+    harmony = FakeHarmony()
+    gate = asyncio.Event()
+    refusals = 2
+
+    async def down_then_gated(message: dict[str, Any]) -> httpx.Response | None:
+        # Harmony is not up yet for the first two posts, then slow to answer.
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            return httpx.Response(503, json={"error": "unavailable", "detail": "starting"})
+        await gate.wait()
+        return agent_answer(message)
+
+    harmony.policy = down_then_gated
+    async with running_crm(harmony, seed=AGENTS_SEED, retry_attempts=1) as client:
+        waiting = await wait_until(client, lambda s: len(harmony.data(AGENT_LOGGED_IN)) >= 4)
+        assert waiting["logged_in"] is False
+        assert waiting["media_bar"]["crm-1"]["chat"]["state"] == "logged_out"
+        gate.set()
+        current = await wait_until(client, lambda s: s["logged_in"])
+
+    logins = harmony.data(AGENT_LOGGED_IN)
+    assert {d["agent_id"] for d in logins} == {"crm-1", "crm-2"}
+    assert all(d == {"agent_id": d["agent_id"], "state": "ready"} for d in logins)
+    assert set(current["media_bar"]) == {"crm-1", "crm-2"}
+    assert set(current["media_bar"]["crm-2"]) == {"chat", "email"}
+    assert {ch: bar["state"] for ch, bar in current["media_bar"]["crm-1"].items()} == {
+        "voice": "ready",
+        "chat": "ready",
+        "email": "ready",
+    }
+    assert harmony.bad_signatures == 0
+
+
+async def test_no_login_when_disabled() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, seed=AGENTS_SEED, login_agents=False) as client:
+        await deliver(client, "chat-1", agent_id="crm-1")
+        current = await wait_until(client, lambda s: s["completed"] == ["chat-1"])
+    assert current["logged_in"] is False
+    assert harmony.data(AGENT_LOGGED_IN) == []
+    assert current["media_bar"]["crm-1"]["chat"]["state"] == "logged_out"
+
+
+async def test_media_bar_follows_harmony_agent_state() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, seed=AGENTS_SEED, login_agents=False) as client:
+        on_call = harmony_state("crm-1", "voice", load=1, busy=True)
+        assert (await send(client, AGENT_STATE, on_call, event_id="evt_1")).status_code == 202
+        on_break = {**harmony_state("crm-1", "chat", "not_ready"), "reason": "break"}
+        assert (await send(client, AGENT_STATE, on_break)).status_code == 202
+        # A wrap-up that is over shows idle, one still running shows busy.
+        done = harmony_state("crm-2", "chat", busy=True, wrap_up_until="2000-01-01T00:00:00+00:00")
+        await send(client, AGENT_STATE, done)
+        wrapping = harmony_state(
+            "crm-2", "email", busy=True, wrap_up_until="2999-01-01T00:00:00+00:00"
+        )
+        await send(client, AGENT_STATE, wrapping)
+        # A redelivery of an older message changes nothing.
+        stale = harmony_state("crm-1", "voice")
+        duplicate = await send(client, AGENT_STATE, stale, event_id="evt_1")
+        assert duplicate.json() == {"status": "duplicate"}
+        bad = await send(client, AGENT_STATE, {**on_call, "channel": "fax"})
+        assert bad.status_code == 422
+        current = await state(client)
+
+    bar = current["media_bar"]
+    assert bar["crm-1"]["voice"] == {
+        "state": "ready",
+        "reason": None,
+        "busy": True,
+        "load": 1,
+        "wrap_up_until": None,
+    }
+    assert bar["crm-1"]["chat"]["state"] == "not_ready"
+    assert bar["crm-1"]["chat"]["reason"] == "break"
+    assert bar["crm-2"]["chat"]["busy"] is False
+    assert bar["crm-2"]["email"]["busy"] is True
+    assert bar["crm-2"]["email"]["wrap_up_until"].startswith("2999-01-01")
+    # Only Harmony's messages moved the bar: the CRM told Harmony nothing.
+    assert harmony.messages == []
+
+
+async def test_simulate_agent_state_reports_the_change_and_returns_harmonys_answer() -> None:
+    harmony = FakeHarmony()
+
+    async def answer_agents(message: dict[str, Any]) -> httpx.Response | None:
+        if message["data"]["agent_id"] == "crm-9":
+            return httpx.Response(404, json={"error": "unknown_agent", "detail": "no crm-9"})
+        if message["type"] in (AGENT_STATE_CHANGED, AGENT_LOGGED_OUT):
+            return agent_answer(message)
+        return None
+
+    harmony.policy = answer_agents
+    async with running_crm(harmony, seed=AGENTS_SEED, login_agents=False) as client:
+        on_break = await client.post(
+            "/simulate/agent-state",
+            json={
+                "agent_id": "crm-1",
+                "state": "not_ready",
+                "channels": ["chat"],
+                "reason": "break",
+            },
+        )
+        assert on_break.status_code == 202
+        assert on_break.json()["channels"] == {"chat": "applied"}
+        ready = await client.post(
+            "/simulate/agent-state", json={"agent_id": "crm-2", "state": "ready"}
+        )
+        assert ready.status_code == 202
+        out = await client.post(
+            "/simulate/agent-state",
+            json={"agent_id": "crm-1", "state": "logged_out", "channels": ["email"]},
+        )
+        assert out.status_code == 202
+        unknown = await client.post(
+            "/simulate/agent-state", json={"agent_id": "crm-9", "state": "ready"}
+        )
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "unknown_agent"
+        invalid = await client.post(
+            "/simulate/agent-state", json={"agent_id": "crm-1", "state": "away"}
+        )
+        assert invalid.status_code == 422
+        assert "state" in invalid.json()["detail"]
+        current = await state(client)
+
+    assert harmony.data(AGENT_STATE_CHANGED) == [
+        {"agent_id": "crm-1", "channels": ["chat"], "state": "not_ready", "reason": "break"},
+        {"agent_id": "crm-2", "state": "ready"},
+        {"agent_id": "crm-9", "state": "ready"},
+    ]
+    assert harmony.data(AGENT_LOGGED_OUT) == [{"agent_id": "crm-1", "channels": ["email"]}]
+    bar = current["media_bar"]
+    assert (bar["crm-1"]["chat"]["state"], bar["crm-1"]["chat"]["reason"]) == ("not_ready", "break")
+    assert bar["crm-1"]["email"]["state"] == "logged_out"
+    assert bar["crm-1"]["voice"]["state"] == "logged_out"
+    # Shown on the channels Harmony said it applied the change to.
+    assert {ch: b["state"] for ch, b in bar["crm-2"].items()} == {"chat": "ready", "email": "ready"}
+    assert "crm-9" not in bar

@@ -461,16 +461,16 @@ class SqlAgents:
             .where(agent_mirrors.c.target_kind == source.value)
             .where(agent_mirrors.c.echoed_at.is_(None))
         )
-        if echo_of is not None:
-            query = query.where(agent_mirrors.c.id == echo_of)
-        else:
-            query = query.where(
-                agent_mirrors.c.status == status.value,
-                (agent_mirrors.c.reason == reason)
-                if reason is not None
-                else agent_mirrors.c.reason.is_(None),
-                agent_mirrors.c.sent_at >= since,
-            )
+        # An echo repeats what was mirrored; one naming its mirror may arrive late.
+        query = query.where(
+            agent_mirrors.c.status == status.value,
+            (agent_mirrors.c.reason == reason)
+            if reason is not None
+            else agent_mirrors.c.reason.is_(None),
+            agent_mirrors.c.id == echo_of
+            if echo_of is not None
+            else agent_mirrors.c.sent_at >= since,
+        )
         found = (await self._conn.execute(query.order_by(agent_mirrors.c.sent_at).limit(1))).first()
         if found is None:
             return False

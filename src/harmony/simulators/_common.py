@@ -13,13 +13,13 @@ import json
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import httpx
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from harmony.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
 from harmony.signing import SignatureError, Signer
@@ -30,7 +30,34 @@ log = structlog.get_logger()
 TRANSIENT_4XX = frozenset({408, 425, 429})
 
 
+# Agent states per channel, as Harmony names them.
+LOGGED_OUT = "logged_out"
+NOT_READY = "not_ready"
+READY = "ready"
+StateName = Literal["logged_out", "not_ready", "ready"]
+ChannelName = Literal["voice", "chat", "email"]
+
+
 # --- inbound events -------------------------------------------------------------------------
+
+
+class AgentStateMessage(BaseModel):
+    """``data`` of ``agent.state``: Harmony's view of one agent channel, sent to the ACD and CRM.
+
+    ``agent_id`` is the receiver's own id for the agent.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    channel: ChannelName
+    state: StateName
+    reason: str | None = Field(default=None, max_length=64)
+    load: int = Field(default=0, ge=0)
+    capacity: int = Field(default=0, ge=0)
+    busy: bool = False
+    wrap_up_until: AwareDatetime | None = None
+    presence: str | None = None
 
 
 class EventError(Exception):

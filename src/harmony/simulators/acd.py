@@ -1,9 +1,18 @@
 """The ACD simulator: a longest-idle, skills-based agent selector speaking the generic protocol.
 
-Harmony sends ``routing.requested`` and ``work.ended`` to ``POST /events``; the simulator answers
-202 at once and reports its decisions later as signed ``agent.selected`` / ``request.queued``
-callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as a real ACD would. Agents come from the
-same seed file Harmony is provisioned with, so both sides agree on ids, skills and capacity.
+Harmony sends ``routing.requested``, ``work.ended`` and ``agent.state`` to ``POST /events``; the
+simulator answers 202 at once and reports its decisions later as signed ``agent.selected`` /
+``request.queued`` callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as a real ACD would.
+Agents come from the same seed file Harmony is provisioned with, so both sides agree on ids,
+skills, capacity and the profile's wrap-up and cross-channel rules.
+
+Every agent starts logged out on every channel. It becomes selectable on a channel once Harmony
+reports it ready there (``agent.state``, which the simulator echoes back as
+``agent.state_changed`` with ``echo_of``, the way a real ACD publishes every change to its
+subscribers), and stays selectable while it is out of wrap-up, under capacity and not blocked
+by work on another channel (``blocks``). Voice calls happen at the ACD itself: on demand with
+``POST /simulate/voice`` or as a steady rate, each reported as ``voice.started`` /
+``voice.ended``.
 
 All state lives in memory and is exposed on ``GET /state`` so that tests and load runs can check
 what the ACD decided (assignments, peak load per agent and channel, refusals, rejections).
@@ -13,36 +22,57 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
+import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from harmony.protocol import (
     AGENT_SELECTED,
+    AGENT_STATE,
+    AGENT_STATE_CHANGED,
     REQUEST_QUEUED,
     ROUTING_REQUESTED,
+    VOICE_ENDED,
+    VOICE_STARTED,
     WORK_ENDED,
     Envelope,
 )
-from harmony.seed import Seed
+from harmony.seed import CHANNELS, Seed, SeedAgent
 from harmony.simulators._common import (
+    LOGGED_OUT,
+    READY,
+    AgentStateMessage,
     Answer,
     EventError,
     SimulatorBase,
+    describe_validation_error,
+    parse_json,
     read_event,
     simulator_app,
 )
 
 log = structlog.get_logger()
 
-CHANNELS = ("chat", "email")
+VOICE = "voice"
+# Seconds added to a wrap-up's end before re-dispatching, so the timer never looks too early.
+WAKE_MARGIN = 0.005
+# Harmony's built-in "default" profile, for agents whose profile the seed does not define: work
+# on the key channel blocks offers on the listed ones (a call blocks chat and email, chat blocks
+# email; email may be interrupted).
+DEFAULT_BLOCKS: dict[str, frozenset[str]] = {
+    "voice": frozenset({"chat", "email"}),
+    "chat": frozenset({"email"}),
+    "email": frozenset(),
+}
 
 
 @dataclass
@@ -52,7 +82,8 @@ class AcdSimConfig:
     ``secret`` is the ``whsec_...`` secret shared with Harmony's ACD adapter: it verifies what
     Harmony sends and signs the callbacks. The ``retry_*`` fields tune how callbacks are retried
     after a network error or 5xx (the defaults follow the brief: 0.2 s doubling, capped at 5 s,
-    10 attempts); tests shrink them.
+    10 attempts); tests shrink them. ``voice_calls_per_minute`` > 0 starts calls at that rate on
+    random agents free on voice, each lasting about ``voice_call_seconds`` (+-50%).
     """
 
     harmony_url: str
@@ -64,6 +95,8 @@ class AcdSimConfig:
     retry_base_delay: float = 0.2
     retry_max_delay: float = 5.0
     request_timeout: float = 10.0
+    voice_calls_per_minute: float = 0.0
+    voice_call_seconds: float = 20.0
 
 
 # --- inbound events -------------------------------------------------------------------------
@@ -94,12 +127,26 @@ class WorkEnded(BaseModel):
     agent_id: str = Field(min_length=1)
     channel: Literal["chat", "email"]
     reason: str = "completed"
+    # The channel's wrap-up, which starts when the work ends (absent from older senders).
+    wrap_up_seconds: int = Field(default=0, ge=0, le=3600)
 
 
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
     ROUTING_REQUESTED: RoutingRequested,
     WORK_ENDED: WorkEnded,
+    AGENT_STATE: AgentStateMessage,
 }
+
+
+class VoiceRequest(BaseModel):
+    """Body of ``POST /simulate/voice``: a call reaches an agent, or ends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    action: Literal["start", "end"]
+    # Generated on start when absent; on end, absent means the agent's oldest call.
+    call_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 # --- simulator state ------------------------------------------------------------------------
@@ -107,7 +154,7 @@ INBOUND_MODELS: dict[str, type[BaseModel]] = {
 
 @dataclass
 class SimAgent:
-    """One agent as the ACD sees it: skills, capacity and current load per channel."""
+    """One agent as the ACD sees it: per channel its state, capacity, load and wrap-up."""
 
     agent_id: str
     skills: frozenset[str]
@@ -116,26 +163,90 @@ class SimAgent:
     load: dict[str, int]
     peak_load: dict[str, int]
     last_activity: float
+    # blocks[c]: channels that get no offers while the agent holds work on c.
+    blocks: dict[str, frozenset[str]] = field(default_factory=lambda: dict(DEFAULT_BLOCKS))
+    wrap_up_seconds: dict[str, int] = field(default_factory=dict)
+    # channel -> logged_out | not_ready | ready, as Harmony last reported it.
+    state: dict[str, str] = field(default_factory=dict)
+    reason: dict[str, str | None] = field(default_factory=dict)
+    # channel -> monotonic time its wrap-up ends.
+    wrap_up_until: dict[str, float] = field(default_factory=dict)
+    # Ids of the voice calls the agent is on, oldest first.
+    calls: list[str] = field(default_factory=list)
     # Breaks ties between activities that share one monotonic clock reading, so the agent
     # touched first is still the one idle longest.
     activity_seq: int = 0
+
+    @classmethod
+    def from_seed(cls, seed: Seed, seed_agent: SeedAgent, order: int, now: float) -> SimAgent:
+        """The agent as the seed defines it (its profile's rules, else Harmony's default)."""
+        capacity = seed.capacity_of(seed_agent)
+        profile = seed.profile_of(seed_agent)
+        channels = list(dict.fromkeys([*CHANNELS, *capacity]))
+        blocks = (
+            {ch: frozenset(bs) for ch, bs in profile.blocks.items()}
+            if profile
+            else dict(DEFAULT_BLOCKS)
+        )
+        return cls(
+            agent_id=seed_agent.acd_agent_id,
+            skills=frozenset(seed_agent.skills),
+            capacity={ch: capacity.get(ch, 0) for ch in channels},
+            order=order,
+            load=dict.fromkeys(channels, 0),
+            peak_load=dict.fromkeys(channels, 0),
+            last_activity=now,
+            blocks=blocks,
+            wrap_up_seconds=dict(profile.wrap_up_seconds) if profile else {},
+            state=dict.fromkeys(channels, LOGGED_OUT),
+            reason=dict.fromkeys(channels),
+        )
 
     def has_room(self, channel: str) -> bool:
         """True if the agent can take one more interaction on ``channel``."""
         return self.load.get(channel, 0) < self.capacity.get(channel, 0)
 
+    def in_wrap_up(self, channel: str, now: float) -> bool:
+        """True while the wrap-up after work on ``channel`` runs."""
+        return self.wrap_up_until.get(channel, 0.0) > now
+
+    def blocker(self, channel: str) -> str | None:
+        """The other channel whose work blocks offers on ``channel``, if any."""
+        for other, load in self.load.items():
+            if other != channel and load > 0 and channel in self.blocks.get(other, ()):
+                return other
+        return None
+
+    def offerable(self, channel: str, now: float) -> bool:
+        """Ready on ``channel``, out of wrap-up, under capacity and not blocked."""
+        return (
+            self.state.get(channel, LOGGED_OUT) == READY
+            and not self.in_wrap_up(channel, now)
+            and self.has_room(channel)
+            and self.blocker(channel) is None
+        )
+
     def idle_key(self) -> tuple[float, int, int]:
         """Sort key: smallest means idle longest; seed order breaks exact ties."""
         return (self.last_activity, self.activity_seq, self.order)
 
-    def as_json(self) -> dict[str, Any]:
-        """The agent as reported by ``GET /state``."""
+    def as_json(self, now: float, wall_now: datetime) -> dict[str, Any]:
+        """The agent as reported by ``GET /state`` (``now`` is monotonic, ``wall_now`` UTC)."""
         return {
             "agent_id": self.agent_id,
             "skills": sorted(self.skills),
             "capacity": dict(self.capacity),
             "load": dict(self.load),
             "peak_load": dict(self.peak_load),
+            "state": dict(self.state),
+            "reason": dict(self.reason),
+            "wrap_up_until": {
+                ch: (wall_now + timedelta(seconds=self.wrap_up_until[ch] - now)).isoformat()
+                if self.in_wrap_up(ch, now)
+                else None
+                for ch in self.state
+            },
+            "voice_calls": list(self.calls),
         }
 
 
@@ -214,21 +325,12 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         self._lock = asyncio.Lock()
         self._seq = itertools.count()
         self._activity_seq = itertools.count(1)
+        self._random = random.Random()
         start = time.monotonic()
-        self._agents: list[SimAgent] = []
-        for order, seed_agent in enumerate(config.seed.agents):
-            channels = sorted(set(CHANNELS) | set(seed_agent.capacity))
-            self._agents.append(
-                SimAgent(
-                    agent_id=seed_agent.acd_agent_id,
-                    skills=frozenset(seed_agent.skills),
-                    capacity={ch: seed_agent.capacity.get(ch, 0) for ch in channels},
-                    order=order,
-                    load=dict.fromkeys(channels, 0),
-                    peak_load=dict.fromkeys(channels, 0),
-                    last_activity=start,
-                )
-            )
+        self._agents = [
+            SimAgent.from_seed(config.seed, seed_agent, order, start)
+            for order, seed_agent in enumerate(config.seed.agents)
+        ]
         self._agents_by_id = {agent.agent_id: agent for agent in self._agents}
         self._seen_ids: set[str] = set()
         self._pending: dict[str, SimRequest] = {}
@@ -237,6 +339,19 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         self._rejected: dict[str, dict[str, Any]] = {}
         self._refusals = 0
         self._unmatched_work_ended = 0
+        self._unknown_agent_state = 0
+        self._echoes_sent = 0
+        self._voice_started = 0
+        self._voice_ended = 0
+        self._voice_errors: list[dict[str, Any]] = []
+
+    # -- lifecycle
+
+    async def start(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """Open the outbound HTTP client and start voice traffic, if configured."""
+        await super().start(transport)
+        if self.config.voice_calls_per_minute > 0:
+            self._spawn(self._voice_traffic(self.config.voice_calls_per_minute))
 
     # -- inbound
 
@@ -249,6 +364,8 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 status = self._on_routing_requested(data)
             elif isinstance(data, WorkEnded):
                 status = self._on_work_ended(data)
+            elif isinstance(data, AgentStateMessage):
+                status = self._on_agent_state(message, data)
             else:  # read_event only lets known types through
                 raise AssertionError(f"unhandled event data {type(data).__name__}")
             self._seen_ids.add(message.id)
@@ -281,12 +398,12 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         selection = self._in_flight.get(rid)
         if selection and selection.agent.agent_id == agent_id and not selection.ended:
             selection.ended = True
-            self._release(selection.agent, selection.request.channel, touch=True)
+            self._end_work(selection.agent, selection.request.channel, data.wrap_up_seconds)
             return "accepted"
         assignment = self._assignments.get(rid)
         if assignment and assignment.agent_id == agent_id and assignment.ended_at is None:
             assignment.ended_at = datetime.now(UTC)
-            self._release(self._agents_by_id[agent_id], assignment.channel, touch=True)
+            self._end_work(self._agents_by_id[agent_id], assignment.channel, data.wrap_up_seconds)
             return "accepted"
         # Unknown request, another agent, or a second end for one request: freeing anything
         # would corrupt the load, so only count it.
@@ -297,6 +414,31 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             agent_id=data.agent_id,
             reason=data.reason,
         )
+        return "accepted"
+
+    def _on_agent_state(self, message: Envelope, data: AgentStateMessage) -> str:
+        """Apply Harmony's view of one channel; echo it if it changed anything here."""
+        agent = self._agents_by_id.get(data.agent_id)
+        if agent is None:
+            # Answered 202 all the same: refusing would only make Harmony's relay give up on it.
+            self._unknown_agent_state += 1
+            log.warning("acd_sim.agent_state_unknown_agent", agent_id=data.agent_id)
+            return "ignored"
+        channel = data.channel
+        before = (agent.state.get(channel, LOGGED_OUT), agent.reason.get(channel))
+        if before == (data.state, data.reason):
+            return "unchanged"
+        agent.state[channel], agent.reason[channel] = data.state, data.reason
+        log.info(
+            "acd_sim.agent_state",
+            agent_id=agent.agent_id,
+            channel=channel,
+            state=data.state,
+            previous=before[0],
+        )
+        # Like a real ACD publishing the change to its subscribers, Harmony among them; echo_of
+        # lets Harmony recognise its own change rather than apply it a second time.
+        self._spawn(self._send_echo(agent.agent_id, channel, data.state, data.reason, message.id))
         return "accepted"
 
     # -- capacity bookkeeping (lock held)
@@ -316,6 +458,16 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         if touch:
             self._touch(agent, time.monotonic())
 
+    def _end_work(self, agent: SimAgent, channel: str, wrap_up_seconds: int) -> None:
+        """Work on ``channel`` ended: free its slot and start the channel's wrap-up."""
+        self._release(agent, channel, touch=True)
+        if wrap_up_seconds <= 0:
+            return
+        until = time.monotonic() + wrap_up_seconds
+        agent.wrap_up_until[channel] = max(agent.wrap_up_until.get(channel, 0.0), until)
+        # Nothing else would wake the queue when the wrap-up runs out.
+        self._spawn(self._dispatch_at(until))
+
     # -- dispatch (lock held, no I/O: callbacks go out in background tasks)
 
     def _pick(self, request: SimRequest, now: float) -> SimAgent | None:
@@ -323,7 +475,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             agent
             for agent in self._agents
             if request.skills <= agent.skills
-            and agent.has_room(request.channel)
+            and agent.offerable(request.channel, now)
             and not request.excludes(agent.agent_id, now)
         ]
         return min(candidates, key=SimAgent.idle_key, default=None)
@@ -363,7 +515,157 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         await asyncio.sleep(delay)
         await self._dispatch()
 
+    async def _dispatch_at(self, until: float) -> None:
+        """Re-dispatch once the monotonic clock has passed ``until`` (a wrap-up's end)."""
+        # A timer may fire a hair early; the margin makes sure the wrap-up is over when we look.
+        await asyncio.sleep(max(0.0, until - time.monotonic()) + WAKE_MARGIN)
+        await self._dispatch()
+
+    # -- voice calls (they happen at the ACD; Harmony is told of each start and end)
+
+    def _agent(self, agent_id: str) -> SimAgent:
+        agent = self._agents_by_id.get(agent_id)
+        if agent is None:
+            raise EventError(404, "unknown_agent", f"agent_id: no agent {agent_id!r}")
+        return agent
+
+    def _record_voice_error(self, event_type: str, call_id: str, answer: Answer) -> None:
+        self._voice_errors.append(
+            {
+                "type": event_type,
+                "call_id": call_id,
+                "status_code": answer.status,
+                "error": answer.error,
+                "detail": answer.detail,
+            }
+        )
+        log.warning(
+            "acd_sim.voice_event_failed",
+            type=event_type,
+            call_id=call_id,
+            status=answer.status,
+            error=answer.error,
+        )
+
+    async def start_call(self, agent_id: str, call_id: str | None = None) -> tuple[str, Answer]:
+        """A call reaches the agent: take a voice slot, then report ``voice.started``.
+
+        Refused (``EventError`` 409) unless the agent is logged into voice with a free voice
+        slot. Returns once Harmony answered; the call stands whatever the answer, since it
+        happened at the ACD.
+        """
+        async with self._lock:
+            agent = self._agent(agent_id)
+            call_id = self._check_call_start(agent, call_id)
+            self._reserve(agent, VOICE, time.monotonic())
+            agent.calls.append(call_id)
+            self._voice_started += 1
+        log.info("acd_sim.voice_started", agent_id=agent_id, call_id=call_id)
+        answer = await self._post(VOICE_STARTED, {"agent_id": agent_id, "call_id": call_id})
+        if not answer.ok:
+            self._record_voice_error(VOICE_STARTED, call_id, answer)
+        return call_id, answer
+
+    def _check_call_start(self, agent: SimAgent, call_id: str | None) -> str:
+        """The call's id if ``agent`` can take it now; else raise the 409 (lock held)."""
+        if agent.state.get(VOICE, LOGGED_OUT) == LOGGED_OUT:
+            raise EventError(
+                409, "agent_unavailable", f"agent {agent.agent_id} is not logged into voice"
+            )
+        if not agent.has_room(VOICE):
+            raise EventError(
+                409,
+                "agent_unavailable",
+                f"agent {agent.agent_id} has no free voice slot "
+                f"({agent.load.get(VOICE, 0)}/{agent.capacity.get(VOICE, 0)})",
+            )
+        if call_id is None:
+            return f"call-{uuid.uuid4().hex[:12]}"
+        if any(call_id in other.calls for other in self._agents):
+            raise EventError(409, "call_in_progress", f"call_id: call {call_id!r} is in progress")
+        return call_id
+
+    async def end_call(self, agent_id: str, call_id: str | None = None) -> tuple[str, Answer]:
+        """The call ends: report ``voice.ended`` with the profile's wrap-up, then free the slot.
+
+        The slot is freed only after Harmony answered, so a chat selected at once for the
+        freed agent cannot reach Harmony before the end does (and be refused as blocked).
+        """
+        async with self._lock:
+            agent = self._agent(agent_id)
+            if call_id is None:
+                if not agent.calls:
+                    raise EventError(409, "no_call", f"agent {agent_id} is on no call")
+                call_id = agent.calls[0]
+            elif call_id not in agent.calls:
+                raise EventError(
+                    404, "unknown_call", f"call_id: agent {agent_id} is not on call {call_id!r}"
+                )
+            # Off the list at once, so a second end of the same call is refused.
+            agent.calls.remove(call_id)
+            seconds = agent.wrap_up_seconds.get(VOICE, 0)
+            self._voice_ended += 1
+        log.info("acd_sim.voice_ended", agent_id=agent_id, call_id=call_id)
+        answer = await self._post(
+            VOICE_ENDED, {"agent_id": agent_id, "call_id": call_id, "wrap_up_seconds": seconds}
+        )
+        if not answer.ok:
+            self._record_voice_error(VOICE_ENDED, call_id, answer)
+        async with self._lock:
+            self._end_work(agent, VOICE, seconds)
+            self._dispatch_locked()
+        return call_id, answer
+
+    async def _voice_traffic(self, per_minute: float) -> None:
+        """Start a call every ``60/per_minute`` seconds on a random agent free on voice."""
+        loop = asyncio.get_running_loop()
+        interval = 60.0 / per_minute
+        next_at = loop.time()
+        while True:
+            # Scheduled from the previous tick, not from now, so the rate does not drift.
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            now = time.monotonic()
+            free = [agent for agent in self._agents if agent.offerable(VOICE, now)]
+            if not free:
+                log.info("acd_sim.voice_call_missed", reason="no agent free on voice")
+                continue
+            agent = self._random.choice(free)
+            seconds = self.config.voice_call_seconds * self._random.uniform(0.5, 1.5)
+            self._spawn(self._voice_call(agent.agent_id, seconds))
+
+    async def _voice_call(self, agent_id: str, seconds: float) -> None:
+        try:
+            call_id, _ = await self.start_call(agent_id)
+        except EventError as exc:
+            # The agent changed between the pick and the start (another call, a logout).
+            log.info("acd_sim.voice_call_missed", agent_id=agent_id, reason=exc.detail)
+            return
+        await asyncio.sleep(seconds)
+        await self.end_call(agent_id, call_id)
+
     # -- callbacks (never under the lock; SimulatorBase._post sends and retries them)
+
+    async def _send_echo(
+        self, agent_id: str, channel: str, state: str, reason: str | None, echo_of: str
+    ) -> None:
+        data: dict[str, Any] = {
+            "agent_id": agent_id,
+            "channels": [channel],
+            "state": state,
+            "reason": reason,
+            "echo_of": echo_of,
+        }
+        answer = await self._post(AGENT_STATE_CHANGED, data)
+        self._echoes_sent += 1
+        if not answer.ok:
+            log.warning(
+                "acd_sim.echo_not_accepted",
+                agent_id=agent_id,
+                channel=channel,
+                status=answer.status,
+                error=answer.error,
+            )
 
     async def _send_queued(self, request: SimRequest, position: int) -> None:
         answer = await self._post(
@@ -433,8 +735,9 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
     async def snapshot(self) -> dict[str, Any]:
         """Everything ``GET /state`` reports."""
         async with self._lock:
+            now, wall_now = time.monotonic(), datetime.now(UTC)
             return {
-                "agents": [agent.as_json() for agent in self._agents],
+                "agents": [agent.as_json(now, wall_now) for agent in self._agents],
                 "pending": [
                     r.request_id for r in sorted(self._pending.values(), key=SimRequest.sort_key)
                 ],
@@ -443,6 +746,11 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 "refusals": self._refusals,
                 "rejected": {rid: dict(r) for rid, r in self._rejected.items()},
                 "unmatched_work_ended": self._unmatched_work_ended,
+                "unknown_agent_state": self._unknown_agent_state,
+                "echoes_sent": self._echoes_sent,
+                "voice_started": self._voice_started,
+                "voice_ended": self._voice_ended,
+                "voice_errors": [dict(error) for error in self._voice_errors],
             }
 
 
@@ -460,6 +768,23 @@ def create_app(config: AcdSimConfig, transport: httpx.AsyncBaseTransport | None 
             log.warning("acd_sim.event_refused", status=exc.status, error=exc.error)
             return exc.response()
         return JSONResponse(await sim.handle(message, data), status_code=202)
+
+    @app.post("/simulate/voice")
+    async def simulate_voice(request: Request) -> JSONResponse:
+        """Start or end a voice call; answers once Harmony has answered the voice event."""
+        try:
+            try:
+                body = VoiceRequest.model_validate(parse_json(await request.body()))
+            except ValidationError as exc:
+                raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+            if body.action == "start":
+                call_id, answer = await sim.start_call(body.agent_id, body.call_id)
+            else:
+                call_id, answer = await sim.end_call(body.agent_id, body.call_id)
+        except EventError as exc:
+            return exc.response()
+        harmony = {"status_code": answer.status, "error": answer.error, "detail": answer.detail}
+        return JSONResponse({"call_id": call_id, "harmony": harmony}, status_code=202)
 
     @app.get("/state")
     async def state() -> JSONResponse:

@@ -6,9 +6,14 @@ It reports ``interaction.created`` to ``{harmony_url}/v1/crm/{adapter}/events`` 
 ``accept_delay`` and reports ``interaction.accepted``, waits ``complete_delay`` and reports
 ``interaction.completed``, the way a human agent would in a real CRM.
 
-All state lives in memory and is exposed on ``GET /state``: what was created, who got what, and
-the peak number of interactions each agent held at once per channel (to check that Harmony never
-exceeds an agent's capacity).
+It is also every agent's media bar: at start-up it logs each seed agent in, ready on every
+channel it has capacity on (``agent.logged_in``), and ``POST /simulate/agent-state`` plays an
+agent clicking ready, not ready or log out. What Harmony reports back about each channel
+(``agent.state``, received on ``POST /events``) is shown on the media bar.
+
+All state lives in memory and is exposed on ``GET /state``: what was created, who got what, the
+peak number of interactions each agent held at once per channel (to check that Harmony never
+exceeds an agent's capacity), and each agent's media bar.
 """
 
 from __future__ import annotations
@@ -30,17 +35,27 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harmony.protocol import (
+    AGENT_LOGGED_IN,
+    AGENT_LOGGED_OUT,
+    AGENT_STATE,
+    AGENT_STATE_CHANGED,
     INTERACTION_ACCEPTED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     INTERACTION_DELIVER,
     Envelope,
 )
+from harmony.seed import CHANNELS as AGENT_CHANNELS
 from harmony.seed import Seed
 from harmony.simulators._common import (
+    LOGGED_OUT,
+    READY,
+    AgentStateMessage,
     Answer,
+    ChannelName,
     EventError,
     SimulatorBase,
+    StateName,
     describe_validation_error,
     parse_json,
     read_event,
@@ -59,7 +74,8 @@ class CrmSimConfig:
     ``secret`` is the ``whsec_...`` secret shared with Harmony's CRM adapter: it signs what the
     CRM sends and verifies deliveries. ``jitter`` spreads both delays by a uniform random fraction
     (0.2 = +-20%). The ``retry_*`` fields tune how events are retried after a network error or
-    5xx; ``max_concurrency`` bounds simultaneous ``interaction.created`` posts.
+    5xx; ``max_concurrency`` bounds simultaneous posts. ``login_agents`` logs every seed agent
+    in, ready, once the simulator starts (retrying until Harmony answers).
     """
 
     harmony_url: str
@@ -75,6 +91,7 @@ class CrmSimConfig:
     retry_base_delay: float = 0.2
     retry_max_delay: float = 5.0
     request_timeout: float = 10.0
+    login_agents: bool = True
 
 
 # --- inbound events -------------------------------------------------------------------------
@@ -102,7 +119,23 @@ class SimulateRequest(BaseModel):
     queue: str | None = Field(default=None, min_length=1)
 
 
-INBOUND_MODELS: dict[str, type[BaseModel]] = {INTERACTION_DELIVER: InteractionDeliver}
+class AgentStateRequest(BaseModel):
+    """Body of ``POST /simulate/agent-state``: an agent clicks on its media bar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    state: StateName
+    channels: list[ChannelName] | None = Field(default=None, min_length=1)
+    reason: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+INBOUND_MODELS: dict[str, type[BaseModel]] = {
+    INTERACTION_DELIVER: InteractionDeliver,
+    AGENT_STATE: AgentStateMessage,
+}
+# Outcomes in Harmony's answer to an agent event under which the reported state now holds.
+HOLDS = frozenset({"applied", "unchanged", "echo"})
 
 
 # --- simulator ------------------------------------------------------------------------------
@@ -147,12 +180,22 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             lambda: dict.fromkeys(CHANNELS, 0)
         )
         self._errors: list[dict[str, Any]] = []
+        # crm agent id -> channel -> {state, reason, busy, load, wrap_up_until}: each media bar.
+        self._media_bar: dict[str, dict[str, dict[str, Any]]] = {}
+        for agent in config.seed.agents:
+            capacity = config.seed.capacity_of(agent)
+            self._media_bar[agent.crm_agent_id] = {
+                ch: self._blank_channel() for ch in AGENT_CHANNELS if capacity.get(ch, 0) > 0
+            }
+        self._logins_done: set[str] = set()
 
     # -- lifecycle
 
     async def start(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """Open the outbound HTTP client and start the trickle, if configured."""
+        """Open the outbound HTTP client; log the agents in and start the trickle, if asked."""
         await super().start(transport)
+        if self.config.login_agents:
+            self._spawn(self._login_all())
         if self.config.trickle_per_second > 0:
             self._spawn(self._trickle(self.config.trickle_per_second))
 
@@ -348,11 +391,140 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         finally:
             finish()
 
+    # -- the agents' media bars
+
+    @staticmethod
+    def _blank_channel() -> dict[str, Any]:
+        return {
+            "state": LOGGED_OUT,
+            "reason": None,
+            "busy": False,
+            "load": 0,
+            "wrap_up_until": None,
+        }
+
+    def _bar(self, agent_id: str, channel: str) -> dict[str, Any]:
+        return self._media_bar.setdefault(agent_id, {}).setdefault(channel, self._blank_channel())
+
+    @property
+    def logged_in(self) -> bool:
+        """True once Harmony accepted the login of every seed agent."""
+        wanted = {agent.crm_agent_id for agent in self.config.seed.agents}
+        return self.config.login_agents and wanted <= self._logins_done
+
+    async def _login_all(self) -> None:
+        await asyncio.gather(*(self._login(a.crm_agent_id) for a in self.config.seed.agents))
+        log.info("crm_sim.agents_logged_in", count=len(self._logins_done))
+
+    async def _login(self, agent_id: str) -> None:
+        """Log one agent in, ready on every channel; Harmony may not be up yet, so keep trying."""
+        delay = self.config.retry_base_delay
+        data = {"agent_id": agent_id, "state": READY}
+        while True:
+            async with self._semaphore:
+                answer = await self._post(AGENT_LOGGED_IN, data)
+            if answer.ok:
+                self._logins_done.add(agent_id)
+                self._show_own_report(agent_id, READY, None, None, answer)
+                return
+            log.warning(
+                "crm_sim.login_retry",
+                agent_id=agent_id,
+                status=answer.status,
+                error=answer.error,
+                detail=answer.detail,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max_delay)
+
+    def _show_own_report(
+        self,
+        agent_id: str,
+        state: str,
+        reason: str | None,
+        channels: list[str] | None,
+        answer: Answer,
+    ) -> None:
+        """Show on the media bar what the agent clicked, on the channels where Harmony took it.
+
+        Harmony answers with each channel's outcome; a state it ignored as stale is not shown.
+        Without that detail, the channels asked for (or the ones already on the bar) are used.
+        """
+        outcomes = answer.body.get("channels")
+        if isinstance(outcomes, dict):
+            shown = [ch for ch, outcome in outcomes.items() if outcome in HOLDS]
+        else:
+            shown = channels or list(self._media_bar.get(agent_id, {}))
+        for channel in shown:
+            bar = self._bar(agent_id, channel)
+            bar["state"], bar["reason"] = state, reason
+
+    def handle_agent_state(self, message: Envelope, data: AgentStateMessage) -> dict[str, Any]:
+        """Show Harmony's view of one agent channel on the agent's media bar."""
+        if message.id in self._seen_ids:
+            return {"status": "duplicate"}
+        self._seen_ids.add(message.id)
+        bar = self._bar(data.agent_id, data.channel)
+        bar.update(
+            state=data.state,
+            reason=data.reason,
+            busy=data.busy,
+            load=data.load,
+            wrap_up_until=data.wrap_up_until,
+        )
+        log.info(
+            "crm_sim.media_bar",
+            agent_id=data.agent_id,
+            channel=data.channel,
+            state=data.state,
+            busy=data.busy,
+        )
+        return {"status": "accepted"}
+
+    async def report_agent_state(self, request: AgentStateRequest) -> Answer:
+        """Tell Harmony what the agent clicked: ``agent.state_changed`` or ``agent.logged_out``."""
+        data: dict[str, Any] = {"agent_id": request.agent_id}
+        if request.channels is not None:
+            data["channels"] = list(request.channels)
+        if request.state == LOGGED_OUT:
+            event_type = AGENT_LOGGED_OUT
+        else:
+            event_type = AGENT_STATE_CHANGED
+            data["state"] = request.state
+            if request.reason is not None:
+                data["reason"] = request.reason
+        answer = await self._post(event_type, data)
+        if answer.ok:
+            reason = request.reason if request.state == "not_ready" else None
+            self._show_own_report(
+                request.agent_id, request.state, reason, data.get("channels"), answer
+            )
+        return answer
+
     # -- reporting
+
+    @staticmethod
+    def _bar_now(bar: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """One channel of a media bar as shown now.
+
+        Harmony says nothing when a wrap-up runs out, so the bar stops showing busy by itself
+        once the wrap-up Harmony reported is over and no work is held.
+        """
+        until: datetime | None = bar["wrap_up_until"]
+        busy = bar["busy"]
+        if until is not None:
+            busy = bar["load"] > 0 or until > now
+        return {**bar, "busy": busy, "wrap_up_until": until.isoformat() if until else None}
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``GET /state`` reports."""
+        now = datetime.now(UTC)
         return {
+            "logged_in": self.logged_in,
+            "media_bar": {
+                agent: {ch: self._bar_now(bar, now) for ch, bar in channels.items()}
+                for agent, channels in self._media_bar.items()
+            },
             "created": {eid: dict(record) for eid, record in self._created.items()},
             "deliveries": {eid: dict(record) for eid, record in self._deliveries.items()},
             "accepted": list(self._accepted),
@@ -370,15 +542,32 @@ def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None 
 
     @app.post("/events")
     async def events(request: Request) -> JSONResponse:
-        """Receive one signed ``interaction.deliver`` from Harmony."""
+        """Receive one signed ``interaction.deliver`` or ``agent.state`` from Harmony."""
         try:
             message, data = await read_event(request, sim.signer, INBOUND_MODELS, "a CRM")
         except EventError as exc:
             log.warning("crm_sim.event_refused", status=exc.status, error=exc.error)
             return exc.response()
-        # INBOUND_MODELS admits interaction.deliver alone, so this only narrows the type.
+        if isinstance(data, AgentStateMessage):
+            return JSONResponse(sim.handle_agent_state(message, data), status_code=202)
+        # INBOUND_MODELS admits only these two, so this only narrows the type.
         assert isinstance(data, InteractionDeliver)
         return JSONResponse(sim.handle_delivery(message, data), status_code=202)
+
+    @app.post("/simulate/agent-state")
+    async def simulate_agent_state(request: Request) -> JSONResponse:
+        """An agent changes state on its media bar; answers with Harmony's status and body."""
+        try:
+            body = AgentStateRequest.model_validate(parse_json(await request.body()))
+        except ValidationError as exc:
+            return EventError(422, "validation_error", describe_validation_error(exc)).response()
+        except EventError as exc:
+            return exc.response()
+        answer = await sim.report_agent_state(body)
+        if answer.status is None:
+            detail = answer.detail or "Harmony could not be reached"
+            return JSONResponse({"error": "unreachable", "detail": detail}, status_code=502)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @app.post("/simulate/interactions")
     async def simulate(request: Request) -> JSONResponse:

@@ -1,0 +1,192 @@
+"""Fixtures for the unit tests: an in-memory Harmony with two queues and three agents.
+
+Every agent follows the built-in default profile (voice blocks chat and email, chat blocks
+email, no wrap-up) with its own chat and email capacity, and is logged in and ready on every
+channel it has capacity on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from harmony.routing import agent_service, service
+from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
+from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
+from harmony.routing.model import Channel, ChannelStatus, Interaction, Queue
+from harmony.testing import FakeClock, InboxRecord, InMemoryStore, OutboxRecord
+
+CRM = "generic"
+ACD = "generic"
+
+QUEUES = (
+    Queue("support-chat", Channel.CHAT, ["support"]),
+    Queue("support-email", Channel.EMAIL, []),
+)
+# (agent id, crm id, acd id, capacity)
+AGENTS: tuple[tuple[str, str, str, dict[Channel, int]], ...] = (
+    ("agent-1", "crm-1", "acd-1", {Channel.CHAT: 1, Channel.EMAIL: 2}),
+    ("agent-2", "crm-2", "acd-2", {Channel.CHAT: 2, Channel.EMAIL: 0}),
+    ("agent-3", "crm-3", "acd-3", {Channel.CHAT: 0, Channel.EMAIL: 0}),
+)
+
+
+@dataclass
+class World:
+    """An in-memory store and clock with shortcuts for the CRM's and ACD's events."""
+
+    store: InMemoryStore
+    clock: FakeClock
+    event_prefix: str = "evt"
+    _events: int = 0
+
+    def event_id(self) -> str:
+        self._events += 1
+        return f"{self.event_prefix}-{self._events}"
+
+    def events_seen(self) -> list[InboxRecord]:
+        """The inbox, without the events the seed applied."""
+        return [r for r in self.store.inbox() if not r.event_id.startswith("seed-")]
+
+    async def create(
+        self,
+        external_id: str,
+        channel: Channel = Channel.CHAT,
+        *,
+        event_id: str | None = None,
+        queue: str | None = None,
+        **extra: Any,
+    ) -> service.Outcome:
+        return await service.receive_interaction(
+            self.store.uow(),
+            self.clock,
+            crm_adapter=extra.pop("crm_adapter", CRM),
+            acd_adapter=extra.pop("acd_adapter", ACD),
+            event_id=event_id or self.event_id(),
+            new=service.NewInteraction(
+                external_id=external_id,
+                channel=channel,
+                queue=queue or f"support-{channel.value}",
+                **extra,
+            ),
+        )
+
+    def interaction(self, interaction_id: str) -> Interaction:
+        found = self.store.interaction(interaction_id)
+        assert found is not None, f"no interaction {interaction_id}"
+        return found
+
+    def request_id(self, interaction_id: str) -> str:
+        [routing] = self.store.outbox(type=ROUTING_REQUESTED, interaction_id=interaction_id)
+        return str(routing.message.payload["request_id"])
+
+    async def select(
+        self, interaction_id: str, acd_agent_id: str, *, event_id: str | None = None
+    ) -> service.Outcome:
+        return await service.select_agent(
+            self.store.uow(),
+            self.clock,
+            acd_adapter=ACD,
+            event_id=event_id or self.event_id(),
+            request_id=self.request_id(interaction_id),
+            acd_agent_id=acd_agent_id,
+        )
+
+    async def accept(
+        self, external_id: str, crm_agent_id: str | None = None, *, event_id: str | None = None
+    ) -> service.Outcome:
+        return await service.accept_interaction(
+            self.store.uow(),
+            self.clock,
+            crm_adapter=CRM,
+            event_id=event_id or self.event_id(),
+            external_id=external_id,
+            crm_agent_id=crm_agent_id,
+        )
+
+    async def complete(self, external_id: str, *, event_id: str | None = None) -> service.Outcome:
+        return await service.complete_interaction(
+            self.store.uow(),
+            self.clock,
+            crm_adapter=CRM,
+            event_id=event_id or self.event_id(),
+            external_id=external_id,
+        )
+
+    def load(self, agent_id: str, channel: Channel = Channel.CHAT) -> int:
+        agent = self.store.agent(agent_id)
+        assert agent is not None
+        return agent.capacity_on(channel).load
+
+    def outbox_of(self, interaction_id: str, message_type: str) -> list[OutboxRecord]:
+        return self.store.outbox(type=message_type, interaction_id=interaction_id)
+
+    async def report(
+        self,
+        crm_agent_id: str,
+        status: ChannelStatus,
+        *,
+        event: str = "agent.state_changed",
+        reason: str | None = None,
+        channels: tuple[Channel, ...] | None = None,
+    ) -> agent_service.AgentOutcome:
+        """The CRM's media bar reports a login, logout or readiness change."""
+        return await agent_service.report_state(
+            self.store.uow(),
+            self.clock,
+            reporter=agent_service.Reporter(TargetKind.CRM, CRM),
+            event_id=self.event_id(),
+            agent_ref=crm_agent_id,
+            report=agent_service.StateReport(
+                event=event, status=status, reason=reason, channels=channels
+            ),
+            reasons=DEFAULT_NOT_READY_REASONS,
+            acd_adapter=ACD,
+        )
+
+
+async def settle_outbox(store: InMemoryStore, clock: FakeClock) -> None:
+    """Mark every due outbox message sent, as if a relay had delivered them."""
+    async with store.uow() as uow:
+        for entry in await uow.outbox.claim_due(clock.now(), 10_000, 0):
+            await uow.outbox.mark_sent(entry.message.id, clock.now())
+        await uow.commit()
+
+
+async def seed(store: InMemoryStore, clock: FakeClock) -> None:
+    """Add the standard queues and agents through the use cases, and log the agents in ready."""
+    world = World(store, clock, event_prefix="seed")
+    for queue in QUEUES:
+        await service.upsert_queue(store.uow(), queue)
+    for agent_id, crm_id, acd_id, capacity in AGENTS:
+        await service.upsert_agent(
+            store.uow(),
+            clock,
+            agent_id=agent_id,
+            name=agent_id.title(),
+            crm_agent_id=crm_id,
+            acd_agent_id=acd_id,
+            skills=["support"],
+            capacity=capacity,
+        )
+        await world.report(crm_id, ChannelStatus.READY, event="agent.logged_in")
+    await settle_outbox(store, clock)  # the ACD has heard of the logins already
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(clock: FakeClock) -> InMemoryStore:
+    seeded = InMemoryStore()
+    await seed(seeded, clock)
+    return seeded
+
+
+@pytest.fixture
+def world(store: InMemoryStore, clock: FakeClock) -> World:
+    return World(store, clock)
