@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from harmony.config import DEV_SECRET, AdapterSettings, Settings
 from harmony.main import create_app
 from harmony.protocol import encode, envelope
+from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
+from harmony.routing.model import Channel, ChannelStatus
 from harmony.seed import load_seed
 from harmony.signing import Signer
 
@@ -136,6 +138,29 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         crm_adapters={"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
         relay_base_backoff_seconds=0.01,
         **overrides,
+    )
+
+
+def replay_history(agent_id: str, lines: list[dict[str, Any]]) -> dict[Channel, Any]:
+    """Replay ``GET /v1/agents/{id}/history`` items the way the routing core replays entries."""
+    return replay(
+        AgentStateEntry(
+            agent_id=agent_id,
+            at=datetime.now(UTC),
+            channel=Channel(line["channel"]),
+            source=line["source"],
+            event=line["event"],
+            outcome=StateOutcome(line["outcome"]),
+            status=ChannelStatus(line["state"]),
+            reason=line["reason"],
+            load=line["load"],
+            capacity=line["capacity"],
+            wrap_up_until=(
+                datetime.fromisoformat(line["wrap_up_until"]) if line["wrap_up_until"] else None
+            ),
+        )
+        for line in lines
+        if line["channel"]
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from harmony.config import DEV_SECRET, Settings
 from harmony.logging import configure_logging
@@ -27,7 +28,7 @@ UP_DATABASE = Path("var/harmony-up.db")
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         sys.exit(f"harmony: invalid configuration:\n{exc}")
 
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate at start")
-    serve.add_argument("--seed", help="upsert queues and agents from this file at start")
+    serve.add_argument("--seed", help="upsert profiles, queues and agents from this file at start")
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

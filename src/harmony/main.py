@@ -71,11 +71,8 @@ async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
 
 def profile_from_seed(profile: SeedProfile) -> Profile:
     """A seed file's profile as the routing core's; unknown channel names raise ValueError."""
-    return Profile(
-        name=profile.name,
-        capacity={Channel(c): n for c, n in profile.capacity.items()},
-        wrap_up_seconds={Channel(c): n for c, n in profile.wrap_up_seconds.items()},
-        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in profile.blocks.items()},
+    return Profile.from_names(
+        profile.name, profile.capacity, profile.wrap_up_seconds, profile.blocks
     )
 
 

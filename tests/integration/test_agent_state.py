@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
-from harmony.routing.model import Channel, ChannelStatus
-from tests.conftest import Harness
+from harmony.routing.model import Channel
+from tests.conftest import Harness, replay_history
 
 
 async def agent(h: Harness, agent_id: str) -> dict[str, Any]:
@@ -372,23 +371,7 @@ async def test_history_replays_to_the_current_state(harness: Harness) -> None:
     await h.post_event("crm", "interaction.completed", {"external_id": "c-r"})
     view = await agent(h, "agent-011")
     lines = await history(h, "agent-011")
-    replayed = replay(
-        AgentStateEntry(
-            agent_id="agent-011",
-            at=h.clock.now(),
-            channel=Channel(line["channel"]),
-            source=line["source"],
-            event=line["event"],
-            outcome=StateOutcome(line["outcome"]),
-            status=ChannelStatus(line["state"]),
-            reason=line["reason"],
-            load=line["load"],
-            capacity=line["capacity"],
-            wrap_up_until=None,
-        )
-        for line in lines
-        if line["channel"]
-    )
+    replayed = replay_history("agent-011", lines)
     for name, channel in view["channels"].items():
         derived = replayed[Channel(name)]
         assert (derived.status.value, derived.reason, derived.load, derived.capacity) == (

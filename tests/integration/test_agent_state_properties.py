@@ -25,10 +25,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from harmony.config import DEV_SECRET
 from harmony.main import create_app
 from harmony.protocol import encode, envelope
-from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
-from harmony.routing.model import Channel, ChannelStatus
+from harmony.routing.model import Channel
 from harmony.signing import Signer
-from tests.conftest import HostRouter, RecordingPeer, ShiftedClock, make_settings
+from tests.conftest import (
+    HostRouter,
+    RecordingPeer,
+    ShiftedClock,
+    make_settings,
+    replay_history,
+)
 
 AGENTS = ["a1", "a2", "a3"]
 CHANNELS = ["voice", "chat", "email"]
@@ -242,27 +247,7 @@ class AgentStateMachine(RuleBasedStateMachine):
             lines = self.run(
                 self.client.get(f"/v1/agents/{agent}/history", params={"limit": 1000})
             ).json()["items"]
-            replayed = replay(
-                AgentStateEntry(
-                    agent_id=agent,
-                    at=self.clock.now(),
-                    channel=Channel(line["channel"]),
-                    source=line["source"],
-                    event=line["event"],
-                    outcome=StateOutcome(line["outcome"]),
-                    status=ChannelStatus(line["state"]),
-                    reason=line["reason"],
-                    load=line["load"],
-                    capacity=line["capacity"],
-                    wrap_up_until=(
-                        datetime.fromisoformat(line["wrap_up_until"])
-                        if line["wrap_up_until"]
-                        else None
-                    ),
-                )
-                for line in lines
-                if line["channel"]
-            )
+            replayed = replay_history(agent, lines)
             for name, channel in view["channels"].items():
                 assert 0 <= channel["load"] <= channel["capacity"], (agent, name, channel)
                 derived = replayed[Channel(name)]

@@ -206,12 +206,7 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 @router.put("/v1/profiles/{name}", response_model=ProfileOut, responses=PUT_ERRORS, tags=["agents"])
 async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
-    profile = Profile(
-        name=name,
-        capacity={Channel(c): n for c, n in body.capacity.items()},
-        wrap_up_seconds={Channel(c): n for c, n in body.wrap_up_seconds.items()},
-        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in body.blocks.items()},
-    )
+    profile = Profile.from_names(name, body.capacity, body.wrap_up_seconds, body.blocks)
     await agent_service.upsert_profile(wired.db.uow(), wired.clock, profile)
     return ProfileOut.of(profile)
 

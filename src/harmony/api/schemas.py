@@ -234,12 +234,7 @@ class ProfileOut(BaseModel):
 
     @classmethod
     def of(cls, p: Profile) -> ProfileOut:
-        return cls(
-            name=p.name,
-            capacity={c.value: n for c, n in sorted(p.capacity.items())},
-            wrap_up_seconds={c.value: n for c, n in sorted(p.wrap_up_seconds.items())},
-            blocks={c.value: sorted(b.value for b in bs) for c, bs in sorted(p.blocks.items())},
-        )
+        return cls(name=p.name, **p.as_names())
 
 
 # --- agent events (docs/protocol.md) ----------------------------------------------------------

@@ -67,12 +67,7 @@ def _channel_state(row: Any) -> ChannelState:
 
 
 def _profile(row: Any) -> Profile:
-    return Profile(
-        name=row.name,
-        capacity={Channel(c): int(n) for c, n in row.capacity.items()},
-        wrap_up_seconds={Channel(c): int(n) for c, n in row.wrap_up_seconds.items()},
-        blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in row.blocks.items()},
-    )
+    return Profile.from_names(row.name, row.capacity, row.wrap_up_seconds, row.blocks)
 
 
 def _presence_condition(presence: Presence, now: datetime) -> Any:
@@ -533,12 +528,7 @@ class SqlProfiles:
     async def upsert(self, profile: Profile) -> list[tuple[str, ChannelState]]:
         """Replace the profile, then set-based UPDATEs carry its capacities to its agents."""
         now = self._now()
-        values = {
-            "capacity": {c.value: n for c, n in profile.capacity.items()},
-            "wrap_up_seconds": {c.value: n for c, n in profile.wrap_up_seconds.items()},
-            "blocks": {c.value: sorted(b.value for b in bs) for c, bs in profile.blocks.items()},
-            "updated_at": now,
-        }
+        values = {**profile.as_names(), "updated_at": now}
         existed = await self._conn.execute(
             update(profiles).where(profiles.c.name == profile.name).values(**values)
         )

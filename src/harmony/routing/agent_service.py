@@ -7,7 +7,8 @@ append-only history, and mirrored through the outbox to the other side so both s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from harmony.errors import Conflict, NotFound, ValidationFailed
@@ -168,15 +169,91 @@ def _channels_for(agent: Agent, report: StateReport) -> tuple[Channel, ...]:
 
 
 def check_reason(report: StateReport, reasons: tuple[str, ...]) -> str | None:
-    """The reason to store: validated for not ready, dropped otherwise."""
+    """The reason to store: validated for not ready (default ``other``, else the first
+    configured one), dropped otherwise."""
     if report.status != ChannelStatus.NOT_READY:
         return None
-    reason = report.reason or "other"
+    reason = report.reason or ("other" if "other" in reasons else reasons[0])
     if reason not in reasons:
         raise ValidationFailed(
             f"data.reason: '{reason}' is not a configured not-ready reason ({', '.join(reasons)})"
         )
     return reason
+
+
+@dataclass
+class _Change:
+    """One agent event being applied: the locked agent and the history it writes."""
+
+    uow: UnitOfWork
+    agent: Agent
+    reporter: Reporter
+    event: str
+    now: datetime
+    source_at: datetime
+    sequence: int | None = None
+    entries: list[AgentStateEntry] = field(default_factory=list)
+    outcomes: dict[Channel, StateOutcome] = field(default_factory=dict)
+
+    def record(self, state: ChannelState, outcome: StateOutcome, **detail: object) -> None:
+        """Add a history line for the channel's values after this event."""
+        self.outcomes[state.channel] = outcome
+        self.entries.append(
+            entry_for(
+                self.agent.id,
+                state,
+                at=self.now,
+                source=self.reporter.source,
+                event=self.event,
+                outcome=outcome,
+                source_at=self.source_at,
+                sequence=self.sequence,
+                detail={k: v for k, v in detail.items() if v is not None},
+            )
+        )
+
+    async def store(self, state: ChannelState) -> None:
+        """Save a channel's new status fields and keep the in-memory agent in step."""
+        await self.uow.agents.save_channel(self.agent.id, state)
+        self.agent.channels[state.channel] = state
+
+    async def mirror_to_crm(self, channel: Channel) -> None:
+        await mirror(
+            self.uow, self.agent, channel, [(TargetKind.CRM, self.agent.crm_adapter)], self.now
+        )
+
+
+async def _apply(
+    uow: UnitOfWork,
+    clock: Clock,
+    reporter: Reporter,
+    event_id: str | None,
+    event: str,
+    agent_ref: str,
+    occurred_at: datetime | None,
+    body: Callable[[_Change], Awaitable[None]],
+    sequence: int | None = None,
+) -> AgentOutcome:
+    """De-duplicate, lock the agent, run ``body``, append its history and commit."""
+    async with uow:
+        if (
+            event_id is not None
+            and reporter.kind is not None
+            and not await uow.inbox.claim(reporter.source, event_id, event, clock.now())
+        ):
+            agent = await _load_agent(uow, reporter, agent_ref)
+            return AgentOutcome(agent.id, {}, duplicate=True)
+        agent = await _load_agent(uow, reporter, agent_ref)
+        now = clock.now()
+        change = _Change(uow, agent, reporter, event, now, occurred_at or now, sequence)
+        await body(change)
+        await uow.agents.append_history(change.entries)
+        await uow.commit()
+        return AgentOutcome(agent.id, change.outcomes)
+
+
+def _is_older(change: _Change, state: ChannelState) -> bool:
+    return state.source_at is not None and change.source_at < state.source_at
 
 
 async def report_state(
@@ -197,17 +274,10 @@ async def report_state(
     happened there. They are ignored when older than the state they would change, or when they
     are the echo of Harmony's own mirrored change.
     """
-    async with uow:
-        inbox = event_id is not None and reporter.kind is not None
-        if inbox and not await uow.inbox.claim(
-            reporter.source, str(event_id), report.event, clock.now()
-        ):
-            agent = await _load_agent(uow, reporter, agent_ref)
-            return AgentOutcome(agent.id, {}, duplicate=True)
-        agent = await _load_agent(uow, reporter, agent_ref)
+
+    async def body(change: _Change) -> None:
+        agent = change.agent
         reason = check_reason(report, reasons)
-        now = clock.now()
-        source_at = report.occurred_at or now
         channels = _channels_for(agent, report)
         unknown = [c for c in channels if c not in agent.channels]
         if unknown:
@@ -217,68 +287,63 @@ async def report_state(
                 refusal = operator_refusal(agent.channels[channel], report.status)
                 if refusal:
                     raise Conflict(refusal, code="transition_not_allowed")
-
-        entries: list[AgentStateEntry] = []
-        outcomes: dict[Channel, StateOutcome] = {}
         stale_sequence = False
         if report.sequence is not None:
             last = await uow.agents.last_sequence(agent.id, reporter.source)
             stale_sequence = last is not None and report.sequence <= last
             if not stale_sequence:
                 await uow.agents.set_sequence(agent.id, reporter.source, report.sequence)
-
-        def note(state: ChannelState, outcome: StateOutcome, **detail: object) -> None:
-            outcomes[state.channel] = outcome
-            entries.append(
-                entry_for(
-                    agent.id,
-                    state,
-                    at=now,
-                    source=reporter.source,
-                    event=report.event,
-                    outcome=outcome,
-                    source_at=source_at,
-                    sequence=report.sequence,
-                    detail={k: v for k, v in detail.items() if v is not None},
-                )
-            )
-
+        reported = {"reported": report.status.value, "reason": reason}
         for channel in channels:
             current = agent.channels[channel]
-            if stale_sequence or (current.source_at is not None and source_at < current.source_at):
-                note(current, StateOutcome.STALE, reported=report.status.value, reason=reason)
-                continue
-            if reporter.kind is not None and await uow.agents.take_echo(
+            if stale_sequence or _is_older(change, current):
+                change.record(current, StateOutcome.STALE, **reported)
+            elif reporter.kind is not None and await uow.agents.take_echo(
                 agent.id,
                 channel,
                 reporter.kind,
                 report.status,
                 reason,
-                now - ECHO_WINDOW,
+                change.now - ECHO_WINDOW,
                 report.echo_of,
-                now,
+                change.now,
             ):
-                note(current, StateOutcome.ECHO, reported=report.status.value, reason=reason)
-                continue
-            if current.status == report.status and current.reason == reason:
-                updated = replace(current, source_at=max(source_at, current.source_at or source_at))
-                await uow.agents.save_channel(agent.id, updated)
-                agent.channels[channel] = updated
-                note(updated, StateOutcome.UNCHANGED)
-                continue
-            updated = replace(
-                current, status=report.status, reason=reason, since=now, source_at=source_at
-            )
-            await uow.agents.save_channel(agent.id, updated)
-            agent.channels[channel] = updated
-            note(updated, StateOutcome.APPLIED, previous=current.status.value)
-            await mirror(uow, agent, channel, mirror_targets(reporter, agent, acd_adapter), now)
+                change.record(current, StateOutcome.ECHO, **reported)
+            elif current.status == report.status and current.reason == reason:
+                await change.store(
+                    replace(
+                        current,
+                        source_at=max(change.source_at, current.source_at or change.source_at),
+                    )
+                )
+                change.record(agent.channels[channel], StateOutcome.UNCHANGED)
+            else:
+                await change.store(
+                    replace(
+                        current,
+                        status=report.status,
+                        reason=reason,
+                        since=change.now,
+                        source_at=change.source_at,
+                    )
+                )
+                change.record(
+                    agent.channels[channel], StateOutcome.APPLIED, previous=current.status.value
+                )
+                targets = mirror_targets(reporter, agent, acd_adapter)
+                await mirror(uow, agent, channel, targets, change.now)
 
-        await uow.agents.append_history(entries)
-        if inbox:
-            await uow.inbox.link(reporter.source, str(event_id), "")
-        await uow.commit()
-        return AgentOutcome(agent.id, outcomes)
+    return await _apply(
+        uow,
+        clock,
+        reporter,
+        event_id,
+        report.event,
+        agent_ref,
+        report.occurred_at,
+        body,
+        report.sequence,
+    )
 
 
 async def login_failed(
@@ -292,55 +357,37 @@ async def login_failed(
     reason: str,
     occurred_at: datetime,
 ) -> AgentOutcome:
-    """The ACD refused a login: count it, log the channel out, show the CRM."""
-    reporter = Reporter(TargetKind.ACD, acd_adapter)
-    async with uow:
-        if not await uow.inbox.claim(reporter.source, event_id, "agent.login_failed", clock.now()):
-            agent = await _load_agent(uow, reporter, acd_agent_id)
-            return AgentOutcome(agent.id, {}, duplicate=True)
-        agent = await _load_agent(uow, reporter, acd_agent_id)
+    """The ACD refused a login: count it, log the channels out, show the CRM."""
+
+    async def body(change: _Change) -> None:
+        agent = change.agent
         await uow.agents.count_login_failure(agent.id)
-        now = clock.now()
-        entries: list[AgentStateEntry] = []
-        outcomes: dict[Channel, StateOutcome] = {}
         targets = channels or tuple(
             c for c, s in sorted(agent.channels.items()) if s.status != ChannelStatus.LOGGED_OUT
         )
         for channel in targets:
             current = agent.capacity_on(channel)
-            if current.source_at is not None and occurred_at < current.source_at:
-                outcome, state = StateOutcome.STALE, current
+            if _is_older(change, current):
+                change.record(current, StateOutcome.STALE, reason=reason)
             elif current.status == ChannelStatus.LOGGED_OUT:
-                outcome, state = StateOutcome.UNCHANGED, current
+                change.record(current, StateOutcome.UNCHANGED, reason=reason)
             else:
-                state = replace(
-                    current,
-                    status=ChannelStatus.LOGGED_OUT,
-                    reason=None,
-                    since=now,
-                    source_at=occurred_at,
+                await change.store(
+                    replace(
+                        current,
+                        status=ChannelStatus.LOGGED_OUT,
+                        reason=None,
+                        since=change.now,
+                        source_at=change.source_at,
+                    )
                 )
-                await uow.agents.save_channel(agent.id, state)
-                agent.channels[channel] = state
-                outcome = StateOutcome.APPLIED
-                await mirror(uow, agent, channel, [(TargetKind.CRM, agent.crm_adapter)], now)
-            outcomes[channel] = outcome
-            entries.append(
-                entry_for(
-                    agent.id,
-                    state,
-                    at=now,
-                    source=reporter.source,
-                    event="agent.login_failed",
-                    outcome=outcome,
-                    source_at=occurred_at,
-                    detail={"reason": reason},
-                )
-            )
-        await uow.agents.append_history(entries)
-        await uow.inbox.link(reporter.source, event_id, "")
-        await uow.commit()
-        return AgentOutcome(agent.id, outcomes)
+                change.record(agent.channels[channel], StateOutcome.APPLIED, reason=reason)
+                await change.mirror_to_crm(channel)
+
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    return await _apply(
+        uow, clock, reporter, event_id, "agent.login_failed", acd_agent_id, occurred_at, body
+    )
 
 
 async def voice_started(
@@ -354,49 +401,31 @@ async def voice_started(
     occurred_at: datetime,
 ) -> AgentOutcome:
     """A call reached the agent at the ACD (queued or not): it counts on the voice channel."""
-    reporter = Reporter(TargetKind.ACD, acd_adapter)
-    async with uow:
-        if not await uow.inbox.claim(reporter.source, event_id, "voice.started", clock.now()):
-            agent = await _load_agent(uow, reporter, acd_agent_id)
-            return AgentOutcome(agent.id, {}, duplicate=True)
-        agent = await _load_agent(uow, reporter, acd_agent_id)
-        now = clock.now()
-        call = await uow.agents.voice_call(acd_adapter, call_id)
+
+    async def body(change: _Change) -> None:
+        agent = change.agent
         voice = agent.capacity_on(Channel.VOICE)
-        if call is not None:
+        if await uow.agents.voice_call(acd_adapter, call_id) is not None:
             # Already started (a repeat under a new event id), or its end overtook its start.
-            outcome, state = StateOutcome.STALE, voice
-        else:
-            if not await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False):
-                raise Conflict(
-                    f"agent {acd_agent_id} already holds {voice.load}/{voice.capacity} voice "
-                    f"call(s); call {call_id} exceeds its voice capacity",
-                    code="capacity_exceeded",
-                )
-            await uow.agents.save_voice_call(
-                VoiceCall(acd_adapter, call_id, agent.id, occurred_at, None)
+            change.record(voice, StateOutcome.STALE, call_id=call_id)
+            return
+        if not await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False):
+            raise Conflict(
+                f"agent {acd_agent_id} already holds {voice.load}/{voice.capacity} voice "
+                f"call(s); call {call_id} exceeds its voice capacity",
+                code="capacity_exceeded",
             )
-            state = replace(voice, load=voice.load + 1)
-            agent.channels[Channel.VOICE] = state
-            outcome = StateOutcome.APPLIED
-            await mirror(uow, agent, Channel.VOICE, [(TargetKind.CRM, agent.crm_adapter)], now)
-        await uow.agents.append_history(
-            [
-                entry_for(
-                    agent.id,
-                    state,
-                    at=now,
-                    source=reporter.source,
-                    event="voice.started",
-                    outcome=outcome,
-                    source_at=occurred_at,
-                    detail={"call_id": call_id},
-                )
-            ]
+        await uow.agents.save_voice_call(
+            VoiceCall(acd_adapter, call_id, agent.id, occurred_at, None)
         )
-        await uow.inbox.link(reporter.source, event_id, "")
-        await uow.commit()
-        return AgentOutcome(agent.id, {Channel.VOICE: outcome})
+        agent.channels[Channel.VOICE] = replace(voice, load=voice.load + 1)
+        change.record(agent.channels[Channel.VOICE], StateOutcome.APPLIED, call_id=call_id)
+        await change.mirror_to_crm(Channel.VOICE)
+
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    return await _apply(
+        uow, clock, reporter, event_id, "voice.started", acd_agent_id, occurred_at, body
+    )
 
 
 async def voice_ended(
@@ -411,59 +440,45 @@ async def voice_ended(
     wrap_up_seconds: int | None,
 ) -> AgentOutcome:
     """A call ended: free the voice channel and start its wrap-up."""
-    reporter = Reporter(TargetKind.ACD, acd_adapter)
-    async with uow:
-        if not await uow.inbox.claim(reporter.source, event_id, "voice.ended", clock.now()):
-            agent = await _load_agent(uow, reporter, acd_agent_id)
-            return AgentOutcome(agent.id, {}, duplicate=True)
-        agent = await _load_agent(uow, reporter, acd_agent_id)
-        now = clock.now()
-        call = await uow.agents.voice_call(acd_adapter, call_id)
+
+    async def body(change: _Change) -> None:
+        agent = change.agent
         voice = agent.capacity_on(Channel.VOICE)
-        detail: dict[str, object] = {"call_id": call_id}
+        call = await uow.agents.voice_call(acd_adapter, call_id)
         if call is None or call.ended_at is not None or call.started_at is None:
             # Never started here (its start may still arrive: remember the end) or ended already.
             if call is None:
                 await uow.agents.save_voice_call(
                     VoiceCall(acd_adapter, call_id, agent.id, None, occurred_at)
                 )
-            outcome, state = StateOutcome.STALE, voice
-        else:
-            profile = await profile_of(uow, agent)
-            seconds = (
-                wrap_up_seconds
-                if wrap_up_seconds is not None
-                else profile.wrap_up_seconds.get(Channel.VOICE, 0)
-            )
-            wrap_up_until = now + timedelta(seconds=seconds) if seconds > 0 else None
-            await uow.agents.release(agent.id, Channel.VOICE, wrap_up_until)
-            await uow.agents.save_voice_call(replace(call, ended_at=occurred_at))
-            state = replace(
-                voice,
-                load=max(voice.load - 1, 0),
-                wrap_up_until=wrap_up_until or voice.wrap_up_until,
-            )
-            agent.channels[Channel.VOICE] = state
-            outcome = StateOutcome.APPLIED
-            detail["wrap_up_seconds"] = seconds
-            await mirror(uow, agent, Channel.VOICE, [(TargetKind.CRM, agent.crm_adapter)], now)
-        await uow.agents.append_history(
-            [
-                entry_for(
-                    agent.id,
-                    state,
-                    at=now,
-                    source=reporter.source,
-                    event="voice.ended",
-                    outcome=outcome,
-                    source_at=occurred_at,
-                    detail=detail,
-                )
-            ]
+            change.record(voice, StateOutcome.STALE, call_id=call_id)
+            return
+        profile = await profile_of(uow, agent)
+        seconds = (
+            wrap_up_seconds
+            if wrap_up_seconds is not None
+            else profile.wrap_up_seconds.get(Channel.VOICE, 0)
         )
-        await uow.inbox.link(reporter.source, event_id, "")
-        await uow.commit()
-        return AgentOutcome(agent.id, {Channel.VOICE: outcome})
+        wrap_up_until = change.now + timedelta(seconds=seconds) if seconds > 0 else None
+        await uow.agents.release(agent.id, Channel.VOICE, wrap_up_until)
+        await uow.agents.save_voice_call(replace(call, ended_at=occurred_at))
+        agent.channels[Channel.VOICE] = replace(
+            voice,
+            load=max(voice.load - 1, 0),
+            wrap_up_until=wrap_up_until or voice.wrap_up_until,
+        )
+        change.record(
+            agent.channels[Channel.VOICE],
+            StateOutcome.APPLIED,
+            call_id=call_id,
+            wrap_up_seconds=seconds,
+        )
+        await change.mirror_to_crm(Channel.VOICE)
+
+    reporter = Reporter(TargetKind.ACD, acd_adapter)
+    return await _apply(
+        uow, clock, reporter, event_id, "voice.ended", acd_agent_id, occurred_at, body
+    )
 
 
 async def upsert_profile(uow: UnitOfWork, clock: Clock, profile: Profile) -> None:

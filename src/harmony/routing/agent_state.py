@@ -66,6 +66,32 @@ class Profile:
     wrap_up_seconds: Mapping[Channel, int] = field(default_factory=dict)
     blocks: Mapping[Channel, frozenset[Channel]] = field(default_factory=dict)
 
+    @classmethod
+    def from_names(
+        cls,
+        name: str,
+        capacity: Mapping[Any, int],
+        wrap_up_seconds: Mapping[Any, int],
+        blocks: Mapping[Any, Iterable[Any]],
+    ) -> Profile:
+        """Build from channel names, as JSON carries them; ValueError for an unknown channel."""
+        return cls(
+            name=name,
+            capacity={Channel(c): int(n) for c, n in capacity.items()},
+            wrap_up_seconds={Channel(c): int(n) for c, n in wrap_up_seconds.items()},
+            blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in blocks.items()},
+        )
+
+    def as_names(self) -> dict[str, Any]:
+        """Capacity, wrap-up and blocks keyed by channel name, as JSON carries them."""
+        return {
+            "capacity": {c.value: n for c, n in sorted(self.capacity.items())},
+            "wrap_up_seconds": {c.value: n for c, n in sorted(self.wrap_up_seconds.items())},
+            "blocks": {
+                c.value: sorted(b.value for b in bs) for c, bs in sorted(self.blocks.items())
+            },
+        }
+
     def blocker(self, channels: Mapping[Channel, ChannelState], wanted: Channel) -> Channel | None:
         """The channel whose work blocks an offer on ``wanted``, if any."""
         for channel, state in sorted(channels.items()):
