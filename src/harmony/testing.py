@@ -470,10 +470,6 @@ class InMemoryAgents(_Repository):
         """Load an agent by the id the CRM uses."""
         return self._find(lambda agent: agent.crm_agent_id == crm_agent_id)
 
-    async def all(self) -> list[Agent]:
-        """Every agent, ordered by id."""
-        return [_copy_agent(self._rows[agent_id].agent) for agent_id in sorted(self._rows)]
-
     async def search(
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
     ) -> Page[Agent]:

@@ -155,10 +155,6 @@ class SqlAgents:
         """Load an agent by the id the CRM uses."""
         return await self._one(agents.c.crm_agent_id == crm_agent_id, for_update)
 
-    async def all(self) -> list[Agent]:
-        """Every agent, three queries in all."""
-        return await self._load(agents.c.id.is_not(None))
-
     async def search(
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
     ) -> Page[Agent]:

@@ -121,10 +121,6 @@ class AgentRepository(Protocol):
         """Load an agent by the id the CRM uses."""
         ...
 
-    async def all(self) -> list[Agent]:
-        """Every agent with its channel states, ordered by id."""
-        ...
-
     async def search(
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
     ) -> Page[Agent]:
