@@ -18,13 +18,13 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from harmony.adapters.generic_http.protocol import encode, envelope
+from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET, AdapterSettings, Settings
 from harmony.main import create_app
-from harmony.protocol import encode, envelope
 from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
 from harmony.routing.model import Channel, ChannelStatus
 from harmony.seed import load_seed
-from harmony.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed.json"

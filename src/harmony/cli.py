@@ -95,7 +95,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 def cmd_sim_acd(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from harmony.simulators.acd import AcdSimConfig, create_app
+    from harmony.dev.simulators.acd import AcdSimConfig, create_app
 
     config = AcdSimConfig(
         harmony_url=args.harmony_url,
@@ -111,7 +111,7 @@ def cmd_sim_acd(args: argparse.Namespace) -> int:
 
 def cmd_sim_crm(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from harmony.simulators.crm import CrmSimConfig, create_app
+    from harmony.dev.simulators.crm import CrmSimConfig, create_app
 
     config = CrmSimConfig(
         harmony_url=args.harmony_url,
@@ -129,7 +129,7 @@ def cmd_sim_crm(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from harmony.devstack import StackPorts, free_port, run_demo
+    from harmony.dev.devstack import StackPorts, free_port, run_demo
 
     seed = _seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="harmony-demo-") as tmp:
@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from harmony.devstack import StackPorts, running_stack
+    from harmony.dev.devstack import StackPorts, running_stack
 
     seed_path = Path(args.seed or DEFAULT_SEED)
     overrides: dict[str, object] = {"seed_file": seed_path}

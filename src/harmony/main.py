@@ -12,18 +12,17 @@ import structlog
 from fastapi import FastAPI
 
 from harmony import __version__
-from harmony.adapters.acd import generic_http as acd_generic
+from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
-from harmony.adapters.crm import generic_http as crm_generic
+from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
 from harmony.api import events, operators
 from harmony.api.deps import Container
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
 from harmony.db.engine import Database
-from harmony.protocol import MAX_BODY_BYTES
-from harmony.relay import Relay
-from harmony.routing import agent_service, service
+from harmony.outbox.relay import Relay
+from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Profile
 from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import Clock
@@ -32,8 +31,8 @@ from harmony.seed import Seed, SeedProfile, load_seed
 log = structlog.get_logger("harmony")
 
 ADAPTER_FACTORIES: dict[str, Any] = {
-    "crm:generic_http": crm_generic.create,
-    "acd:generic_http": acd_generic.create,
+    "crm:generic_http": generic_http.create_crm,
+    "acd:generic_http": generic_http.create_acd,
 }
 
 
@@ -50,13 +49,13 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
 async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
     """Upsert the seed's profiles, queues and agents (states and loads are kept)."""
     for profile in seed.profiles:
-        await agent_service.upsert_profile(db.uow(), clock, profile_from_seed(profile))
+        await agents.upsert_profile(db.uow(), clock, profile_from_seed(profile))
     for queue in seed.queues:
-        await service.upsert_queue(
+        await interactions.upsert_queue(
             db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
         )
     for agent in seed.agents:
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             db.uow(),
             clock,
             agent_id=agent.id,

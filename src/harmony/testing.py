@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from harmony.adapters.base import AdapterError, PermanentAdapterError, TransientAdapterError
+from harmony.adapters.generic_http.signing import Signer
 from harmony.errors import Conflict, ValidationFailed
 from harmony.routing.agent_state import AgentStateEntry, Profile, default_profile, presence
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
@@ -69,7 +70,6 @@ from harmony.routing.ports import (
     UnitOfWorkFactory,
     VoiceCall,
 )
-from harmony.signing import Signer
 
 __all__ = [
     "FakeAdapter",

@@ -12,16 +12,16 @@ import pytest
 import respx
 from standardwebhooks.webhooks import Webhook
 
-from harmony.adapters.acd import generic_http as acd_generic
+from harmony.adapters import generic_http
 from harmony.adapters.base import (
     AdapterError,
     PermanentAdapterError,
     TransientAdapterError,
 )
-from harmony.adapters.crm import generic_http as crm_generic
 from harmony.adapters.generic_http import GenericHttpAdapter
+from harmony.adapters.generic_http.protocol import Envelope, encode, envelope
+from harmony.adapters.generic_http.signing import SignatureError, Signer, new_secret
 from harmony.config import AdapterSettings
-from harmony.protocol import Envelope, encode, envelope
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -30,7 +30,6 @@ from harmony.routing.messages import (
     OutboundMessage,
     TargetKind,
 )
-from harmony.signing import SignatureError, Signer, new_secret
 
 SECRET = new_secret()
 CRM_URL = "http://crm.test"
@@ -98,13 +97,13 @@ def peer() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 def crm(client: httpx.AsyncClient) -> GenericHttpAdapter:
     settings = AdapterSettings(url=CRM_URL, secret=SECRET, timeout_seconds=2.5)  # type: ignore[arg-type]
-    return crm_generic.create("generic", settings, client)
+    return generic_http.create_crm("generic", settings, client)
 
 
 @pytest.fixture
 def acd(client: httpx.AsyncClient) -> GenericHttpAdapter:
     settings = AdapterSettings(url=ACD_URL, secret=SECRET)  # type: ignore[arg-type]
-    return acd_generic.create("main-acd", settings, client)
+    return generic_http.create_acd("main-acd", settings, client)
 
 
 def sent_envelope(request: httpx.Request) -> dict[str, object]:

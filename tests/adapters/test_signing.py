@@ -1,4 +1,4 @@
-"""harmony.signing.Signer against the published Standard Webhooks test vectors, and its refusals.
+"""Signer against the published Standard Webhooks test vectors, and its refusals.
 
 The vectors come from the reference implementation's own tests:
 standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py
@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from harmony.signing import SIGNATURE_HEADERS, SignatureError, Signer, new_secret
+from harmony.adapters.generic_http.signing import (
+    SIGNATURE_HEADERS,
+    SignatureError,
+    Signer,
+    new_secret,
+)
 
 # Published vector (test_sign_function).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

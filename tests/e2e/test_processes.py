@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harmony.devstack import DemoReport, Stack, free_port, verify_loop
+from harmony.dev.devstack import DemoReport, Stack, free_port, verify_loop
 from tests.conftest import SEED
 
 HARMONY = str(Path(sys.executable).parent / "harmony")

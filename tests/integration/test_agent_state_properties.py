@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from harmony.adapters.generic_http.protocol import encode, envelope
+from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET
 from harmony.main import create_app
-from harmony.protocol import encode, envelope
 from harmony.routing.model import Channel
-from harmony.signing import Signer
 from tests.conftest import (
     HostRouter,
     RecordingPeer,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from harmony.adapters.generic_http.protocol import encode, envelope
+from harmony.adapters.generic_http.signing import Signer, new_secret
 from harmony.config import DEV_SECRET
 from harmony.db.tables import agent_channels, inbox, interaction_history, interactions, outbox
-from harmony.protocol import encode, envelope
-from harmony.signing import Signer, new_secret
 from tests.conftest import Harness
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harmony.routing import agent_service, service
+from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
 from harmony.routing.model import Channel, ChannelStatus, Interaction, Queue
@@ -58,14 +58,14 @@ class World:
         event_id: str | None = None,
         queue: str | None = None,
         **extra: Any,
-    ) -> service.Outcome:
-        return await service.receive_interaction(
+    ) -> interactions.Outcome:
+        return await interactions.receive_interaction(
             self.store.uow(),
             self.clock,
             crm_adapter=extra.pop("crm_adapter", CRM),
             acd_adapter=extra.pop("acd_adapter", ACD),
             event_id=event_id or self.event_id(),
-            new=service.NewInteraction(
+            new=interactions.NewInteraction(
                 external_id=external_id,
                 channel=channel,
                 queue=queue or f"support-{channel.value}",
@@ -84,8 +84,8 @@ class World:
 
     async def select(
         self, interaction_id: str, acd_agent_id: str, *, event_id: str | None = None
-    ) -> service.Outcome:
-        return await service.select_agent(
+    ) -> interactions.Outcome:
+        return await interactions.select_agent(
             self.store.uow(),
             self.clock,
             acd_adapter=ACD,
@@ -96,8 +96,8 @@ class World:
 
     async def accept(
         self, external_id: str, crm_agent_id: str | None = None, *, event_id: str | None = None
-    ) -> service.Outcome:
-        return await service.accept_interaction(
+    ) -> interactions.Outcome:
+        return await interactions.accept_interaction(
             self.store.uow(),
             self.clock,
             crm_adapter=CRM,
@@ -106,8 +106,10 @@ class World:
             crm_agent_id=crm_agent_id,
         )
 
-    async def complete(self, external_id: str, *, event_id: str | None = None) -> service.Outcome:
-        return await service.complete_interaction(
+    async def complete(
+        self, external_id: str, *, event_id: str | None = None
+    ) -> interactions.Outcome:
+        return await interactions.complete_interaction(
             self.store.uow(),
             self.clock,
             crm_adapter=CRM,
@@ -131,17 +133,15 @@ class World:
         event: str = "agent.state_changed",
         reason: str | None = None,
         channels: tuple[Channel, ...] | None = None,
-    ) -> agent_service.AgentOutcome:
+    ) -> agents.AgentOutcome:
         """The CRM's media bar reports a login, logout or readiness change."""
-        return await agent_service.report_state(
+        return await agents.report_state(
             self.store.uow(),
             self.clock,
-            reporter=agent_service.Reporter(TargetKind.CRM, CRM),
+            reporter=agents.Reporter(TargetKind.CRM, CRM),
             event_id=self.event_id(),
             agent_ref=crm_agent_id,
-            report=agent_service.StateReport(
-                event=event, status=status, reason=reason, channels=channels
-            ),
+            report=agents.StateReport(event=event, status=status, reason=reason, channels=channels),
             reasons=DEFAULT_NOT_READY_REASONS,
             acd_adapter=ACD,
         )
@@ -159,9 +159,9 @@ async def seed(store: InMemoryStore, clock: FakeClock) -> None:
     """Add the standard queues and agents through the use cases, and log the agents in ready."""
     world = World(store, clock, event_prefix="seed")
     for queue in QUEUES:
-        await service.upsert_queue(store.uow(), queue)
+        await interactions.upsert_queue(store.uow(), queue)
     for agent_id, crm_id, acd_id, capacity in AGENTS:
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             store.uow(),
             clock,
             agent_id=agent_id,

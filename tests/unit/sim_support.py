@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from harmony.protocol import envelope, post_event
-from harmony.signing import SignatureError, Signer, new_secret
+from harmony.adapters.generic_http.protocol import envelope, post_event
+from harmony.adapters.generic_http.signing import SignatureError, Signer, new_secret
 
 SECRET = new_secret()
 HARMONY = "http://harmony.test"

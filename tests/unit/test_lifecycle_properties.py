@@ -36,8 +36,8 @@ from hypothesis.stateful import (
 
 from harmony.adapters.base import AdapterRegistry
 from harmony.errors import HarmonyError
-from harmony.relay import Relay
-from harmony.routing import agent_service, service
+from harmony.outbox.relay import Relay
+from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS, Profile, replay
 from harmony.routing.messages import (
     AGENT_STATE,
@@ -112,7 +112,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.created_by_event: dict[str, str] = {}
         self.created_by_external: dict[str, str] = {}
         # Events that were applied, to be delivered again: (replay, interaction id).
-        self.applied: list[tuple[Callable[[], Awaitable[service.Outcome]], str]] = []
+        self.applied: list[tuple[Callable[[], Awaitable[interactions.Outcome]], str]] = []
 
     def teardown(self) -> None:
         self.loop.close()
@@ -167,9 +167,9 @@ class Lifecycle(RuleBasedStateMachine):
     def apply(
         self,
         name: str,
-        call: Callable[[], Awaitable[service.Outcome]],
+        call: Callable[[], Awaitable[interactions.Outcome]],
         expected_error: str | None,
-    ) -> service.Outcome | None:
+    ) -> interactions.Outcome | None:
         """Run one event; check it fails with ``expected_error`` and no trace, or succeeds."""
         event(f"{name}: {expected_error or 'applied'}")
         before = self.snapshot()
@@ -187,13 +187,13 @@ class Lifecycle(RuleBasedStateMachine):
     def report(self, agent_id: str, status: ChannelStatus, channels: tuple[Channel, ...]) -> None:
         """The CRM's media bar reports a login or a readiness change."""
         self.run(
-            agent_service.report_state(
+            agents.report_state(
                 self.store.uow(),
                 self.clock,
-                reporter=agent_service.Reporter(TargetKind.CRM, "generic"),
+                reporter=agents.Reporter(TargetKind.CRM, "generic"),
                 event_id=self.next_event_id("state"),
                 agent_ref=crm_id(agent_id),
-                report=agent_service.StateReport(
+                report=agents.StateReport(
                     event="agent.state_changed",
                     status=status,
                     reason="break" if status == ChannelStatus.NOT_READY else None,
@@ -206,7 +206,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     def upsert_agent(self, agent_id: str, chat: int, email: int) -> None:
         self.run(
-            service.upsert_agent(
+            interactions.upsert_agent(
                 self.store.uow(),
                 self.clock,
                 agent_id=agent_id,
@@ -226,8 +226,8 @@ class Lifecycle(RuleBasedStateMachine):
     )
     def seed(self, capacities: list[tuple[int, int]]) -> None:
         for channel, name in QUEUE_OF.items():
-            self.run(service.upsert_queue(self.store.uow(), Queue(name, channel, ["support"])))
-        self.run(agent_service.upsert_profile(self.store.uow(), self.clock, PROFILE))
+            self.run(interactions.upsert_queue(self.store.uow(), Queue(name, channel, ["support"])))
+        self.run(agents.upsert_profile(self.store.uow(), self.clock, PROFILE))
         for agent_id, (chat, email) in zip(AGENT_IDS, capacities, strict=True):
             self.upsert_agent(agent_id, chat, email)
             self.report(agent_id, ChannelStatus.READY, ROUTED)
@@ -248,22 +248,22 @@ class Lifecycle(RuleBasedStateMachine):
     )
     def create(self, external_id: str, channel: Channel, event_id: str) -> None:
         outcome = self.run(
-            service.receive_interaction(
+            interactions.receive_interaction(
                 self.store.uow(),
                 self.clock,
                 crm_adapter="generic",
                 acd_adapter="generic",
                 event_id=event_id,
-                new=service.NewInteraction(
+                new=interactions.NewInteraction(
                     external_id=external_id, channel=channel, queue=QUEUE_OF[channel]
                 ),
             )
         )
         if event_id in self.created_by_event:
-            assert outcome == service.Outcome(self.created_by_event[event_id], duplicate=True)
+            assert outcome == interactions.Outcome(self.created_by_event[event_id], duplicate=True)
             return
         if external_id in self.created_by_external:
-            assert outcome == service.Outcome(self.created_by_external[external_id], True)
+            assert outcome == interactions.Outcome(self.created_by_external[external_id], True)
         else:
             assert not outcome.duplicate
             self.created_by_external[external_id] = outcome.interaction_id
@@ -294,8 +294,8 @@ class Lifecycle(RuleBasedStateMachine):
             expected = None
         event_id = self.next_event_id("accepted")
 
-        def call() -> Awaitable[service.Outcome]:
-            return service.accept_interaction(
+        def call() -> Awaitable[interactions.Outcome]:
+            return interactions.accept_interaction(
                 self.store.uow(),
                 self.clock,
                 crm_adapter="generic",
@@ -322,8 +322,8 @@ class Lifecycle(RuleBasedStateMachine):
             expected = None
         event_id = self.next_event_id("completed")
 
-        def call() -> Awaitable[service.Outcome]:
-            return service.complete_interaction(
+        def call() -> Awaitable[interactions.Outcome]:
+            return interactions.complete_interaction(
                 self.store.uow(),
                 self.clock,
                 crm_adapter="generic",
@@ -410,8 +410,8 @@ class Lifecycle(RuleBasedStateMachine):
             expected = None
         event_id = self.next_event_id("selected")
 
-        def call() -> Awaitable[service.Outcome]:
-            return service.select_agent(
+        def call() -> Awaitable[interactions.Outcome]:
+            return interactions.select_agent(
                 self.store.uow(),
                 self.clock,
                 acd_adapter="generic",
@@ -437,8 +437,8 @@ class Lifecycle(RuleBasedStateMachine):
         expected = "unknown_interaction" if interaction is None else None
         event_id = self.next_event_id("queued")
 
-        def call() -> Awaitable[service.Outcome]:
-            return service.queue_request(
+        def call() -> Awaitable[interactions.Outcome]:
+            return interactions.queue_request(
                 self.store.uow(),
                 self.clock,
                 acd_adapter="generic",
@@ -480,7 +480,7 @@ class Lifecycle(RuleBasedStateMachine):
         call, interaction_id = data.draw(st.sampled_from(self.applied))
         before = self.snapshot()
         outcome = self.run(call())  # type: ignore[arg-type]
-        assert outcome == service.Outcome(interaction_id, duplicate=True)
+        assert outcome == interactions.Outcome(interaction_id, duplicate=True)
         assert self.snapshot() == before
 
     @rule(

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from harmony.adapters.base import AdapterError, AdapterRegistry, TransientAdapterError
-from harmony.relay import MAX_BACKOFF_SECONDS, Relay
+from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,

@@ -1,4 +1,4 @@
-"""Every use case in harmony.routing.service against the in-memory store.
+"""Every use case in harmony.routing.interactions against the in-memory store.
 
 Assertions are on what was stored (interactions, history, agents' loads, inbox, outbox), never on
 which calls were made.
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harmony.errors import Conflict, NotFound, ValidationFailed
-from harmony.routing import agent_service, service
+from harmony.routing import agents, interactions
 from harmony.routing.agent_state import AgentStateEntry, Presence, Profile, StateOutcome
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
@@ -64,7 +64,7 @@ async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -
 async def delivered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     interaction_id = await offered(world, external_id, acd_agent_id)
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
-    await service.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(world.store.uow(), world.clock, deliver)
     return interaction_id
 
 
@@ -132,7 +132,7 @@ async def test_the_same_event_twice_is_one_interaction_and_one_routing_request(
     world.clock.advance(5)
     second = await world.create("chat-1", event_id="evt-1")
 
-    assert second == service.Outcome(first.interaction_id, duplicate=True)
+    assert second == interactions.Outcome(first.interaction_id, duplicate=True)
     assert [i.id for i in world.store.interactions()] == [first.interaction_id]
     assert len(world.store.outbox(type=ROUTING_REQUESTED)) == 1
     assert len(world.events_seen()) == 1
@@ -142,7 +142,7 @@ async def test_a_replayed_event_id_wins_over_its_changed_content(world: World) -
     first = await world.create("chat-1", event_id="evt-1")
     second = await world.create("chat-2", Channel.EMAIL, event_id="evt-1")
 
-    assert second == service.Outcome(first.interaction_id, duplicate=True)
+    assert second == interactions.Outcome(first.interaction_id, duplicate=True)
     assert [i.external_id for i in world.store.interactions()] == ["chat-1"]
 
 
@@ -150,7 +150,7 @@ async def test_the_same_external_id_under_a_new_event_id_is_a_duplicate(world: W
     first = await world.create("chat-1", event_id="evt-1")
     second = await world.create("chat-1", event_id="evt-2", priority=99)
 
-    assert second == service.Outcome(first.interaction_id, duplicate=True)
+    assert second == interactions.Outcome(first.interaction_id, duplicate=True)
     [interaction] = world.store.interactions()
     assert interaction.priority == 0
     assert len(world.store.outbox(type=ROUTING_REQUESTED)) == 1
@@ -161,7 +161,7 @@ async def test_the_same_external_id_under_a_new_event_id_is_a_duplicate(world: W
         ("evt-2", first.interaction_id),
     }
     third = await world.create("chat-1", event_id="evt-2")
-    assert third == service.Outcome(first.interaction_id, duplicate=True)
+    assert third == interactions.Outcome(first.interaction_id, duplicate=True)
 
 
 async def test_the_same_external_id_from_another_crm_is_another_interaction(
@@ -187,7 +187,9 @@ async def test_an_unknown_queue_stores_nothing_and_the_event_can_be_retried(
     assert snapshot(world.store) == before
     assert world.events_seen() == []  # the inbox claim was rolled back with the rest
 
-    await service.upsert_queue(world.store.uow(), Queue("sales-email", Channel.EMAIL, ["sales"]))
+    await interactions.upsert_queue(
+        world.store.uow(), Queue("sales-email", Channel.EMAIL, ["sales"])
+    )
     retried = await world.create("mail-1", Channel.EMAIL, event_id="evt-1", queue="sales-email")
 
     assert not retried.duplicate
@@ -220,7 +222,7 @@ async def test_selection_reserves_capacity_offers_and_promises_the_delivery(
 
     outcome = await world.select(created.interaction_id, "acd-2", event_id="evt-sel")
 
-    assert outcome == service.Outcome(created.interaction_id)
+    assert outcome == interactions.Outcome(created.interaction_id)
     assert world.load("agent-2") == 1
     assert world.load("agent-1") == 0
     interaction = world.interaction(created.interaction_id)
@@ -252,7 +254,7 @@ async def test_selection_reserves_capacity_offers_and_promises_the_delivery(
 
 async def test_selection_of_a_queued_request_offers_it(world: World) -> None:
     created = await world.create("chat-1")
-    await service.queue_request(
+    await interactions.queue_request(
         world.store.uow(),
         world.clock,
         acd_adapter="generic",
@@ -272,7 +274,7 @@ async def test_a_replayed_selection_reserves_once(world: World) -> None:
     await world.select(created.interaction_id, "acd-2", event_id="evt-sel")
     replay = await world.select(created.interaction_id, "acd-2", event_id="evt-sel")
 
-    assert replay == service.Outcome(created.interaction_id, duplicate=True)
+    assert replay == interactions.Outcome(created.interaction_id, duplicate=True)
     assert world.load("agent-2") == 1
     assert len(world.outbox_of(created.interaction_id, INTERACTION_DELIVER)) == 1
 
@@ -282,7 +284,7 @@ async def test_selection_for_an_unknown_request_is_not_found(world: World) -> No
     before = snapshot(world.store)
 
     with pytest.raises(NotFound) as caught:
-        await service.select_agent(
+        await interactions.select_agent(
             world.store.uow(),
             world.clock,
             acd_adapter="generic",
@@ -422,12 +424,12 @@ async def test_selection_and_completion_are_recorded_in_the_agents_history(
 
 
 async def test_completion_starts_the_profiles_wrap_up_and_tells_the_acd(world: World) -> None:
-    await agent_service.upsert_profile(
+    await agents.upsert_profile(
         world.store.uow(),
         world.clock,
         Profile("slow", capacity={Channel.CHAT: 2}, wrap_up_seconds={Channel.CHAT: 30}),
     )
-    await service.upsert_agent(
+    await interactions.upsert_agent(
         world.store.uow(),
         world.clock,
         agent_id="agent-2",
@@ -466,8 +468,8 @@ async def test_queued_notices_move_routing_to_queued_then_are_noted(world: World
     created = await world.create("chat-1")
     request_id = world.request_id(created.interaction_id)
 
-    async def queued(event_id: str, position: int | None) -> service.Outcome:
-        return await service.queue_request(
+    async def queued(event_id: str, position: int | None) -> interactions.Outcome:
+        return await interactions.queue_request(
             world.store.uow(),
             world.clock,
             acd_adapter="generic",
@@ -476,9 +478,9 @@ async def test_queued_notices_move_routing_to_queued_then_are_noted(world: World
             position=position,
         )
 
-    assert await queued("evt-q1", 3) == service.Outcome(created.interaction_id)
-    assert await queued("evt-q2", None) == service.Outcome(created.interaction_id)
-    assert await queued("evt-q1", 3) == service.Outcome(created.interaction_id, duplicate=True)
+    assert await queued("evt-q1", 3) == interactions.Outcome(created.interaction_id)
+    assert await queued("evt-q2", None) == interactions.Outcome(created.interaction_id)
+    assert await queued("evt-q1", 3) == interactions.Outcome(created.interaction_id, duplicate=True)
     await world.select(created.interaction_id, "acd-1")
     await queued("evt-q3", 1)
 
@@ -497,7 +499,7 @@ async def test_queued_notices_move_routing_to_queued_then_are_noted(world: World
 
 async def test_a_queued_notice_for_an_unknown_request_is_not_found(world: World) -> None:
     with pytest.raises(NotFound) as caught:
-        await service.queue_request(
+        await interactions.queue_request(
             world.store.uow(),
             world.clock,
             acd_adapter="generic",
@@ -518,7 +520,7 @@ async def test_a_delivery_ack_moves_offered_to_delivered(world: World) -> None:
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
     world.clock.advance(2)
 
-    await service.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(world.store.uow(), world.clock, deliver)
 
     interaction = world.interaction(interaction_id)
     assert interaction.state == S.DELIVERED
@@ -536,7 +538,7 @@ async def test_a_routing_request_ack_only_marks_the_message_sent(world: World) -
     routing = message(world, created.interaction_id, ROUTING_REQUESTED)
     history = world.store.history(created.interaction_id)
 
-    await service.message_sent(world.store.uow(), world.clock, routing)
+    await interactions.message_sent(world.store.uow(), world.clock, routing)
 
     assert world.interaction(created.interaction_id).state == S.ROUTING
     assert world.store.history(created.interaction_id) == history
@@ -549,7 +551,7 @@ async def test_a_delivery_ack_after_acceptance_is_only_noted(world: World) -> No
     await world.accept("chat-1")
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
 
-    await service.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(world.store.uow(), world.clock, deliver)
 
     assert world.interaction(interaction_id).state == S.ACCEPTED
     last = world.store.history(interaction_id)[-1]
@@ -565,7 +567,7 @@ async def test_a_lost_delivery_fails_releases_and_tells_the_acd(world: World) ->
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
     request_id = world.request_id(interaction_id)
 
-    await service.message_failed(world.store.uow(), world.clock, deliver, "HTTP 404 no agent")
+    await interactions.message_failed(world.store.uow(), world.clock, deliver, "HTTP 404 no agent")
 
     interaction = world.interaction(interaction_id)
     assert interaction.state == S.FAILED
@@ -593,7 +595,9 @@ async def test_a_lost_routing_request_fails_the_interaction(world: World) -> Non
     created = await world.create("chat-1")
     routing = message(world, created.interaction_id, ROUTING_REQUESTED)
 
-    await service.message_failed(world.store.uow(), world.clock, routing, "HTTP 400 bad skills")
+    await interactions.message_failed(
+        world.store.uow(), world.clock, routing, "HTTP 400 bad skills"
+    )
 
     interaction = world.interaction(created.interaction_id)
     assert interaction.state == S.FAILED
@@ -606,7 +610,7 @@ async def test_a_lost_routing_request_after_selection_is_only_noted(world: World
     interaction_id = await offered(world, "chat-1")
     routing = message(world, interaction_id, ROUTING_REQUESTED)
 
-    await service.message_failed(world.store.uow(), world.clock, routing, "gave up")
+    await interactions.message_failed(world.store.uow(), world.clock, routing, "gave up")
 
     assert world.interaction(interaction_id).state == S.OFFERED
     assert world.load("agent-1") == 1
@@ -619,7 +623,7 @@ async def test_a_lost_delivery_after_acceptance_keeps_the_agent(world: World) ->
     await world.accept("chat-1")
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
 
-    await service.message_failed(world.store.uow(), world.clock, deliver, "late 500")
+    await interactions.message_failed(world.store.uow(), world.clock, deliver, "late 500")
 
     assert world.interaction(interaction_id).state == S.ACCEPTED
     assert world.load("agent-1") == 1
@@ -631,7 +635,7 @@ async def test_a_lost_work_ended_is_only_noted(world: World) -> None:
     await world.complete("chat-1")
     ended = message(world, interaction_id, WORK_ENDED)
 
-    await service.message_failed(world.store.uow(), world.clock, ended, "acd down")
+    await interactions.message_failed(world.store.uow(), world.clock, ended, "acd down")
 
     assert world.interaction(interaction_id).state == S.COMPLETED
     assert world.store.history(interaction_id)[-1].event == "message_lost"
@@ -648,7 +652,7 @@ async def test_accept_moves_delivered_to_accepted(world: World) -> None:
 
     outcome = await world.accept("chat-1", "crm-2", event_id="evt-acc")
 
-    assert outcome == service.Outcome(interaction_id)
+    assert outcome == interactions.Outcome(interaction_id)
     interaction = world.interaction(interaction_id)
     assert interaction.state == S.ACCEPTED
     assert interaction.state_times[S.ACCEPTED] == world.clock.now()
@@ -699,7 +703,7 @@ async def test_complete_releases_capacity_and_tells_the_acd(world: World) -> Non
 
     outcome = await world.complete("chat-1", event_id="evt-done")
 
-    assert outcome == service.Outcome(interaction_id)
+    assert outcome == interactions.Outcome(interaction_id)
     assert world.interaction(interaction_id).state == S.COMPLETED
     assert world.load("agent-2") == 0
     [ended] = world.outbox_of(interaction_id, WORK_ENDED)
@@ -766,7 +770,7 @@ async def test_an_email_uses_the_email_slot(world: World) -> None:
 async def test_upsert_agent_keeps_the_load_it_holds(world: World) -> None:
     await offered(world, "chat-1", "acd-2")
 
-    stored = await service.upsert_agent(
+    stored = await interactions.upsert_agent(
         world.store.uow(),
         world.clock,
         agent_id="agent-2",
@@ -789,7 +793,7 @@ async def test_upsert_agent_below_its_load_is_refused(world: World) -> None:
     before = snapshot(world.store)
 
     with pytest.raises(Conflict) as caught:
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             world.store.uow(),
             world.clock,
             agent_id="agent-2",
@@ -807,7 +811,7 @@ async def test_upsert_agent_below_its_load_is_refused(world: World) -> None:
 async def test_upsert_agent_with_another_agents_id_is_refused(world: World) -> None:
     before = snapshot(world.store)
     with pytest.raises(Conflict) as caught:
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             world.store.uow(),
             world.clock,
             agent_id="agent-9",
@@ -823,7 +827,7 @@ async def test_upsert_agent_with_another_agents_id_is_refused(world: World) -> N
 
 async def test_upsert_agent_refuses_capacity_beyond_the_channel_limit(world: World) -> None:
     with pytest.raises(ValidationFailed):
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             world.store.uow(),
             world.clock,
             agent_id="agent-9",
@@ -839,7 +843,7 @@ async def test_upsert_agent_refuses_capacity_beyond_the_channel_limit(world: Wor
 async def test_upsert_agent_with_an_unknown_profile_is_refused(world: World) -> None:
     before = snapshot(world.store)
     with pytest.raises(ValidationFailed, match="profile"):
-        await service.upsert_agent(
+        await interactions.upsert_agent(
             world.store.uow(),
             world.clock,
             agent_id="agent-9",
@@ -853,7 +857,7 @@ async def test_upsert_agent_with_an_unknown_profile_is_refused(world: World) -> 
 
 
 async def test_a_new_agent_takes_its_profiles_capacity_logged_out(world: World) -> None:
-    stored = await service.upsert_agent(
+    stored = await interactions.upsert_agent(
         world.store.uow(),
         world.clock,
         agent_id="agent-9",
@@ -877,7 +881,7 @@ async def test_a_new_agent_takes_its_profiles_capacity_logged_out(world: World) 
 
 
 async def test_upsert_queue_replaces_its_definition(world: World) -> None:
-    await service.upsert_queue(world.store.uow(), Queue("support-chat", Channel.CHAT, ["vip"]))
+    await interactions.upsert_queue(world.store.uow(), Queue("support-chat", Channel.CHAT, ["vip"]))
     assert world.store.queue("support-chat") == Queue("support-chat", Channel.CHAT, ["vip"])
     created = await world.create("chat-1", skills=["x"])
     assert world.interaction(created.interaction_id).skills == ["vip", "x"]
@@ -894,7 +898,7 @@ async def test_a_unit_of_work_left_without_commit_discards_everything(
     async with store.uow() as uow:
         assert await uow.inbox.claim("crm:generic", "evt-1", "interaction.created", clock.now())
         assert await uow.agents.reserve("agent-1", Channel.CHAT)
-        await service.upsert_queue(store.uow(), Queue("other", Channel.CHAT, []))  # commits
+        await interactions.upsert_queue(store.uow(), Queue("other", Channel.CHAT, []))  # commits
         # Its own changes are visible to itself...
         assert not await uow.inbox.claim("crm:generic", "evt-1", "interaction.created", clock.now())
     # ...and gone once it ends; the other unit of work's commit stays.
@@ -1102,7 +1106,7 @@ async def test_an_echo_is_taken_once_and_only_when_it_matches(store: InMemorySto
 
 
 async def test_a_profile_change_reaches_the_agents_following_it(world: World) -> None:
-    await service.upsert_agent(
+    await interactions.upsert_agent(
         world.store.uow(),
         world.clock,
         agent_id="agent-9",
@@ -1117,7 +1121,7 @@ async def test_a_profile_change_reaches_the_agents_following_it(world: World) ->
     assert default is not None
 
     wider = dataclasses.replace(default, capacity={**default.capacity, Channel.CHAT: 5})
-    await agent_service.upsert_profile(world.store.uow(), world.clock, wider)
+    await agents.upsert_profile(world.store.uow(), world.clock, wider)
 
     # agent-9 follows the profile; agent-1 set its own chat capacity and keeps it.
     assert (world.store.agent("agent-9") or pytest.fail()).capacity_on(Channel.CHAT).capacity == 5
@@ -1133,7 +1137,7 @@ async def test_a_profile_change_reaches_the_agents_following_it(world: World) ->
     before = snapshot(world.store)
     closed = dataclasses.replace(default, capacity={**default.capacity, Channel.CHAT: 0})
     with pytest.raises(Conflict) as caught:
-        await agent_service.upsert_profile(world.store.uow(), world.clock, closed)
+        await agents.upsert_profile(world.store.uow(), world.clock, closed)
     assert caught.value.code == "capacity_below_load"
     assert "agent-9" in caught.value.detail
     assert snapshot(world.store) == before

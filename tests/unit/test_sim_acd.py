@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from harmony.protocol import (
+from harmony.adapters.generic_http.protocol import (
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -20,9 +20,9 @@ from harmony.protocol import (
     WORK_ENDED,
     envelope,
 )
+from harmony.adapters.generic_http.signing import Signer, new_secret
+from harmony.dev.simulators.acd import AcdSimConfig, create_app
 from harmony.seed import Seed, SeedAgent, SeedProfile
-from harmony.signing import Signer, new_secret
-from harmony.simulators.acd import AcdSimConfig, create_app
 from tests.unit.sim_support import (
     HARMONY,
     SECRET,

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from harmony.protocol import (
+from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_IN,
     AGENT_LOGGED_OUT,
     AGENT_STATE,
@@ -20,9 +20,9 @@ from harmony.protocol import (
     INTERACTION_CREATED,
     INTERACTION_DELIVER,
 )
+from harmony.adapters.generic_http.signing import new_secret
+from harmony.dev.simulators.crm import CrmSimConfig, create_app
 from harmony.seed import Seed, SeedAgent, SeedQueue
-from harmony.signing import new_secret
-from harmony.simulators.crm import CrmSimConfig, create_app
 from tests.unit.sim_support import (
     HARMONY,
     SECRET,

@@ -21,6 +21,10 @@ from harmony.routing.messages import OutboundMessage, TargetKind
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
+class SignatureError(Exception):
+    """An inbound request's signature headers are missing, stale or do not match the body."""
+
+
 class AdapterError(Exception):
     """An outbound call to a CRM or ACD did not succeed."""
 
@@ -79,7 +83,7 @@ class Adapter(Protocol):
     name: str
 
     def verify_inbound(self, body: bytes, headers: dict[str, str]) -> None:
-        """Raise harmony.signing.SignatureError unless the request really came from this peer."""
+        """Raise SignatureError unless the request really came from this peer."""
         ...
 
     async def send(self, message: OutboundMessage) -> None:

@@ -10,7 +10,7 @@ from fastapi import Request
 from harmony.adapters.base import AdapterRegistry
 from harmony.config import Settings
 from harmony.db.engine import Database
-from harmony.relay import Relay
+from harmony.outbox.relay import Relay
 from harmony.routing.ports import Clock
 
 

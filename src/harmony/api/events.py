@@ -13,6 +13,21 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from harmony.adapters.base import SignatureError
+from harmony.adapters.generic_http.protocol import (
+    AGENT_LOGGED_IN,
+    AGENT_LOGGED_OUT,
+    AGENT_LOGIN_FAILED,
+    AGENT_SELECTED,
+    AGENT_STATE_CHANGED,
+    INTERACTION_ACCEPTED,
+    INTERACTION_COMPLETED,
+    INTERACTION_CREATED,
+    REQUEST_QUEUED,
+    VOICE_ENDED,
+    VOICE_STARTED,
+    Envelope,
+)
 from harmony.api.deps import Container, container
 from harmony.api.plumbing import describe_pydantic_errors, parse_json
 from harmony.api.schemas import (
@@ -32,24 +47,9 @@ from harmony.api.schemas import (
     VoiceStartedData,
 )
 from harmony.errors import HarmonyError, Unauthorized, ValidationFailed
-from harmony.protocol import (
-    AGENT_LOGGED_IN,
-    AGENT_LOGGED_OUT,
-    AGENT_LOGIN_FAILED,
-    AGENT_SELECTED,
-    AGENT_STATE_CHANGED,
-    INTERACTION_ACCEPTED,
-    INTERACTION_COMPLETED,
-    INTERACTION_CREATED,
-    REQUEST_QUEUED,
-    VOICE_ENDED,
-    VOICE_STARTED,
-    Envelope,
-)
-from harmony.routing import agent_service, service
+from harmony.routing import agents, interactions
 from harmony.routing.messages import TargetKind
 from harmony.routing.model import Channel, ChannelStatus
-from harmony.signing import SignatureError
 
 router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
@@ -111,7 +111,7 @@ def _unknown_type(event: Envelope, allowed: list[str]) -> ValidationFailed:
     return ValidationFailed(f"type: unknown event type '{event.type}' (expected one of {allowed})")
 
 
-def _answer(outcome: service.Outcome) -> EventAccepted:
+def _answer(outcome: interactions.Outcome) -> EventAccepted:
     structlog.contextvars.bind_contextvars(interaction_id=outcome.interaction_id)
     return EventAccepted(
         status="duplicate" if outcome.duplicate else "accepted",
@@ -136,7 +136,7 @@ def _channels(names: Sequence[str] | None) -> tuple[Channel, ...] | None:
     return tuple(Channel(n) for n in dict.fromkeys(names)) if names else None
 
 
-def _agent_answer(outcome: agent_service.AgentOutcome) -> AgentEventAccepted:
+def _agent_answer(outcome: agents.AgentOutcome) -> AgentEventAccepted:
     return AgentEventAccepted(
         status=outcome.summary,  # type: ignore[arg-type]
         agent_id=outcome.agent_id,
@@ -160,13 +160,13 @@ async def _agent_state_event(
         changed = _data(event, AgentStateChangedData)
         agent_ref, sequence, channels = changed.agent_id, changed.sequence, changed.channels
         status, reason, echo_of = ChannelStatus(changed.state), changed.reason, changed.echo_of
-    outcome = await agent_service.report_state(
+    outcome = await agents.report_state(
         wired.db.uow(),
         wired.clock,
-        reporter=agent_service.Reporter(kind, adapter),
+        reporter=agents.Reporter(kind, adapter),
         event_id=event.id,
         agent_ref=agent_ref,
-        report=agent_service.StateReport(
+        report=agents.StateReport(
             event=event.type,
             status=status,
             reason=reason,
@@ -196,13 +196,13 @@ async def crm_event(
     uow, clock = wired.db.uow(), wired.clock
     if event.type == INTERACTION_CREATED:
         created = _data(event, InteractionCreatedData)
-        outcome = await service.receive_interaction(
+        outcome = await interactions.receive_interaction(
             uow,
             clock,
             crm_adapter=adapter,
             acd_adapter=wired.settings.routing_acd,
             event_id=event.id,
-            new=service.NewInteraction(
+            new=interactions.NewInteraction(
                 external_id=created.external_id,
                 channel=Channel(created.channel),
                 queue=created.queue,
@@ -214,7 +214,7 @@ async def crm_event(
         )
     elif event.type == INTERACTION_ACCEPTED:
         accepted = _data(event, InteractionAcceptedData)
-        outcome = await service.accept_interaction(
+        outcome = await interactions.accept_interaction(
             uow,
             clock,
             crm_adapter=adapter,
@@ -224,7 +224,7 @@ async def crm_event(
         )
     elif event.type == INTERACTION_COMPLETED:
         completed = _data(event, InteractionCompletedData)
-        outcome = await service.complete_interaction(
+        outcome = await interactions.complete_interaction(
             uow, clock, crm_adapter=adapter, event_id=event.id, external_id=completed.external_id
         )
     elif event.type in AGENT_STATE_TYPES:
@@ -249,7 +249,7 @@ async def acd_event(
     uow, clock = wired.db.uow(), wired.clock
     if event.type == AGENT_SELECTED:
         selected = _data(event, AgentSelectedData)
-        outcome = await service.select_agent(
+        outcome = await interactions.select_agent(
             uow,
             clock,
             acd_adapter=adapter,
@@ -261,7 +261,7 @@ async def acd_event(
         return await _agent_state_event(wired, TargetKind.ACD, adapter, event)
     elif event.type == AGENT_LOGIN_FAILED:
         failed = _data(event, AgentLoginFailedData)
-        agent_outcome = await agent_service.login_failed(
+        agent_outcome = await agents.login_failed(
             uow,
             clock,
             acd_adapter=adapter,
@@ -274,7 +274,7 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == VOICE_STARTED:
         started = _data(event, VoiceStartedData)
-        agent_outcome = await agent_service.voice_started(
+        agent_outcome = await agents.voice_started(
             uow,
             clock,
             acd_adapter=adapter,
@@ -286,7 +286,7 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == VOICE_ENDED:
         ended = _data(event, VoiceEndedData)
-        agent_outcome = await agent_service.voice_ended(
+        agent_outcome = await agents.voice_ended(
             uow,
             clock,
             acd_adapter=adapter,
@@ -299,7 +299,7 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == REQUEST_QUEUED:
         queued = _data(event, RequestQueuedData)
-        outcome = await service.queue_request(
+        outcome = await interactions.queue_request(
             uow,
             clock,
             acd_adapter=adapter,

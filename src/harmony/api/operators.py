@@ -29,7 +29,7 @@ from harmony.api.schemas import (
     RoutableChannel,
 )
 from harmony.errors import HarmonyError, NotFound
-from harmony.routing import agent_service, service
+from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Presence, Profile
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.routing.ports import AgentFilter, InteractionFilter
@@ -130,7 +130,7 @@ async def get_agent(wired: Wired, agent_id: Annotated[str, Path(max_length=100)]
 @router.put("/v1/agents/{agent_id}", response_model=AgentOut, responses=PUT_ERRORS, tags=["agents"])
 async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: AgentIn) -> AgentOut:
     """Create or update an agent. Capacity may not drop below the load the agent holds now."""
-    agent = await service.upsert_agent(
+    agent = await interactions.upsert_agent(
         wired.db.uow(),
         wired.clock,
         agent_id=agent_id,
@@ -156,13 +156,13 @@ async def put_agent_state(
 ) -> AgentOut:
     """Supervisor override of one channel. 409 names the rule when it is not allowed: only the
     agent logs in; no logout while holding work; no ready without capacity."""
-    await agent_service.report_state(
+    await agents.report_state(
         wired.db.uow(),
         wired.clock,
-        reporter=agent_service.Reporter.operator(),
+        reporter=agents.Reporter.operator(),
         event_id=None,
         agent_ref=agent_id,
-        report=agent_service.StateReport(
+        report=agents.StateReport(
             event="operator.override",
             status=ChannelStatus(body.state),
             reason=body.reason,
@@ -207,7 +207,7 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
     profile = Profile.from_names(name, body.capacity, body.wrap_up_seconds, body.blocks)
-    await agent_service.upsert_profile(wired.db.uow(), wired.clock, profile)
+    await agents.upsert_profile(wired.db.uow(), wired.clock, profile)
     return ProfileOut.of(profile)
 
 
@@ -223,7 +223,7 @@ async def list_queues(wired: Wired) -> list[QueueOut]:
 @router.put("/v1/queues/{name}", response_model=QueueOut, responses=PUT_ERRORS, tags=["queues"])
 async def put_queue(wired: Wired, name: Annotated[str, NamePath], body: QueueIn) -> QueueOut:
     """Create or replace a queue definition."""
-    await service.upsert_queue(
+    await interactions.upsert_queue(
         wired.db.uow(), Queue(name=name, channel=Channel(body.channel), skills=body.skills)
     )
     async with wired.db.reader() as uow:

@@ -1,14 +1,14 @@
-"""The generic JSON-over-HTTP adapters (docs/protocol.md) for any CRM or ACD that speaks it."""
+"""The adapter speaking the generic protocol: signed envelopes both ways."""
 
 from __future__ import annotations
 
 import httpx
 
 from harmony.adapters.base import PermanentAdapterError, raise_for_status, transport_errors
+from harmony.adapters.generic_http.protocol import envelope, post_event
+from harmony.adapters.generic_http.signing import Signer
 from harmony.config import AdapterSettings
-from harmony.protocol import envelope, post_event
 from harmony.routing.messages import OutboundMessage, TargetKind
-from harmony.signing import Signer
 
 
 class GenericHttpAdapter:

@@ -2,7 +2,7 @@
 
 Claiming is one short transaction that leases rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
 so several replicas share the work). Sending happens outside any transaction. Each outcome is
-recorded in a transaction of its own through the routing service.
+recorded in a transaction of its own through the routing interactions.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from harmony.adapters.base import (
     TransientAdapterError,
 )
 from harmony.errors import NotFound
-from harmony.routing import service
+from harmony.routing import interactions
 from harmony.routing.messages import OutboxEntry
 from harmony.routing.ports import Clock, UnitOfWorkFactory
 
-log = structlog.get_logger("harmony.relay")
+log = structlog.get_logger("harmony.outbox.relay")
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -109,13 +109,15 @@ class Relay:
                 return
             except (PermanentAdapterError, NotFound) as exc:
                 log.warning("message_refused", type=message.type, error=str(exc))
-                await service.message_failed(self._uow_factory(), self._clock, message, str(exc))
+                await interactions.message_failed(
+                    self._uow_factory(), self._clock, message, str(exc)
+                )
                 return
             except AdapterError as exc:
                 await self._retry_or_give_up(entry, str(exc), None)
                 return
             log.info("message_sent", type=message.type, attempt=entry.attempts)
-            await service.message_sent(self._uow_factory(), self._clock, message)
+            await interactions.message_sent(self._uow_factory(), self._clock, message)
 
     async def _retry_or_give_up(
         self, entry: OutboxEntry, error: str, retry_after: float | None
@@ -123,7 +125,7 @@ class Relay:
         message = entry.message
         if entry.attempts >= self._max_attempts:
             log.error("message_given_up", type=message.type, attempts=entry.attempts, error=error)
-            await service.message_failed(
+            await interactions.message_failed(
                 self._uow_factory(), self._clock, message, f"{error} (after {entry.attempts} tries)"
             )
             return

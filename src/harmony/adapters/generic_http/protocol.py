@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from harmony.adapters.generic_http.signing import Signer
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
     WORK_ENDED,
 )
-from harmony.signing import Signer
 
 __all__ = [
     "AGENT_LOGGED_IN",

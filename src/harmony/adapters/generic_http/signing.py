@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+from harmony.adapters.base import SignatureError
+
+__all__ = ["SIGNATURE_HEADERS", "SignatureError", "Signer", "new_secret"]
+
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-
-
-class SignatureError(Exception):
-    """The message's Standard Webhooks headers are missing, stale or do not match the body."""
 
 
 def new_secret() -> str:

@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from harmony.errors import Conflict, NotFound, ValidationFailed
-from harmony.routing.agent_service import OPERATOR, profile_of
 from harmony.routing.agent_state import (
     AgentStateEntry,
     StateOutcome,
     entry_for,
     offer_refusal,
 )
+from harmony.routing.agents import OPERATOR, profile_of
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,

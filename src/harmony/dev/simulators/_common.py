@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from harmony.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
-from harmony.signing import SignatureError, Signer
+from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
+from harmony.adapters.generic_http.signing import SignatureError, Signer
 
 log = structlog.get_logger()
 

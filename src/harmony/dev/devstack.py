@@ -22,14 +22,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from harmony.config import AdapterSettings, Settings
+from harmony.dev.simulators.acd import AcdSimConfig
+from harmony.dev.simulators.acd import create_app as create_acd_app
+from harmony.dev.simulators.crm import CrmSimConfig
+from harmony.dev.simulators.crm import create_app as create_crm_app
 from harmony.main import create_app
 from harmony.seed import Seed
-from harmony.simulators.acd import AcdSimConfig
-from harmony.simulators.acd import create_app as create_acd_app
-from harmony.simulators.crm import CrmSimConfig
-from harmony.simulators.crm import create_app as create_crm_app
 
-log = structlog.get_logger("harmony.devstack")
+log = structlog.get_logger("harmony.dev.devstack")
 
 
 def free_port() -> int:

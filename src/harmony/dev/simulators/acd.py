@@ -35,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from harmony.protocol import (
+from harmony.adapters.generic_http.protocol import (
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -46,8 +46,7 @@ from harmony.protocol import (
     WORK_ENDED,
     Envelope,
 )
-from harmony.seed import CHANNELS, Seed, SeedAgent
-from harmony.simulators._common import (
+from harmony.dev.simulators._common import (
     LOGGED_OUT,
     READY,
     AgentStateMessage,
@@ -59,6 +58,7 @@ from harmony.simulators._common import (
     read_event,
     simulator_app,
 )
+from harmony.seed import CHANNELS, Seed, SeedAgent
 
 log = structlog.get_logger()
 

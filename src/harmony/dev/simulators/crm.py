@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harmony.protocol import (
+from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_IN,
     AGENT_LOGGED_OUT,
     AGENT_STATE,
@@ -45,9 +45,7 @@ from harmony.protocol import (
     INTERACTION_DELIVER,
     Envelope,
 )
-from harmony.seed import CHANNELS as AGENT_CHANNELS
-from harmony.seed import Seed
-from harmony.simulators._common import (
+from harmony.dev.simulators._common import (
     LOGGED_OUT,
     READY,
     AgentStateMessage,
@@ -61,6 +59,8 @@ from harmony.simulators._common import (
     read_event,
     simulator_app,
 )
+from harmony.seed import CHANNELS as AGENT_CHANNELS
+from harmony.seed import Seed
 
 log = structlog.get_logger()
 

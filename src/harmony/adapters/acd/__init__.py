@@ -1,1 +1,0 @@
-"""ACD adapters."""

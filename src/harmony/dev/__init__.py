@@ -1,0 +1,1 @@
+"""Developer tooling, not production: the dev stack (`harmony up`, `demo`) and the simulators."""

@@ -1,0 +1,1 @@
+"""Promises kept: the outbox relay sends what a committed transaction said would be sent."""

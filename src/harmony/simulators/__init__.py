@@ -1,6 +1,0 @@
-"""In-memory simulators of a CRM and an ACD speaking Harmony's generic protocol (docs/protocol.md).
-
-``harmony.simulators.crm`` creates chats/emails and plays the agents' accept/complete cycle;
-``harmony.simulators.acd`` picks the longest-idle qualified agent for every routing request. Both
-are FastAPI apps for local runs, load tests and end-to-end tests; neither persists anything.
-"""
