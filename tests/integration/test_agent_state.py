@@ -135,15 +135,21 @@ async def test_out_of_order_events_settle_on_the_newest(harness: Harness) -> Non
     newest = await h.post_event(
         "crm",
         "agent.state_changed",
-        {"agent_id": "crm-004", "channels": ["chat"], "state": "not_ready", "reason": "lunch"},
-        occurred_at=now + timedelta(seconds=2),
+        {
+            "agent_id": "crm-004",
+            "channels": ["chat"],
+            "state": "not_ready",
+            "reason": "lunch",
+            "sequence": 2,
+        },
+        occurred_at=now - timedelta(seconds=1),
     )
     assert newest.json()["status"] == "applied"
     older = await h.post_event(
         "crm",
         "agent.state_changed",
-        {"agent_id": "crm-004", "channels": ["chat"], "state": "ready"},
-        occurred_at=now + timedelta(seconds=1),
+        {"agent_id": "crm-004", "channels": ["chat"], "state": "ready", "sequence": 1},
+        occurred_at=now - timedelta(seconds=2),
     )
     assert older.status_code == 202
     assert older.json()["status"] == "ignored_stale"
@@ -154,12 +160,12 @@ async def test_out_of_order_events_settle_on_the_newest(harness: Harness) -> Non
     assert lines[-1]["state"] == "not_ready"  # the state kept, not the one refused
     assert lines[-1]["detail"]["reported"] == "ready"
 
-    # A sequence number at or below the last applied one is ignored too, whatever its time.
+    # A sequence number at or below the last applied one is ignored, whatever its time.
     seq5 = await h.post_event(
         "acd",
         "agent.state_changed",
         {"agent_id": "acd-004", "channels": ["email"], "state": "not_ready", "sequence": 5},
-        occurred_at=now + timedelta(seconds=10),
+        occurred_at=now - timedelta(seconds=10),
     )
     seq4 = await h.post_event(
         "acd",

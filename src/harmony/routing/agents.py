@@ -1,8 +1,14 @@
 """Use cases for agent state: what the CRM's media bar, the ACD and supervisors report.
 
-Each reported change is ordered (source time, optional sequence), checked against Harmony's own
-mirrors (an echo is recognised, not re-applied), applied per channel, recorded in the agent's
-append-only history, and mirrored through the outbox to the other side so both show the same.
+Each reported change is ordered, checked against Harmony's own mirrors (an echo is recognised,
+not re-applied), applied per channel, recorded in the agent's append-only history, and mirrored
+through the outbox to the other side so both show the same.
+
+Ordering never compares one peer's clock with another's (a CRM running two minutes fast would
+hide the ACD's later changes; one event dated 9999 would freeze a channel for good). A source
+that numbers its events (``sequence``, per agent and source) is ordered by its own numbers;
+otherwise the later arrival at Harmony wins. A supervisor's change always arrives last. The
+peer's ``occurred_at`` is kept as data (``source_at``), clamped to Harmony's now.
 """
 
 from __future__ import annotations
@@ -245,15 +251,12 @@ async def _apply(
             return AgentOutcome(agent.id, {}, duplicate=True)
         agent = await _load_agent(uow, reporter, agent_ref)
         now = clock.now()
-        change = _Change(uow, agent, reporter, event, now, occurred_at or now, sequence)
+        source_at = min(occurred_at, now) if occurred_at is not None else now
+        change = _Change(uow, agent, reporter, event, now, source_at, sequence)
         await body(change)
         await uow.agents.append_history(change.entries)
         await uow.commit()
         return AgentOutcome(agent.id, change.outcomes)
-
-
-def _is_older(change: _Change, state: ChannelState) -> bool:
-    return state.source_at is not None and change.source_at < state.source_at
 
 
 async def report_state(
@@ -271,8 +274,9 @@ async def report_state(
 
     A supervisor's change that the rules refuse raises Conflict and changes nothing. Changes
     from the CRM or ACD are never refused for their transition: they report what already
-    happened there. They are ignored when older than the state they would change, or when they
-    are the echo of Harmony's own mirrored change.
+    happened there. They are ignored when their ``sequence`` is at or below the last one applied
+    from the same source, or when they are the echo of Harmony's own mirrored change; without a
+    sequence, the later arrival wins.
     """
 
     async def body(change: _Change) -> None:
@@ -296,7 +300,7 @@ async def report_state(
         reported = {"reported": report.status.value, "reason": reason}
         for channel in channels:
             current = agent.channels[channel]
-            if stale_sequence or _is_older(change, current):
+            if stale_sequence:
                 change.record(current, StateOutcome.STALE, **reported)
             elif reporter.kind is not None and await uow.agents.take_echo(
                 agent.id,
@@ -310,12 +314,7 @@ async def report_state(
             ):
                 change.record(current, StateOutcome.ECHO, **reported)
             elif current.status == report.status and current.reason == reason:
-                await change.store(
-                    replace(
-                        current,
-                        source_at=max(change.source_at, current.source_at or change.source_at),
-                    )
-                )
+                await change.store(replace(current, source_at=change.source_at))
                 change.record(agent.channels[channel], StateOutcome.UNCHANGED)
             else:
                 await change.store(
@@ -367,9 +366,7 @@ async def login_failed(
         )
         for channel in targets:
             current = agent.capacity_on(channel)
-            if _is_older(change, current):
-                change.record(current, StateOutcome.STALE, reason=reason)
-            elif current.status == ChannelStatus.LOGGED_OUT:
+            if current.status == ChannelStatus.LOGGED_OUT:
                 change.record(current, StateOutcome.UNCHANGED, reason=reason)
             else:
                 await change.store(
