@@ -397,7 +397,12 @@ async def voice_started(
     call_id: str,
     occurred_at: datetime,
 ) -> AgentOutcome:
-    """A call reached the agent at the ACD (queued or not): it counts on the voice channel."""
+    """A call reached the agent at the ACD (queued or not): it counts on the voice channel.
+
+    The call is a fact, not a request: beyond the agent's voice capacity (a second call, or a
+    direct dial to an agent whose profile has no voice capacity) it is recorded all the same and
+    the agent shows over capacity; the profile's blocking rule for voice applies while it lasts.
+    """
 
     async def body(change: _Change) -> None:
         agent = change.agent
@@ -406,17 +411,19 @@ async def voice_started(
             # Already started (a repeat under a new event id), or its end overtook its start.
             change.record(voice, StateOutcome.STALE, call_id=call_id)
             return
-        if not await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False):
-            raise Conflict(
-                f"agent {acd_agent_id} already holds {voice.load}/{voice.capacity} voice "
-                f"call(s); call {call_id} exceeds its voice capacity",
-                code="capacity_exceeded",
-            )
+        within = await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False)
+        if not within:
+            await uow.agents.hold_over_capacity(agent.id, Channel.VOICE)
         await uow.agents.save_voice_call(
-            VoiceCall(acd_adapter, call_id, agent.id, occurred_at, None)
+            VoiceCall(acd_adapter, call_id, agent.id, change.source_at, None)
         )
         agent.channels[Channel.VOICE] = replace(voice, load=voice.load + 1)
-        change.record(agent.channels[Channel.VOICE], StateOutcome.APPLIED, call_id=call_id)
+        change.record(
+            agent.channels[Channel.VOICE],
+            StateOutcome.APPLIED,
+            call_id=call_id,
+            over_capacity=True if not within else None,
+        )
         await change.mirror_to_crm(Channel.VOICE)
 
     reporter = Reporter(TargetKind.ACD, acd_adapter)
@@ -446,7 +453,7 @@ async def voice_ended(
             # Never started here (its start may still arrive: remember the end) or ended already.
             if call is None:
                 await uow.agents.save_voice_call(
-                    VoiceCall(acd_adapter, call_id, agent.id, None, occurred_at)
+                    VoiceCall(acd_adapter, call_id, agent.id, None, change.source_at)
                 )
             change.record(voice, StateOutcome.STALE, call_id=call_id)
             return
@@ -458,7 +465,7 @@ async def voice_ended(
         )
         wrap_up_until = change.now + timedelta(seconds=seconds) if seconds > 0 else None
         await uow.agents.release(agent.id, Channel.VOICE, wrap_up_until)
-        await uow.agents.save_voice_call(replace(call, ended_at=occurred_at))
+        await uow.agents.save_voice_call(replace(call, ended_at=change.source_at))
         agent.channels[Channel.VOICE] = replace(
             voice,
             load=max(voice.load - 1, 0),
