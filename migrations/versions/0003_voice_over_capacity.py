@@ -23,9 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("agent_channels", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("overflow", sa.Integer(), server_default="0", nullable=False)
-        )
+        batch_op.add_column(sa.Column("overflow", sa.Integer(), server_default="0", nullable=False))
         batch_op.create_check_constraint("overflow_not_negative", "overflow >= 0")
 
 

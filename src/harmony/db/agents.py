@@ -81,9 +81,7 @@ def _presence_condition(presence: Presence, now: datetime) -> Any:
     busy = any_channel(holding)
     wrapping = any_channel(agent_channels.c.wrap_up_until > now)
     ready = any_channel(agent_channels.c.status == ChannelStatus.READY.value)
-    logged_in = any_channel(
-        or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, holding)
-    )
+    logged_in = any_channel(or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, holding))
     if presence == Presence.LOGGED_OUT:
         return not_(logged_in)
     if presence == Presence.BUSY:
