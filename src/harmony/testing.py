@@ -598,6 +598,12 @@ class InMemoryAgents(_Repository):
         self._put_channel(agent_id, dataclasses.replace(current, load=current.load + 1))
         return True
 
+    async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
+        """Count one unit beyond capacity."""
+        current = self._channel(agent_id, channel)
+        if current is not None:
+            self._put_channel(agent_id, dataclasses.replace(current, load=current.load + 1))
+
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:

@@ -121,6 +121,9 @@ agent_channels = Table(
     Column("channel", String(16), nullable=False),
     Column("capacity", Integer, nullable=False),
     Column("load", Integer, nullable=False),
+    # Work a peer reported beyond capacity (a call the ACD put through anyway): a fact Harmony
+    # records, kept out of ``load`` so that ``load <= capacity`` still guards what it offers.
+    Column("overflow", Integer, nullable=False, server_default="0"),
     # Set when the agent's own capacity overrides its profile's on this channel.
     Column("capacity_override", Integer, nullable=True),
     Column("status", String(16), nullable=False, server_default="logged_out"),
@@ -135,6 +138,7 @@ agent_channels = Table(
     CheckConstraint("capacity >= 0", name="capacity_not_negative"),
     CheckConstraint("load >= 0", name="load_not_negative"),
     CheckConstraint("load <= capacity", name="load_within_capacity"),
+    CheckConstraint("overflow >= 0", name="overflow_not_negative"),
 )
 
 interactions = Table(

@@ -209,7 +209,11 @@ DEFAULT_PROFILE = "default"
 
 @dataclass(frozen=True)
 class ChannelState:
-    """One agent's standing on one channel."""
+    """One agent's standing on one channel.
+
+    ``load`` counts all the work held, including work a peer reported beyond ``capacity`` (a
+    call the ACD put through anyway): Harmony records such facts, it never offers beyond it.
+    """
 
     channel: Channel
     capacity: int
@@ -223,6 +227,10 @@ class ChannelState:
     @property
     def free(self) -> int:
         return max(self.capacity - self.load, 0)
+
+    @property
+    def over_capacity(self) -> bool:
+        return self.load > self.capacity
 
     def in_wrap_up(self, now: datetime) -> bool:
         return self.wrap_up_until is not None and self.wrap_up_until > now

@@ -147,6 +147,12 @@ class AgentRepository(Protocol):
         """Take one unit of capacity atomically; False if none is free (or not ready)."""
         ...
 
+    async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
+        """Record one unit of work a peer reports beyond the channel's capacity (a fact, such
+        as a call the ACD put through): it counts in the load and blocks like any work, but the
+        capacity that guards what Harmony offers is left as it was."""
+        ...
+
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:
