@@ -40,6 +40,10 @@ def free_port() -> int:
         return port
 
 
+class StackStartFailed(RuntimeError):
+    """A server of the stack did not start, or its agents were never logged in."""
+
+
 @dataclass
 class StackPorts:
     harmony: int = 8000
@@ -67,8 +71,8 @@ async def _serve(app: FastAPI, port: int, servers: list[uvicorn.Server]) -> asyn
         await asyncio.sleep(0.05)
     if not server.started:
         if task.done() and task.exception() is not None:
-            raise RuntimeError(f"server on port {port} failed to start") from task.exception()
-        raise RuntimeError(f"server on port {port} failed to start")
+            raise StackStartFailed(f"server on port {port} failed to start") from task.exception()
+        raise StackStartFailed(f"server on port {port} failed to start")
     return task
 
 
@@ -84,7 +88,7 @@ async def _wait_logged_in(stack: Stack) -> None:
                 if (await client.get(f"{stack.crm_url}/state")).json().get("logged_in"):
                     return
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise StackStartFailed(
                     f"the CRM simulator's agents were not logged in after {LOGIN_WAIT_SECONDS} s"
                 )
             await asyncio.sleep(0.05)
