@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -34,6 +35,10 @@ def _settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except (ValidationError, SettingsError) as exc:
         sys.exit(f"harmony: invalid configuration:\n{exc}")
+
+
+def _level(settings: Settings) -> int:
+    return logging.getLevelNamesMapping()[settings.log_level]
 
 
 def _seed(path: str | None) -> Seed:
@@ -224,6 +229,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         overrides["database_url"] = f"sqlite+aiosqlite:///{UP_DATABASE}"
     settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # Harmony logs each interaction state change; the in-process simulators would say each
+    # step a second time, so only their warnings show (their /state pages show the rest).
+    logging.getLogger("harmony.dev.simulators").setLevel(max(logging.WARNING, _level(settings)))
     ports = StackPorts(args.port, args.acd_port, args.crm_port)
 
     async def up() -> None:
