@@ -31,6 +31,11 @@ async def test_demo_reports_harmonys_legs_apart_from_the_wait(tmp_path: Path) ->
     assert min(report.seconds_routing) >= 0
     summary = report.summary()
     assert "Harmony's own part:" in summary
-    assert "received -> routing request acknowledged by the ACD: median" in summary
-    assert "agent.selected received -> delivery acknowledged by the CRM: median" in summary
+    assert (
+        "received -> the ACD's acknowledgement of the routing request recorded: median" in summary
+    )
+    assert (
+        "agent.selected received -> the CRM's acknowledgement of the delivery recorded: median"
+        in summary
+    )
     assert f"({count} interactions for {len(seed.agents)} agents, mostly the wait above)" in summary

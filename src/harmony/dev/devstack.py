@@ -227,18 +227,18 @@ class DemoReport:
             lines.append("Harmony's own part:")
         if self.seconds_routing:
             lines.append(
-                "  received -> routing request acknowledged by the ACD: "
+                "  received -> the ACD's acknowledgement of the routing request recorded: "
                 + _spread(self.seconds_routing)
             )
         if self.seconds_delivering:
             lines.append(
-                "  agent.selected received -> delivery acknowledged by the CRM: "
+                "  agent.selected received -> the CRM's acknowledgement of the delivery recorded: "
                 + _spread(self.seconds_delivering)
             )
         if self.seconds_waiting_for_agent:
             lines.append(
-                "waiting at the ACD for a free agent (routing request acknowledged -> "
-                "agent.selected received): " + _spread(self.seconds_waiting_for_agent)
+                "waiting at the ACD for a free agent (that acknowledgement -> agent.selected "
+                "received): " + _spread(self.seconds_waiting_for_agent)
             )
         if self.seconds_to_deliver:
             agents = f" for {self.agents} agents" if self.agents else ""
