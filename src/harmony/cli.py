@@ -223,7 +223,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"seed_file": seed_path}
     if "HARMONY_DATABASE_URL" not in os.environ:
         # The simulators keep their state in memory, so the stack starts from a clean database:
-        # work left "offered" by an earlier run would hold capacity nobody remembers.
+        # agents left ready by an earlier run would never be announced to the new ACD simulator
+        # (nothing routes), and work left "offered" would hold capacity nobody remembers.
         for leftover in UP_DATABASE.parent.glob(UP_DATABASE.name + "*"):
             leftover.unlink()
         overrides["database_url"] = f"sqlite+aiosqlite:///{UP_DATABASE}"
