@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from harmony import __version__
 from harmony.adapters import generic_http
@@ -126,11 +127,14 @@ def create_app(
             await client.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from the package, not a CDN, so they work offline;
+    # Swagger UI's validator badge would call out to validator.swagger.io.
+    app = FastAPIOffline(
         title="Harmony",
         version=__version__,
         description="Omnichannel routing middleware: CRM chats and emails routed by the ACD.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
     app.include_router(events.router)

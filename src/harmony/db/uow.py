@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+import structlog
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -38,6 +39,7 @@ STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
 WAITING_STATES = (InteractionState.RECEIVED, InteractionState.ROUTING, InteractionState.QUEUED)
+log = structlog.get_logger("harmony.interactions")
 
 
 def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
@@ -90,6 +92,7 @@ class SqlInteractions:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self.state_changes: list[HistoryEntry] = []
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
@@ -159,6 +162,7 @@ class SqlInteractions:
     async def _append_history(self, interaction: Interaction) -> None:
         if not interaction.new_history:
             return
+        self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
         await self._conn.execute(
             insert(interaction_history),
             [
@@ -501,5 +505,16 @@ class SqlUnitOfWork:
         """Commit, then wake the relay if this transaction promised outbound messages."""
         assert self._conn is not None
         await self._conn.commit()
+        # The one INFO line per interaction state change, written once the change is durable.
+        for change in self.interactions.state_changes:
+            log.info(
+                "interaction_state_changed",
+                interaction_id=change.interaction_id,
+                history_event=change.event,
+                from_state=change.from_state.value if change.from_state else None,
+                to_state=change.to_state.value if change.to_state else None,
+                cause=change.cause,
+            )
+        self.interactions.state_changes.clear()
         if self.outbox.added and self._on_outbox_commit is not None:
             self._on_outbox_commit()
