@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from harmony.adapters.generic_http.protocol import encode, envelope
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET
-from harmony.db.tables import inbox, interactions
+from harmony.db.tables import interactions
 from tests.conftest import Harness
 
 
@@ -84,7 +84,8 @@ async def test_a_failed_event_is_kept_and_redriven_once_its_queue_exists(harness
 
     assert redriven.status_code == 200, redriven.text
     assert redriven.json()["status"] == "accepted"
-    interaction = (await h.client.get(f"/v1/interactions/{redriven.json()['interaction_id']}")).json()
+    interaction_id = redriven.json()["interaction_id"]
+    interaction = (await h.client.get(f"/v1/interactions/{interaction_id}")).json()
     assert (interaction["external_id"], interaction["queue"]) == ("chat-early", "launch-week")
     await h.drain()
     assert [m["data"]["queue"] for m in h.acd.of_type("routing.requested")] == ["launch-week"]

@@ -14,7 +14,7 @@ makes an attempt that did commit answer ``duplicate`` instead of applying twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -174,6 +174,16 @@ class Policy:
 Handler = Callable[[Any, UnitOfWorkFactory, Clock, Policy], Awaitable[Result]]
 
 
+def _as_is(use_case: Callable[..., Awaitable[Result]]) -> Handler:
+    """A handler for a command whose fields are exactly its use case's keyword arguments."""
+
+    async def handle(command: Any, uows: UnitOfWorkFactory, clock: Clock, _: Policy) -> Result:
+        arguments = {f.name: getattr(command, f.name) for f in fields(command)}
+        return await use_case(uows(), clock, **arguments)
+
+    return handle
+
+
 async def _create(
     c: CreateInteraction, uows: UnitOfWorkFactory, clock: Clock, policy: Policy
 ) -> Outcome:
@@ -196,49 +206,6 @@ async def _create(
     )
 
 
-async def _accept(
-    c: AcceptInteraction, uows: UnitOfWorkFactory, clock: Clock, _: Policy
-) -> Outcome:
-    return await interactions.accept_interaction(
-        uows(),
-        clock,
-        crm_adapter=c.crm_adapter,
-        event_id=c.event_id,
-        external_id=c.external_id,
-        crm_agent_id=c.crm_agent_id,
-    )
-
-
-async def _complete(
-    c: CompleteInteraction, uows: UnitOfWorkFactory, clock: Clock, _: Policy
-) -> Outcome:
-    return await interactions.complete_interaction(
-        uows(), clock, crm_adapter=c.crm_adapter, event_id=c.event_id, external_id=c.external_id
-    )
-
-
-async def _select(c: SelectAgent, uows: UnitOfWorkFactory, clock: Clock, _: Policy) -> Outcome:
-    return await interactions.select_agent(
-        uows(),
-        clock,
-        acd_adapter=c.acd_adapter,
-        event_id=c.event_id,
-        request_id=c.request_id,
-        acd_agent_id=c.acd_agent_id,
-    )
-
-
-async def _queue(c: QueueRequest, uows: UnitOfWorkFactory, clock: Clock, _: Policy) -> Outcome:
-    return await interactions.queue_request(
-        uows(),
-        clock,
-        acd_adapter=c.acd_adapter,
-        event_id=c.event_id,
-        request_id=c.request_id,
-        position=c.position,
-    )
-
-
 async def _report_state(
     c: ReportAgentState, uows: UnitOfWorkFactory, clock: Clock, policy: Policy
 ) -> AgentOutcome:
@@ -254,60 +221,21 @@ async def _report_state(
     )
 
 
-async def _login_failed(
-    c: LoginFailed, uows: UnitOfWorkFactory, clock: Clock, _: Policy
-) -> AgentOutcome:
-    return await agents.login_failed(
-        uows(),
-        clock,
-        acd_adapter=c.acd_adapter,
-        event_id=c.event_id,
-        acd_agent_id=c.acd_agent_id,
-        channels=c.channels,
-        reason=c.reason,
-        occurred_at=c.occurred_at,
-    )
-
-
-async def _voice_started(
-    c: VoiceStarted, uows: UnitOfWorkFactory, clock: Clock, _: Policy
-) -> AgentOutcome:
-    return await agents.voice_started(
-        uows(),
-        clock,
-        acd_adapter=c.acd_adapter,
-        event_id=c.event_id,
-        acd_agent_id=c.acd_agent_id,
-        call_id=c.call_id,
-        occurred_at=c.occurred_at,
-    )
-
-
-async def _voice_ended(
-    c: VoiceEnded, uows: UnitOfWorkFactory, clock: Clock, _: Policy
-) -> AgentOutcome:
-    return await agents.voice_ended(
-        uows(),
-        clock,
-        acd_adapter=c.acd_adapter,
-        event_id=c.event_id,
-        acd_agent_id=c.acd_agent_id,
-        call_id=c.call_id,
-        occurred_at=c.occurred_at,
-        wrap_up_seconds=c.wrap_up_seconds,
-    )
-
-
+# Commands whose fields are exactly their use case's keyword arguments (a unit test keeps the
+# names in step), each handled by passing the fields through.
+PLAIN_USE_CASES: dict[type[Any], Callable[..., Awaitable[Result]]] = {
+    AcceptInteraction: interactions.accept_interaction,
+    CompleteInteraction: interactions.complete_interaction,
+    SelectAgent: interactions.select_agent,
+    QueueRequest: interactions.queue_request,
+    LoginFailed: agents.login_failed,
+    VoiceStarted: agents.voice_started,
+    VoiceEnded: agents.voice_ended,
+}
 COMMAND_HANDLERS: dict[type[Any], Handler] = {
     CreateInteraction: _create,
-    AcceptInteraction: _accept,
-    CompleteInteraction: _complete,
-    SelectAgent: _select,
-    QueueRequest: _queue,
     ReportAgentState: _report_state,
-    LoginFailed: _login_failed,
-    VoiceStarted: _voice_started,
-    VoiceEnded: _voice_ended,
+    **{command: _as_is(use_case) for command, use_case in PLAIN_USE_CASES.items()},
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -203,7 +203,7 @@ class SimulatorBase(Generic[ConfigT]):
         self.config = config
         self.signer = Signer(config.secret)
         self._name = name
-        self._log_prefix = log_prefix
+        self.log_prefix = log_prefix
         self._post_url = post_url
         self._retry_event = retry_event
         self._client: httpx.AsyncClient | None = None
@@ -236,7 +236,7 @@ class SimulatorBase(Generic[ConfigT]):
         self._tasks.discard(task)
         # Nobody awaits these tasks, so an exception would otherwise vanish without a trace.
         if not task.cancelled() and task.exception() is not None:
-            log.error(f"{self._log_prefix}.task_failed", exc_info=task.exception())
+            log.error(f"{self.log_prefix}.task_failed", exc_info=task.exception())
 
     # -- outbound
 
@@ -259,7 +259,7 @@ class SimulatorBase(Generic[ConfigT]):
                     return answer
             if attempt < self.config.retry_attempts:
                 log.warning(
-                    f"{self._log_prefix}.{self._retry_event}",
+                    f"{self.log_prefix}.{self._retry_event}",
                     type=event_type,
                     attempt=attempt,
                     status=answer.status,
@@ -273,13 +273,33 @@ class SimulatorBase(Generic[ConfigT]):
 # --- HTTP app -------------------------------------------------------------------------------
 
 
-def simulator_app(
-    title: str, sim: SimulatorBase[Any], transport: httpx.AsyncBaseTransport | None
-) -> FastAPI:
-    """A FastAPI app that starts and stops ``sim`` with its lifespan and answers ``/healthz``.
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
-    ``sim`` is also put on ``app.state.sim`` so tests and tools can reach it; the caller adds
-    the simulator's own routes.
+
+async def read_body(request: Request, model: type[ModelT]) -> ModelT:
+    """A simulator's own control request (``/simulate/...``) as ``model``; else ``EventError``."""
+    try:
+        return model.model_validate(parse_json(await request.body()))
+    except ValidationError as exc:
+        raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+
+
+def simulator_app(
+    title: str,
+    sim: SimulatorBase[Any],
+    transport: httpx.AsyncBaseTransport | None,
+    *,
+    inbound: Mapping[str, type[BaseModel]],
+    peer: str,
+    handle: Callable[[Envelope, BaseModel], Awaitable[dict[str, Any]]],
+    snapshot: Callable[[], Awaitable[dict[str, Any]]],
+) -> FastAPI:
+    """A simulator's app: ``sim`` started and stopped with the lifespan, ``/healthz``,
+    ``POST /events`` (Harmony's signed events, checked against ``inbound`` and passed to
+    ``handle``, refusals logged and answered in the protocol's error shape) and ``GET /state``.
+
+    ``peer`` names the receiver in errors (``"an ACD"``). ``sim`` is also put on
+    ``app.state.sim`` so tests and tools can reach it; the caller adds its ``/simulate`` routes.
     """
 
     @asynccontextmanager
@@ -297,5 +317,20 @@ def simulator_app(
     async def healthz() -> dict[str, str]:
         """Liveness probe."""
         return {"status": "ok"}
+
+    @app.post("/events")
+    async def events(request: Request) -> JSONResponse:
+        """Receive one signed event from Harmony."""
+        try:
+            message, data = await read_event(request, sim.signer, inbound, peer)
+        except EventError as exc:
+            log.warning(f"{sim.log_prefix}.event_refused", status=exc.status, error=exc.error)
+            return exc.response()
+        return JSONResponse(await handle(message, data), status_code=202)
+
+    @app.get("/state")
+    async def state() -> JSONResponse:
+        """The simulator's whole in-memory state."""
+        return JSONResponse(await snapshot())
 
     return app
