@@ -3,6 +3,7 @@ and an event refused for a cause fixed since can be re-driven."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -162,3 +163,22 @@ async def test_events_older_than_the_retention_are_pruned_as_new_ones_arrive(
     assert (await h.client.get("/v1/inbox/crm:generic/evt-old")).status_code == 404
     for kept in ("evt-recent", "evt-new"):
         assert (await h.client.get(f"/v1/inbox/crm:generic/{kept}")).status_code == 200
+
+
+async def test_a_redrive_racing_the_senders_retry_applies_once(harness: Harness) -> None:
+    h = harness
+    body = _create("evt-race", "chat-race", queue="late-queue")
+    assert (await _post(h, "crm", body, "evt-race")).status_code == 422
+    assert (
+        await h.client.put("/v1/queues/late-queue", json={"channel": "chat"})
+    ).status_code == 200
+
+    redrive, retry = await asyncio.gather(
+        h.client.post("/v1/inbox/crm:generic/evt-race/redrive"), _post(h, "crm", body, "evt-race")
+    )
+
+    assert sorted([redrive.json()["status"], retry.json()["status"]]) == ["accepted", "duplicate"]
+    assert redrive.json()["interaction_id"] == retry.json()["interaction_id"]
+    assert await _count(h, interactions) == 1
+    await h.drain()
+    assert len(h.acd.of_type("routing.requested")) == 1
