@@ -12,7 +12,6 @@ from typing import get_args
 import pytest
 
 import harmony.routing
-from harmony.adapters.generic_http.inbound import ACD_EVENTS, CRM_EVENTS
 from harmony.routing.commands import COMMAND_HANDLERS, PLAIN_USE_CASES, Command
 
 
@@ -25,26 +24,6 @@ def test_a_plain_command_names_exactly_its_use_case_keywords(command: type) -> N
     parameters = inspect.signature(PLAIN_USE_CASES[command]).parameters
     keywords = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert {f.name for f in fields(command)} == keywords
-
-
-def test_the_generic_tables_keep_the_documented_event_types() -> None:
-    assert list(CRM_EVENTS) == [
-        "interaction.created",
-        "interaction.accepted",
-        "interaction.completed",
-        "agent.logged_in",
-        "agent.logged_out",
-        "agent.state_changed",
-    ]
-    assert list(ACD_EVENTS) == [
-        "agent.selected",
-        "request.queued",
-        "agent.logged_out",
-        "agent.state_changed",
-        "agent.login_failed",
-        "voice.started",
-        "voice.ended",
-    ]
 
 
 def test_routing_imports_only_the_standard_library_and_harmony_errors() -> None:

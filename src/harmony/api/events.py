@@ -86,29 +86,32 @@ async def _receive(
     return answer(result)
 
 
-@router.post(
-    "/v1/crm/{adapter}/events",
-    status_code=202,
-    response_model=EventAccepted | AgentEventAccepted,
-    responses=ERRORS,
-    openapi_extra=_event_body(list(CRM_EVENTS)),
-    summary="Receive a CRM event (interaction created / accepted / completed)",
-)
-async def crm_event(
-    adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
-) -> EventAccepted | AgentEventAccepted:
-    return await _receive(request, TargetKind.CRM, adapter, wired)
+def _event_route(kind: TargetKind, event_types: list[str], summary: str) -> None:
+    async def receive_event(
+        adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
+    ) -> EventAccepted | AgentEventAccepted:
+        return await _receive(request, kind, adapter, wired)
+
+    router.add_api_route(
+        f"/v1/{kind.value}/{{adapter}}/events",
+        receive_event,
+        methods=["POST"],
+        name=f"{kind.value}_event",
+        status_code=202,
+        response_model=EventAccepted | AgentEventAccepted,
+        responses=ERRORS,
+        openapi_extra=_event_body(event_types),
+        summary=summary,
+    )
 
 
-@router.post(
-    "/v1/acd/{adapter}/events",
-    status_code=202,
-    response_model=EventAccepted | AgentEventAccepted,
-    responses=ERRORS,
-    openapi_extra=_event_body(list(ACD_EVENTS)),
-    summary="Receive an ACD callback (agent selected / request queued)",
+_event_route(
+    TargetKind.CRM,
+    list(CRM_EVENTS),
+    "Receive a CRM event (interaction created / accepted / completed)",
 )
-async def acd_event(
-    adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
-) -> EventAccepted | AgentEventAccepted:
-    return await _receive(request, TargetKind.ACD, adapter, wired)
+_event_route(
+    TargetKind.ACD,
+    list(ACD_EVENTS),
+    "Receive an ACD callback (agent selected / request queued)",
+)

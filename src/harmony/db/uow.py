@@ -361,17 +361,7 @@ class SqlInbox:
         row = (await self._conn.execute(select(inbox).where(self._row(source, event_id)))).first()
         if row is None:
             return None
-        return InboxEntry(
-            source=row.source,
-            event_id=row.event_id,
-            event_type=row.event_type,
-            received_at=row.received_at,
-            status=InboxStatus(row.status),
-            handled_at=row.handled_at,
-            error=row.error,
-            interaction_id=row.interaction_id,
-            payload=row.payload,
-        )
+        return InboxEntry(**{**row._mapping, "status": InboxStatus(row.status)})
 
     async def prune(self, received_before: datetime, limit: int) -> int:
         """Delete old rows; on PostgreSQL rows another transaction holds are skipped, so

@@ -29,11 +29,25 @@ from harmony.routing.ports import Clock, InboxStatus, UnitOfWorkFactory
 
 
 @dataclass(frozen=True, kw_only=True)
-class CreateInteraction:
-    """A CRM reports a new chat or email to route."""
+class _FromCrm:
+    """An event from a CRM adapter, by its id (the inbox de-duplicates on it)."""
 
     crm_adapter: str
     event_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FromAcd:
+    """An event from an ACD adapter, by its id (the inbox de-duplicates on it)."""
+
+    acd_adapter: str
+    event_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateInteraction(_FromCrm):
+    """A CRM reports a new chat or email to route."""
+
     external_id: str
     channel: Channel
     queue: str
@@ -44,40 +58,32 @@ class CreateInteraction:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AcceptInteraction:
+class AcceptInteraction(_FromCrm):
     """The agent accepted delivered work in the CRM."""
 
-    crm_adapter: str
-    event_id: str
     external_id: str
     crm_agent_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class CompleteInteraction:
+class CompleteInteraction(_FromCrm):
     """The agent finished the work in the CRM."""
 
-    crm_adapter: str
-    event_id: str
     external_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectAgent:
+class SelectAgent(_FromAcd):
     """The ACD chose an agent for a routing request."""
 
-    acd_adapter: str
-    event_id: str
     request_id: str
     acd_agent_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class QueueRequest:
+class QueueRequest(_FromAcd):
     """The ACD holds a routing request until an agent frees up."""
 
-    acd_adapter: str
-    event_id: str
     request_id: str
     position: int | None = None
 
@@ -93,11 +99,9 @@ class ReportAgentState:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoginFailed:
+class LoginFailed(_FromAcd):
     """The ACD refused an agent's login."""
 
-    acd_adapter: str
-    event_id: str
     acd_agent_id: str
     channels: tuple[Channel, ...] | None
     reason: str
@@ -105,25 +109,23 @@ class LoginFailed:
 
 
 @dataclass(frozen=True, kw_only=True)
-class VoiceStarted:
-    """A call reached an agent at the ACD."""
+class _CallEvent(_FromAcd):
+    """Something that happened to one voice call of one agent at the ACD."""
 
-    acd_adapter: str
-    event_id: str
     acd_agent_id: str
     call_id: str
     occurred_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
-class VoiceEnded:
+class VoiceStarted(_CallEvent):
+    """A call reached an agent at the ACD."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoiceEnded(_CallEvent):
     """A call ended at the ACD."""
 
-    acd_adapter: str
-    event_id: str
-    acd_agent_id: str
-    call_id: str
-    occurred_at: datetime
     wrap_up_seconds: int | None = None
 
 

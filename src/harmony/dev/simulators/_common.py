@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import structlog
@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
 from harmony.adapters.generic_http.signing import SignatureError, Signer
+from harmony.seed import Seed
 
 log = structlog.get_logger()
 
@@ -176,17 +177,22 @@ def is_transient(answer: Answer) -> bool:
     return answer.status is None or answer.status >= 500 or answer.status in TRANSIENT_4XX
 
 
-class SimSettings(Protocol):
-    """The part of a simulator's config the shared outbound machinery reads."""
+@dataclass
+class SimConfig:
+    """What every simulator is configured with: where Harmony is, the shared secret, the seed,
+    the adapter name Harmony knows it by, and how its own posts are retried."""
 
+    harmony_url: str
     secret: str
-    retry_attempts: int
-    retry_base_delay: float
-    retry_max_delay: float
-    request_timeout: float
+    seed: Seed
+    adapter: str = "generic"
+    retry_attempts: int = 5
+    retry_base_delay: float = 0.2
+    retry_max_delay: float = 5.0
+    request_timeout: float = 10.0
 
 
-ConfigT = TypeVar("ConfigT", bound=SimSettings)
+ConfigT = TypeVar("ConfigT", bound=SimConfig)
 
 
 class SimulatorBase(Generic[ConfigT]):

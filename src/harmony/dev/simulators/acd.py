@@ -52,6 +52,7 @@ from harmony.dev.simulators._common import (
     AgentStateMessage,
     Answer,
     EventError,
+    SimConfig,
     SimulatorBase,
     read_body,
     simulator_app,
@@ -74,7 +75,7 @@ DEFAULT_BLOCKS: dict[str, frozenset[str]] = {
 
 
 @dataclass
-class AcdSimConfig:
+class AcdSimConfig(SimConfig):
     """Settings of one ACD simulator instance.
 
     ``secret`` is the ``whsec_...`` secret shared with Harmony's ACD adapter: it verifies what
@@ -84,15 +85,8 @@ class AcdSimConfig:
     random agents free on voice, each lasting about ``voice_call_seconds`` (+-50%).
     """
 
-    harmony_url: str
-    secret: str
-    seed: Seed
-    adapter: str = "generic"
     refusal_cooldown: float = 2.0
     retry_attempts: int = 10
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 5.0
-    request_timeout: float = 10.0
     voice_calls_per_minute: float = 0.0
     voice_call_seconds: float = 20.0
 

@@ -52,13 +52,13 @@ from harmony.dev.simulators._common import (
     Answer,
     ChannelName,
     EventError,
+    SimConfig,
     SimulatorBase,
     StateName,
     read_body,
     simulator_app,
 )
 from harmony.seed import CHANNELS as AGENT_CHANNELS
-from harmony.seed import Seed
 
 log = structlog.get_logger()
 
@@ -66,7 +66,7 @@ CHANNELS = ("chat", "email")
 
 
 @dataclass
-class CrmSimConfig:
+class CrmSimConfig(SimConfig):
     """Settings of one CRM simulator instance.
 
     ``secret`` is the ``whsec_...`` secret shared with Harmony's CRM adapter: it signs what the
@@ -76,19 +76,11 @@ class CrmSimConfig:
     in, ready, once the simulator starts (retrying until Harmony answers).
     """
 
-    harmony_url: str
-    secret: str
-    seed: Seed
-    adapter: str = "generic"
     accept_delay: float = 0.5
     complete_delay: float = 2.0
     jitter: float = 0.0
     trickle_per_second: float = 0.0
     max_concurrency: int = 20
-    retry_attempts: int = 5
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 5.0
-    request_timeout: float = 10.0
     login_agents: bool = True
 
 
