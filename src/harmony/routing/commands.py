@@ -3,7 +3,9 @@
 An adapter parses what its peer sends (JSON envelopes, form posts, streamed events: its own
 business) into one of these commands; ``dispatch`` looks the command's type up in
 ``COMMAND_HANDLERS`` and runs its use case in a fresh unit of work. Adding an inbound event
-type is a command here, a row in ``COMMAND_HANDLERS`` and a row in the adapter's parse table.
+type is a row in the adapter's parse table (``adapters/generic_http/inbound.py``) and, for a
+new use case, a command here with a row in ``PLAIN_USE_CASES`` (fields named as the use case's
+keywords) or ``COMMAND_HANDLERS``.
 
 ``dispatch`` opens the unit of work itself (from a factory) and is the one call that applies
 a command, so it is the one place a retry of a deadlocked or serialisation-failed transaction
