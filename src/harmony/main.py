@@ -16,7 +16,7 @@ from harmony import __version__
 from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
-from harmony.api import events, operators
+from harmony.api import events, inbox, operators
 from harmony.api.deps import Container
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
@@ -139,6 +139,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(operators.router)
+    app.include_router(inbox.router)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
     return app

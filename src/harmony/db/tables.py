@@ -211,7 +211,14 @@ inbox = Table(
     Column("event_type", String(64), nullable=False),
     Column("interaction_id", String(36), nullable=True),
     Column("received_at", UtcDateTime, nullable=False),
+    # The body as verified, up to the request body limit; NULL for rows from before 0003.
+    Column("payload", Text, nullable=True),
+    Column("status", String(8), nullable=False, server_default="applied"),
+    Column("handled_at", UtcDateTime, nullable=True),
+    Column("error", Text, nullable=True),
     PrimaryKeyConstraint("source", "event_id"),
+    CheckConstraint("status IN ('pending', 'applied', 'failed')", name="status"),
+    Index("ix_inbox_received_at", "received_at"),
 )
 
 outbox = Table(

@@ -48,6 +48,8 @@ ALLOWED_TRANSITIONS: dict[InteractionState, frozenset[InteractionState]] = {
 TERMINAL_STATES = frozenset(s for s, nxt in ALLOWED_TRANSITIONS.items() if not nxt)
 # States in which the ACD may still answer a routing request with a selection.
 AWAITING_SELECTION = frozenset({S.ROUTING, S.QUEUED})
+# States in which an interaction waits in its queue for an agent (queue statistics count them).
+WAITING_STATES = frozenset({S.RECEIVED, S.ROUTING, S.QUEUED})
 # States in which an agent holds a unit of capacity for the interaction.
 HOLDS_CAPACITY = frozenset({S.OFFERED, S.DELIVERED, S.ACCEPTED})
 
