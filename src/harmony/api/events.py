@@ -50,6 +50,7 @@ from harmony.errors import HarmonyError, Unauthorized, ValidationFailed
 from harmony.routing import agents, interactions
 from harmony.routing.messages import TargetKind
 from harmony.routing.model import Channel, ChannelStatus
+from harmony.routing.retry import run_with_retry
 
 router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
@@ -160,8 +161,9 @@ async def _agent_state_event(
         changed = _data(event, AgentStateChangedData)
         agent_ref, sequence, channels = changed.agent_id, changed.sequence, changed.channels
         status, reason, echo_of = ChannelStatus(changed.state), changed.reason, changed.echo_of
-    outcome = await agents.report_state(
-        wired.db.uow(),
+    outcome = await run_with_retry(
+        wired.db.uow,
+        agents.report_state,
         wired.clock,
         reporter=agents.Reporter(kind, adapter),
         event_id=event.id,
@@ -193,11 +195,12 @@ async def crm_event(
     adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
 ) -> EventAccepted | AgentEventAccepted:
     event = await _verified_envelope(request, TargetKind.CRM, adapter, wired)
-    uow, clock = wired.db.uow(), wired.clock
+    new_uow, clock = wired.db.uow, wired.clock
     if event.type == INTERACTION_CREATED:
         created = _data(event, InteractionCreatedData)
-        outcome = await interactions.receive_interaction(
-            uow,
+        outcome = await run_with_retry(
+            new_uow,
+            interactions.receive_interaction,
             clock,
             crm_adapter=adapter,
             acd_adapter=wired.settings.routing_acd,
@@ -214,8 +217,9 @@ async def crm_event(
         )
     elif event.type == INTERACTION_ACCEPTED:
         accepted = _data(event, InteractionAcceptedData)
-        outcome = await interactions.accept_interaction(
-            uow,
+        outcome = await run_with_retry(
+            new_uow,
+            interactions.accept_interaction,
             clock,
             crm_adapter=adapter,
             event_id=event.id,
@@ -224,8 +228,13 @@ async def crm_event(
         )
     elif event.type == INTERACTION_COMPLETED:
         completed = _data(event, InteractionCompletedData)
-        outcome = await interactions.complete_interaction(
-            uow, clock, crm_adapter=adapter, event_id=event.id, external_id=completed.external_id
+        outcome = await run_with_retry(
+            new_uow,
+            interactions.complete_interaction,
+            clock,
+            crm_adapter=adapter,
+            event_id=event.id,
+            external_id=completed.external_id,
         )
     elif event.type in AGENT_STATE_TYPES:
         return await _agent_state_event(wired, TargetKind.CRM, adapter, event)
@@ -246,11 +255,12 @@ async def acd_event(
     adapter: str, request: Request, wired: Annotated[Container, Depends(container)]
 ) -> EventAccepted | AgentEventAccepted:
     event = await _verified_envelope(request, TargetKind.ACD, adapter, wired)
-    uow, clock = wired.db.uow(), wired.clock
+    new_uow, clock = wired.db.uow, wired.clock
     if event.type == AGENT_SELECTED:
         selected = _data(event, AgentSelectedData)
-        outcome = await interactions.select_agent(
-            uow,
+        outcome = await run_with_retry(
+            new_uow,
+            interactions.select_agent,
             clock,
             acd_adapter=adapter,
             event_id=event.id,
@@ -261,8 +271,9 @@ async def acd_event(
         return await _agent_state_event(wired, TargetKind.ACD, adapter, event)
     elif event.type == AGENT_LOGIN_FAILED:
         failed = _data(event, AgentLoginFailedData)
-        agent_outcome = await agents.login_failed(
-            uow,
+        agent_outcome = await run_with_retry(
+            new_uow,
+            agents.login_failed,
             clock,
             acd_adapter=adapter,
             event_id=event.id,
@@ -274,8 +285,9 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == VOICE_STARTED:
         started = _data(event, VoiceStartedData)
-        agent_outcome = await agents.voice_started(
-            uow,
+        agent_outcome = await run_with_retry(
+            new_uow,
+            agents.voice_started,
             clock,
             acd_adapter=adapter,
             event_id=event.id,
@@ -286,8 +298,9 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == VOICE_ENDED:
         ended = _data(event, VoiceEndedData)
-        agent_outcome = await agents.voice_ended(
-            uow,
+        agent_outcome = await run_with_retry(
+            new_uow,
+            agents.voice_ended,
             clock,
             acd_adapter=adapter,
             event_id=event.id,
@@ -299,8 +312,9 @@ async def acd_event(
         return _agent_answer(agent_outcome)
     elif event.type == REQUEST_QUEUED:
         queued = _data(event, RequestQueuedData)
-        outcome = await interactions.queue_request(
-            uow,
+        outcome = await run_with_retry(
+            new_uow,
+            interactions.queue_request,
             clock,
             acd_adapter=adapter,
             event_id=event.id,
