@@ -17,6 +17,7 @@ from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
 from harmony.api import events, operators
 from harmony.api.deps import Container
+from harmony.api.openapi import install_openapi
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
@@ -133,8 +134,9 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app, settings.not_ready_reasons)
     app.include_router(events.router)
     app.include_router(operators.router)
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the last resort catches the others too
     return app

@@ -1,13 +1,14 @@
 """Inbound webhooks and callbacks: ``/v1/crm/{adapter}/events`` and ``/v1/acd/{adapter}/events``.
 
-Order of checks: adapter exists (404), content type (415), signature (401), JSON (400), envelope
-and data (422); only then does a use case run. A refused event changes nothing.
+Order of checks: adapter exists (404), content type (415), UTF-8 (400), signature (401), strict
+JSON (400), envelope and data (422); only then does a use case run. A refused event changes
+nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, Request
@@ -29,7 +30,8 @@ from harmony.adapters.generic_http.protocol import (
     Envelope,
 )
 from harmony.api.deps import Container, container
-from harmony.api.plumbing import describe_pydantic_errors, parse_json
+from harmony.api.openapi import event_request
+from harmony.api.plumbing import describe_pydantic_errors, errors, parse_json
 from harmony.api.schemas import (
     AgentEventAccepted,
     AgentLoggedInData,
@@ -37,7 +39,6 @@ from harmony.api.schemas import (
     AgentLoginFailedData,
     AgentSelectedData,
     AgentStateChangedData,
-    ErrorBody,
     EventAccepted,
     InteractionAcceptedData,
     InteractionCompletedData,
@@ -47,6 +48,7 @@ from harmony.api.schemas import (
     VoiceStartedData,
 )
 from harmony.errors import HarmonyError, Unauthorized, ValidationFailed
+from harmony.inputs import require_utf8
 from harmony.routing import agents, interactions
 from harmony.routing.messages import TargetKind
 from harmony.routing.model import Channel, ChannelStatus
@@ -55,21 +57,7 @@ router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
 Model = TypeVar("Model", bound=BaseModel)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
-}
-
-
-def _event_body(types: list[str]) -> dict[str, Any]:
-    schema = Envelope.model_json_schema()
-    schema["properties"]["type"]["enum"] = types
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-            "description": "A signed event envelope (docs/protocol.md); Standard Webhooks headers.",
-        }
-    }
+ERRORS = errors(400, 401, 404, 409, 413, 415, 422)
 
 
 class UnsupportedMediaType(HarmonyError):
@@ -85,6 +73,8 @@ async def _verified_envelope(
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType(f"content-type must be application/json, not '{content_type}'")
     body = await request.body()
+    # Signatures are computed over text: bytes that are not UTF-8 cannot be checked, only refused.
+    require_utf8(body)
     try:
         adapter.verify_inbound(body, dict(request.headers))
     except SignatureError as exc:
@@ -186,7 +176,7 @@ async def _agent_state_event(
     status_code=202,
     response_model=EventAccepted | AgentEventAccepted,
     responses=ERRORS,
-    openapi_extra=_event_body(CRM_TYPES),
+    openapi_extra=event_request(CRM_TYPES),
     summary="Receive a CRM event (interaction created / accepted / completed)",
 )
 async def crm_event(
@@ -239,7 +229,7 @@ async def crm_event(
     status_code=202,
     response_model=EventAccepted | AgentEventAccepted,
     responses=ERRORS,
-    openapi_extra=_event_body(ACD_TYPES),
+    openapi_extra=event_request(ACD_TYPES),
     summary="Receive an ACD callback (agent selected / request queued)",
 )
 async def acd_event(

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
+from harmony.inputs import PeerTime, Text
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -71,9 +72,9 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=128)
-    type: str = Field(min_length=1, max_length=64)
-    occurred_at: AwareDatetime
+    id: Annotated[Text, Field(min_length=1, max_length=128)]
+    type: Annotated[Text, Field(min_length=1, max_length=64)]
+    occurred_at: PeerTime
     data: dict[str, Any]
 
 

@@ -1,0 +1,184 @@
+"""What every input from outside must be before any code acts on it.
+
+Text holds no NUL (PostgreSQL cannot store it) and no lone surrogate (not Unicode: it cannot be
+encoded, stored or answered); integers fit a signed 64-bit column; peers' times lie in a sane
+range, so converting their offsets cannot overflow; JSON is strict (no ``NaN`` / ``Infinity``,
+no integer literal beyond 64 bits, at most ``MAX_JSON_DEPTH`` levels). Pydantic types here are
+used by the API's schemas and by the protocol's envelope, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from harmony.errors import BadRequest
+
+__all__ = [
+    "EARLIEST",
+    "INT64_MAX",
+    "LATEST",
+    "MAX_JSON_DEPTH",
+    "NO_NUL_PATTERN",
+    "JsonObject",
+    "PeerTime",
+    "Text",
+    "check_json_value",
+    "check_text",
+    "parse_json",
+    "require_utf8",
+]
+
+INT64_MAX = 2**63 - 1
+MAX_JSON_DEPTH = 32
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+# Documents the NUL rule in JSON Schema; lone surrogates cannot be written in valid JSON text.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def check_text(value: str) -> str:
+    """Refuse NUL characters and lone surrogates; return ``value`` unchanged otherwise."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return value
+
+
+class _NoNulInSchema:
+    """Say in the JSON Schema what ``check_text`` enforces (pydantic's own pattern check would
+    answer a lone surrogate with a confusing message)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault("pattern", NO_NUL_PATTERN)
+        return json_schema
+
+
+Text = Annotated[str, AfterValidator(check_text), _NoNulInSchema()]
+"""Any string from outside; add ``Field(max_length=...)`` where it is used."""
+
+
+def _check_peer_time(value: datetime) -> datetime:
+    # Look at the wall-clock fields before converting: year 1 at +01:00 overflows in astimezone.
+    if not EARLIEST.year <= value.year < LATEST.year:
+        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year - 1}")
+    utc = value.astimezone(UTC)
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year - 1}")
+    return value
+
+
+PeerTime = Annotated[AwareDatetime, AfterValidator(_check_peer_time)]
+"""A timestamp a peer reports: with an offset, between 2000 and 2099."""
+
+
+def check_json_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Refuse what strict JSON cannot carry: non-finite numbers, integers beyond 64 bits,
+    bad text in keys or strings, nesting deeper than ``max_depth``. Walks without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            check_text(item)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not -INT64_MAX - 1 <= item <= INT64_MAX:
+                raise ValueError("integers must fit in 64 bits")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise ValueError(f"must not nest deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise ValueError("object keys must be strings")
+                    check_text(key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            raise ValueError(f"{type(item).__name__} is not a JSON value")
+    return value
+
+
+def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    # Its size is bounded by the body's (256 KiB).
+    check_json_value(value, max_depth=MAX_JSON_DEPTH // 2)
+    return value
+
+
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_json_object),
+    Field(description="any JSON object of finite values, nested at most 16 levels"),
+]
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON")
+
+
+def _integer(text: str) -> int:
+    # Checked before int(): Python refuses to convert literals over 4,300 digits (ValueError).
+    if len(text.lstrip("-")) > 19:
+        raise _Refused("an integer does not fit in 64 bits")
+    number = int(text)
+    if not -INT64_MAX - 1 <= number <= INT64_MAX:
+        raise _Refused("an integer does not fit in 64 bits")
+    return number
+
+
+def _real(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _Refused(f"the number {text[:20]} is out of range")
+    return number
+
+
+def require_utf8(body: bytes) -> str:
+    """The body as text, or the 400 ``malformed_json`` the protocol promises for other bytes."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not UTF-8 (byte {exc.start})", code="malformed_json"
+        ) from exc
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON, or raise the 400 ``malformed_json`` that says why."""
+    text = require_utf8(body)
+    try:
+        value = json.loads(text, parse_constant=_constant, parse_int=_integer, parse_float=_real)
+    except _Refused as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from exc
+    except RecursionError as exc:
+        raise BadRequest(
+            f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="malformed_json"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from exc
+    try:
+        check_json_value(value)
+    except ValueError as exc:
+        raise BadRequest(f"request body: {exc}", code="malformed_json") from exc
+    return value
