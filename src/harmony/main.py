@@ -134,7 +134,11 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    install_openapi(app, settings.not_ready_reasons)
+    install_openapi(
+        app,
+        settings.not_ready_reasons,
+        {"crm": sorted(settings.crm_adapters), "acd": sorted(settings.acd_adapters)},
+    )
     app.include_router(events.router)
     app.include_router(operators.router)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)

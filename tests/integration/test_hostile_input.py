@@ -222,8 +222,8 @@ class Probe:
     must_refuse: bool = True
 
 
-def _sign(event_id: str, body: bytes) -> dict[str, str]:
-    """Standard Webhooks headers over raw bytes, which need not be UTF-8."""
+def sign_bytes(event_id: str, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers over raw bytes, which need not be UTF-8 (content-type too)."""
     key = base64.b64decode(DEV_SECRET.removeprefix("whsec_"))
     timestamp = str(int(time.time()))
     digest = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
@@ -284,7 +284,11 @@ def _event_probes(kind: str, path: str) -> Iterator[Probe]:
                 event_id = f"evt_{uuid.uuid4().hex}"
                 body = _with_raw({"id": event_id, **envelope}, leaf, raw)
                 yield Probe(
-                    "POST", path, f"{event_type} {leaf} = {raw[:40]}", body, _sign(event_id, body)
+                    "POST",
+                    path,
+                    f"{event_type} {leaf} = {raw[:40]}",
+                    body,
+                    sign_bytes(event_id, body),
                 )
         # hostile object keys inside the free-form customer object
         if event_type == INTERACTION_CREATED:
@@ -292,7 +296,7 @@ def _event_probes(kind: str, path: str) -> Iterator[Probe]:
                 event_id = f"evt_{uuid.uuid4().hex}"
                 text = json.dumps({"id": event_id, **envelope})
                 body = text.replace('"name": "Ann"', f'{key}: "Ann"').encode()
-                yield Probe("POST", path, f"customer key {key}", body, _sign(event_id, body))
+                yield Probe("POST", path, f"customer key {key}", body, sign_bytes(event_id, body))
     for raw in (
         b'{"id": "evt-raw", "type": "interaction.created", "data": {"external_id": "\xff"}}',
         b"\xef\xbb\xbf{}",
@@ -302,7 +306,7 @@ def _event_probes(kind: str, path: str) -> Iterator[Probe]:
         HUGE_INT.encode(),
         b"NaN",
     ):
-        yield Probe("POST", path, f"raw {raw[:30]!r}", raw, _sign("evt-raw", raw))
+        yield Probe("POST", path, f"raw {raw[:30]!r}", raw, sign_bytes("evt-raw", raw))
     event_id = "evt-headers"
     body = json.dumps({"id": event_id, "type": INTERACTION_CREATED, "data": {}}).encode()
     for header, value in (
@@ -315,7 +319,7 @@ def _event_probes(kind: str, path: str) -> Iterator[Probe]:
         ("webhook-signature", "v1,a,b"),
         ("content-type", "application/json; charset=ÿ"),
     ):
-        headers = {**_sign(event_id, body), header: value}
+        headers = {**sign_bytes(event_id, body), header: value}
         yield Probe("POST", path, f"header {header}: {value}", body, headers)
 
 
@@ -448,7 +452,7 @@ async def test_signed_body_that_is_not_utf8_is_a_400(harness: Harness) -> None:
     before = await snapshot(harness)
     body = b'{"id": "evt-1", "type": "interaction.created", "data": {"external_id": "\xff"}}'
     response = await harness.client.post(
-        "/v1/crm/generic/events", content=body, headers=_sign("evt-1", body)
+        "/v1/crm/generic/events", content=body, headers=sign_bytes("evt-1", body)
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "malformed_json"
@@ -513,7 +517,7 @@ async def test_envelope_dates_far_out_are_refused_not_stored(harness: Harness, y
         }
     ).encode()
     response = await harness.client.post(
-        "/v1/crm/generic/events", content=body, headers=_sign(event_id, body)
+        "/v1/crm/generic/events", content=body, headers=sign_bytes(event_id, body)
     )
     assert response.status_code == 422, response.text
     assert "occurred_at" in response.json()["detail"]

@@ -3,8 +3,8 @@
 The event routes read their body themselves (the signature is checked over the raw bytes before
 any parsing), so FastAPI sees no body model there: this module describes the body as a union of
 one envelope per event type, discriminated on ``type``, and the Standard Webhooks headers. It
-lists the configured not-ready reasons, and drops FastAPI's default validation-error schema,
-since every 422 answers the app's ``{"error", "detail"}`` body.
+lists the configured not-ready reasons and adapter names, and drops FastAPI's default
+validation-error schema, since every 422 answers the app's ``{"error", "detail"}`` body.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SIGNATURE_HEADERS: list[dict[str, Any]] = [
         "in": "header",
         "required": True,
         "description": "Standard Webhooks message id: must equal the envelope `id`",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
     },
     {
         "name": "webhook-timestamp",
@@ -43,7 +43,7 @@ SIGNATURE_HEADERS: list[dict[str, Any]] = [
         "required": True,
         "description": 'space-separated `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` '
         "with the adapter's secret (401 when none matches)",
-        "schema": {"type": "string", "minLength": 1},
+        "schema": {"type": "string", "pattern": "^v1,[A-Za-z0-9+/=]+( v1,[A-Za-z0-9+/=]+)*$"},
     },
 ]
 
@@ -100,8 +100,21 @@ def _walk(node: Any, reasons: list[str]) -> None:
             _walk(child, reasons)
 
 
-def install_openapi(app: FastAPI, not_ready_reasons: tuple[str, ...]) -> None:
-    """Make ``app.openapi()`` return the exact document described in this module's docstring."""
+def _name_adapters(spec: dict[str, Any], adapters: dict[str, list[str]]) -> None:
+    for path, operations in spec["paths"].items():
+        kind = path.split("/")[2] if path.endswith("/events") else None
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if kind in adapters and parameter["name"] == "adapter":
+                    parameter["schema"]["enum"] = adapters[kind]
+                    parameter["description"] = "a configured adapter (404 `unknown_adapter`)"
+
+
+def install_openapi(
+    app: FastAPI, not_ready_reasons: tuple[str, ...], adapters: dict[str, list[str]]
+) -> None:
+    """Make ``app.openapi()`` return the exact document described in this module's docstring;
+    ``adapters`` are the configured adapter names by kind (``crm``, ``acd``)."""
     generate = app.openapi
 
     def document() -> dict[str, Any]:
@@ -117,6 +130,7 @@ def install_openapi(app: FastAPI, not_ready_reasons: tuple[str, ...]) -> None:
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         _walk(spec, list(not_ready_reasons))
+        _name_adapters(spec, adapters)
         app.openapi_schema = spec
         return spec
 

@@ -205,7 +205,9 @@ class SqlAgents:
             await self._conn.execute(select(profiles).where(profiles.c.name == agent.profile))
         ).first()
         if profile_row is None:
-            raise ValidationFailed(f"profile: unknown profile '{agent.profile}'")
+            raise ValidationFailed(
+                f"profile: unknown profile '{agent.profile}'", code="unknown_profile"
+            )
         profile = _profile(profile_row)
         values = {
             "name": agent.name,

@@ -72,7 +72,8 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: Annotated[Text, Field(min_length=1, max_length=128)]
+    # Visible ASCII: it travels as the webhook-id header too.
+    id: Annotated[str, Field(pattern=r"^[!-~]{1,128}$")]
     type: Annotated[Text, Field(min_length=1, max_length=64)]
     occurred_at: PeerTime
     data: dict[str, Any]
