@@ -522,3 +522,60 @@ async def test_envelope_dates_far_out_are_refused_not_stored(harness: Harness, y
     assert response.status_code == 422, response.text
     assert "occurred_at" in response.json()["detail"]
     assert await snapshot(harness) == before
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _b64("²".encode()),
+        _b64(TWO_63.encode()),
+        _b64(b'["h", 9223372036854775808]'),
+        _b64(b'["h", "12"]'),
+        _b64(b'["i", "9999-12-31T23:59:59-23:59", "x"]'),
+        _b64(b'["a", "agent-001"]'),  # an agents cursor, given to the history listing
+        "a" * 500,
+    ],
+)
+async def test_a_cursor_this_api_did_not_hand_out_is_400_invalid_cursor(
+    harness: Harness, cursor: str
+) -> None:
+    response = await harness.client.get(
+        "/v1/agents/agent-001/history", params={"cursor": cursor, "limit": 1}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_cursor"
+    first = await harness.client.get("/v1/agents/agent-001/history", params={"limit": 1})
+    handed_out = first.json()["next_cursor"]
+    follow = await harness.client.get(
+        "/v1/agents/agent-001/history", params={"cursor": handed_out, "limit": 1}
+    )
+    assert follow.status_code == 200
+    assert follow.json()["items"] != first.json()["items"]
+    wrong_listing = await harness.client.get("/v1/agents", params={"cursor": handed_out})
+    assert wrong_listing.json()["error"] == "invalid_cursor"
+
+
+async def test_an_unexpected_error_is_a_logged_json_500_with_the_request_id(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    interaction_id = (await harness.create("chat-before-drop")).json()["interaction_id"]
+    # A table gone from under the app: the kind of failure no handler was written for.
+    async with harness.container.db.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TABLE interaction_history")
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=harness.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://harmony") as client:
+        response = await client.get(
+            f"/v1/interactions/{interaction_id}", headers={"x-request-id": "req-500-test"}
+        )
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal",
+        "detail": "an unexpected error; it is logged with this request id",
+        "request_id": "req-500-test",
+    }
+    assert response.headers["x-request-id"] == "req-500-test"
+    logged = capsys.readouterr().out
+    assert "unhandled_error" in logged
+    assert "Traceback" in logged
+    assert "interaction_history" in logged
