@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, Field, GetJsonSchemaHandler
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -23,6 +23,8 @@ from harmony.errors import BadRequest
 __all__ = [
     "EARLIEST",
     "INT64_MAX",
+    "JSON_INTEGER",
+    "JSON_VALUE_SCHEMA",
     "LATEST",
     "MAX_JSON_DEPTH",
     "NO_NUL_PATTERN",
@@ -68,6 +70,18 @@ class _NoNulInSchema:
 
 Text = Annotated[str, AfterValidator(check_text), _NoNulInSchema()]
 """Any string from outside; add ``Field(max_length=...)`` where it is used."""
+
+
+def _refuse_non_numbers(value: Any) -> Any:
+    # JSON Schema's integer: 3 and 3.0 are, "3" and true are not (pydantic's lax mode takes both).
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JSON_INTEGER = BeforeValidator(_refuse_non_numbers)
+"""Put last in ``Annotated[int, Field(ge=..., le=...), JSON_INTEGER]``: an integer exactly as
+JSON Schema means it (before the bounds, pydantic would leave them out of the JSON Schema)."""
 
 
 def _check_peer_time(value: datetime) -> datetime:
@@ -133,11 +147,38 @@ def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-JsonObject = Annotated[
-    dict[str, Any],
-    AfterValidator(_check_json_object),
-    Field(description="any JSON object of finite values, nested at most 16 levels"),
-]
+JSON_VALUE_REF = "#/components/schemas/JsonValue"
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "any JSON value: no NUL in text, numbers within signed 64 bits",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL_PATTERN},
+        {"type": "number", "minimum": -INT64_MAX - 1, "maximum": INT64_MAX},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": JSON_VALUE_REF}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL_PATTERN},
+            "additionalProperties": {"$ref": JSON_VALUE_REF},
+        },
+    ],
+}
+"""The OpenAPI component ``JsonValue`` that ``JsonObject`` refers to (api.openapi adds it)."""
+
+
+class _JsonObjectInSchema:
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "type": "object",
+            "description": "any JSON object, nested at most 16 levels",
+            "propertyNames": {"pattern": NO_NUL_PATTERN},
+            "additionalProperties": {"$ref": JSON_VALUE_REF},
+        }
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json_object), _JsonObjectInSchema()]
 
 
 class _Refused(ValueError):

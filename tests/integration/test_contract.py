@@ -93,7 +93,7 @@ def test_the_app_keeps_its_documented_contract(case: Any) -> None:
         kwargs["data"] = body
     response = case.call(**kwargs)
     mode = case.meta.generation.mode.value if case.meta is not None else "explicit"
-    SEEN[f"{mode} {response.status_code}"] += 1
+    SEEN[f"{mode} {response.status_code} {_code(response.text) or ''}".strip()] += 1
     assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:300]}"
     case.validate_response(response, checks=checks)
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:

@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 
 from harmony.adapters.generic_http.protocol import Envelope
 from harmony.api.schemas import EVENT_DATA, NOT_READY_REASON_MARK
+from harmony.inputs import JSON_VALUE_SCHEMA
 
 __all__ = ["event_request", "install_openapi"]
 
@@ -127,6 +128,7 @@ def install_openapi(
         )
         for name, schema in defs.get("$defs", {}).items():
             schemas.setdefault(name, schema)
+        schemas["JsonValue"] = JSON_VALUE_SCHEMA
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         _walk(spec, list(not_ready_reasons))

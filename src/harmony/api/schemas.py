@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harmony.inputs import INT64_MAX, JsonObject, Text
+from harmony.inputs import INT64_MAX, JSON_INTEGER, JsonObject, Text
 from harmony.routing.agent_state import AgentStateEntry, Profile, presence
 from harmony.routing.model import (
     DEFAULT_PROFILE,
@@ -27,7 +27,10 @@ ExternalId = Annotated[Text, Field(min_length=1, max_length=200)]
 PeerAgentId = Annotated[Text, Field(min_length=1, max_length=200)]
 RequestId = Annotated[Text, Field(min_length=1, max_length=64)]
 CallId = Annotated[Text, Field(min_length=1, max_length=128)]
-Sequence = Annotated[int, Field(ge=0, le=INT64_MAX, description="the sender's own counter")]
+Sequence = Annotated[
+    int, Field(ge=0, le=INT64_MAX, description="the sender's own counter"), JSON_INTEGER
+]
+WrapUpSeconds = Annotated[int, Field(ge=0, le=3600), JSON_INTEGER]
 RoutableChannel = Literal["chat", "email"]
 AnyChannel = Literal["voice", "chat", "email"]
 # Marks a not-ready reason; the served document lists the configured reasons there (api.openapi).
@@ -54,7 +57,7 @@ class InteractionCreatedData(_In):
     external_id: ExternalId
     channel: RoutableChannel
     queue: Name
-    priority: int = Field(default=0, ge=0, le=100)
+    priority: Annotated[int, Field(ge=0, le=100), JSON_INTEGER] = 0
     skills: list[Skill] = Field(default_factory=list, max_length=50)
     customer: JsonObject = Field(default_factory=dict)
     subject: Annotated[Text, Field(max_length=1000)] | None = None
@@ -76,7 +79,7 @@ class AgentSelectedData(_In):
 
 class RequestQueuedData(_In):
     request_id: RequestId
-    position: int | None = Field(default=None, ge=1, le=1_000_000)
+    position: Annotated[int, Field(ge=1, le=1_000_000), JSON_INTEGER] | None = None
 
 
 class EventAccepted(BaseModel):
@@ -106,9 +109,9 @@ class ChannelCapacities(_In):
     """How many interactions at once, per channel (voice is one call at a time)."""
 
     model_config = ConfigDict(extra="forbid")
-    voice: int | None = Field(default=None, ge=0, le=MAX_CAPACITY[Channel.VOICE])
-    chat: int | None = Field(default=None, ge=0, le=MAX_CAPACITY[Channel.CHAT])
-    email: int | None = Field(default=None, ge=0, le=MAX_CAPACITY[Channel.EMAIL])
+    voice: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.VOICE]), JSON_INTEGER] | None = None
+    chat: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.CHAT]), JSON_INTEGER] | None = None
+    email: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.EMAIL]), JSON_INTEGER] | None = None
 
     def given(self) -> dict[str, int]:
         """The channels given, by name."""
@@ -261,9 +264,7 @@ class AgentHistoryPage(BaseModel):
 class ProfileIn(_In):
     model_config = ConfigDict(extra="forbid")
     capacity: ChannelCapacities
-    wrap_up_seconds: dict[AnyChannel, Annotated[int, Field(ge=0, le=3600)]] = Field(
-        default_factory=dict
-    )
+    wrap_up_seconds: dict[AnyChannel, WrapUpSeconds] = Field(default_factory=dict)
     blocks: dict[AnyChannel, Annotated[list[AnyChannel], Field(max_length=3)]] = Field(
         default_factory=dict,
         description="work on the key channel blocks offers on the listed channels",
@@ -322,7 +323,7 @@ class VoiceStartedData(_AgentEvent):
 
 class VoiceEndedData(_AgentEvent):
     call_id: CallId
-    wrap_up_seconds: int | None = Field(default=None, ge=0, le=3600)
+    wrap_up_seconds: WrapUpSeconds | None = None
 
 
 # The data model of each inbound event type (docs/protocol.md).
