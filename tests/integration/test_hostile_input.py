@@ -579,3 +579,20 @@ async def test_an_unexpected_error_is_a_logged_json_500_with_the_request_id(
     assert "unhandled_error" in logged
     assert "Traceback" in logged
     assert "interaction_history" in logged
+
+
+async def test_an_operator_body_streamed_past_the_limit_is_413(harness: Harness) -> None:
+    before = await snapshot(harness)
+
+    async def chunks() -> Any:
+        yield b'{"channel": "chat", "skills": ["'
+        for _ in range(300):
+            yield b"x" * 1024
+        yield b'"]}'
+
+    response = await harness.client.put(
+        "/v1/queues/streamed", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "body_too_large"
+    assert await snapshot(harness) == before
