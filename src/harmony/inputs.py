@@ -35,6 +35,7 @@ __all__ = [
     "check_text",
     "parse_json",
     "require_utf8",
+    "unknown_fields_are_json_values",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -164,6 +165,12 @@ JSON_VALUE_SCHEMA: dict[str, Any] = {
     ],
 }
 """The OpenAPI component ``JsonValue`` that ``JsonObject`` refers to (api.openapi adds it)."""
+
+
+def unknown_fields_are_json_values(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` for models that ignore unknown fields: say what those may hold
+    (strict JSON values), unless the model forbids them."""
+    schema.setdefault("additionalProperties", {"$ref": JSON_VALUE_REF})
 
 
 class _JsonObjectInSchema:

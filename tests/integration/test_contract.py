@@ -76,7 +76,7 @@ def _signed(case: Any) -> tuple[bytes, dict[str, str]]:
 
 @schema.parametrize()
 @settings(
-    max_examples=12,
+    max_examples=30,
     deadline=None,
     derandomize=True,
     suppress_health_check=list(HealthCheck),

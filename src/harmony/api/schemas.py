@@ -7,7 +7,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harmony.inputs import INT64_MAX, JSON_INTEGER, JsonObject, Text
+from harmony.inputs import (
+    INT64_MAX,
+    JSON_INTEGER,
+    JsonObject,
+    Text,
+    unknown_fields_are_json_values,
+)
 from harmony.routing.agent_state import AgentStateEntry, Profile, presence
 from harmony.routing.model import (
     DEFAULT_PROFILE,
@@ -47,7 +53,7 @@ NotReadyReason = Annotated[
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
 
 # --- inbound event data (docs/protocol.md) ---------------------------------------------------

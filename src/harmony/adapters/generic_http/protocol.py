@@ -15,7 +15,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
-from harmony.inputs import PeerTime, Text
+from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -70,7 +70,7 @@ VOICE_ENDED = "voice.ended"
 class Envelope(BaseModel):
     """One event as it travels over HTTP."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
     # Visible ASCII: it travels as the webhook-id header too.
     id: Annotated[str, Field(pattern=r"^[!-~]{1,128}$")]
