@@ -18,6 +18,7 @@ from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
 from harmony.api import events, inbox, operators
 from harmony.api.deps import Container
+from harmony.api.openapi import install_openapi
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
@@ -150,9 +151,14 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    install_openapi(
+        app,
+        settings.not_ready_reasons,
+        {"crm": sorted(settings.crm_adapters), "acd": sorted(settings.acd_adapters)},
+    )
     app.include_router(events.router)
     app.include_router(operators.router)
     app.include_router(inbox.router)
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the last resort catches the others too
     return app

@@ -183,7 +183,7 @@ async def test_an_unknown_queue_stores_nothing_and_the_event_can_be_retried(
     with pytest.raises(ValidationFailed, match=r"data\.queue") as caught:
         await world.create("mail-1", Channel.EMAIL, event_id="evt-1", queue="sales-email")
 
-    assert caught.value.code == "validation_error"
+    assert caught.value.code == "unknown_queue"
     assert snapshot(world.store) == before
     assert world.events_seen() == []  # the inbox claim was rolled back with the rest
 

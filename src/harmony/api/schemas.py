@@ -7,50 +7,85 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harmony.inputs import (
+    INT64_MAX,
+    JSON_INTEGER,
+    JsonObject,
+    Text,
+    unknown_fields_are_json_values,
+)
 from harmony.routing.agent_state import AgentStateEntry, Profile, presence
-from harmony.routing.model import DEFAULT_PROFILE, Agent, ChannelState, HistoryEntry, Interaction
+from harmony.routing.model import (
+    DEFAULT_PROFILE,
+    MAX_CAPACITY,
+    Agent,
+    Channel,
+    ChannelState,
+    HistoryEntry,
+    Interaction,
+)
 from harmony.routing.ports import QueueStats
 
-Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")]
-Skill = Annotated[str, Field(min_length=1, max_length=100)]
+NAME_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
+Skill = Annotated[Text, Field(min_length=1, max_length=100)]
+ExternalId = Annotated[Text, Field(min_length=1, max_length=200)]
+PeerAgentId = Annotated[Text, Field(min_length=1, max_length=200)]
+RequestId = Annotated[Text, Field(min_length=1, max_length=64)]
+CallId = Annotated[Text, Field(min_length=1, max_length=128)]
+Sequence = Annotated[
+    int, Field(ge=0, le=INT64_MAX, description="the sender's own counter"), JSON_INTEGER
+]
+WrapUpSeconds = Annotated[int, Field(ge=0, le=3600), JSON_INTEGER]
 RoutableChannel = Literal["chat", "email"]
 AnyChannel = Literal["voice", "chat", "email"]
+# Marks a not-ready reason; the served document lists the configured reasons there (api.openapi).
+NOT_READY_REASON_MARK = "x-harmony-not-ready-reason"
+NotReadyReason = Annotated[
+    Text,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="one of the configured not-ready reasons (HARMONY_NOT_READY_REASONS)",
+        json_schema_extra={NOT_READY_REASON_MARK: True},
+    ),
+]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
 
 # --- inbound event data (docs/protocol.md) ---------------------------------------------------
 
 
 class InteractionCreatedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
+    external_id: ExternalId
     channel: RoutableChannel
     queue: Name
-    priority: int = Field(default=0, ge=0, le=100)
+    priority: Annotated[int, Field(ge=0, le=100), JSON_INTEGER] = 0
     skills: list[Skill] = Field(default_factory=list, max_length=50)
-    customer: dict[str, Any] = Field(default_factory=dict)
-    subject: str | None = Field(default=None, max_length=1000)
+    customer: JsonObject = Field(default_factory=dict)
+    subject: Annotated[Text, Field(max_length=1000)] | None = None
 
 
 class InteractionAcceptedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
-    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    external_id: ExternalId
+    agent_id: PeerAgentId | None = None
 
 
 class InteractionCompletedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
+    external_id: ExternalId
 
 
 class AgentSelectedData(_In):
-    request_id: str = Field(min_length=1, max_length=64)
-    agent_id: str = Field(min_length=1, max_length=200)
+    request_id: RequestId
+    agent_id: PeerAgentId
 
 
 class RequestQueuedData(_In):
-    request_id: str = Field(min_length=1, max_length=64)
-    position: int | None = Field(default=None, ge=1)
+    request_id: RequestId
+    position: Annotated[int, Field(ge=1, le=1_000_000), JSON_INTEGER] | None = None
 
 
 class EventAccepted(BaseModel):
@@ -59,8 +94,12 @@ class EventAccepted(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: str
+    """Every error Harmony answers; ``request_id`` is set on 5xx answers (also the
+    ``x-request-id`` header) so that the log line can be found."""
+
+    error: str = Field(description="a stable code: validation_error, unknown_agent, ...")
+    detail: str = Field(description="what is wrong, naming the field")
+    request_id: str | None = None
 
 
 # --- operators -------------------------------------------------------------------------------
@@ -70,6 +109,19 @@ class QueueIn(_In):
     model_config = ConfigDict(extra="forbid")
     channel: RoutableChannel
     skills: list[Skill] = Field(default_factory=list, max_length=50)
+
+
+class ChannelCapacities(_In):
+    """How many interactions at once, per channel (voice is one call at a time)."""
+
+    model_config = ConfigDict(extra="forbid")
+    voice: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.VOICE]), JSON_INTEGER] | None = None
+    chat: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.CHAT]), JSON_INTEGER] | None = None
+    email: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.EMAIL]), JSON_INTEGER] | None = None
+
+    def given(self) -> dict[str, int]:
+        """The channels given, by name."""
+        return {name: n for name, n in self.model_dump().items() if n is not None}
 
 
 class QueueOut(BaseModel):
@@ -95,14 +147,15 @@ class QueueOut(BaseModel):
 
 class AgentIn(_In):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(default="", max_length=200)
-    crm_agent_id: str = Field(min_length=1, max_length=200)
-    acd_agent_id: str = Field(min_length=1, max_length=200)
+    name: Annotated[Text, Field(max_length=200)] = ""
+    crm_agent_id: PeerAgentId
+    acd_agent_id: PeerAgentId
     crm_adapter: Name = "generic"
     skills: list[Skill] = Field(default_factory=list, max_length=100)
     profile: Name = DEFAULT_PROFILE
-    capacity: dict[AnyChannel, int] = Field(
-        default_factory=dict, description="per-channel overrides of the profile's capacity"
+    capacity: ChannelCapacities = Field(
+        default_factory=ChannelCapacities,
+        description="per-channel overrides of the profile's capacity",
     )
 
 
@@ -177,7 +230,7 @@ class AgentStateIn(_In):
     model_config = ConfigDict(extra="forbid")
     channel: AnyChannel
     state: Literal["logged_out", "not_ready", "ready"]
-    reason: str | None = Field(default=None, min_length=1, max_length=64)
+    reason: NotReadyReason | None = None
 
 
 class AgentStateEntryOut(BaseModel):
@@ -221,11 +274,9 @@ class AgentHistoryPage(BaseModel):
 
 class ProfileIn(_In):
     model_config = ConfigDict(extra="forbid")
-    capacity: dict[AnyChannel, Annotated[int, Field(ge=0, le=20)]]
-    wrap_up_seconds: dict[AnyChannel, Annotated[int, Field(ge=0, le=3600)]] = Field(
-        default_factory=dict
-    )
-    blocks: dict[AnyChannel, list[AnyChannel]] = Field(
+    capacity: ChannelCapacities
+    wrap_up_seconds: dict[AnyChannel, WrapUpSeconds] = Field(default_factory=dict)
+    blocks: dict[AnyChannel, Annotated[list[AnyChannel], Field(max_length=3)]] = Field(
         default_factory=dict,
         description="work on the key channel blocks offers on the listed channels",
     )
@@ -247,40 +298,59 @@ class ProfileOut(BaseModel):
 StateName = Literal["logged_out", "not_ready", "ready"]
 
 
+Channels = Annotated[list[AnyChannel], Field(min_length=1, max_length=3)]
+
+
 class _AgentEvent(_In):
-    agent_id: str = Field(min_length=1, max_length=200)
-    sequence: int | None = Field(default=None, ge=0)
+    agent_id: PeerAgentId
+    sequence: Sequence | None = None
 
 
 class AgentLoggedInData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    channels: Channels | None = None
     state: Literal["not_ready", "ready"] = "not_ready"
-    reason: str | None = Field(default=None, max_length=64)
+    reason: NotReadyReason | None = None
 
 
 class AgentLoggedOutData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    channels: Channels | None = None
 
 
 class AgentStateChangedData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
+    channels: Channels | None = None
     state: StateName
-    reason: str | None = Field(default=None, max_length=64)
-    echo_of: str | None = Field(default=None, max_length=128)
+    reason: NotReadyReason | None = None
+    echo_of: Annotated[Text, Field(max_length=128)] | None = None
 
 
 class AgentLoginFailedData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
-    reason: str = Field(default="refused", max_length=200)
+    channels: Channels | None = None
+    reason: Annotated[Text, Field(max_length=200)] = "refused"
 
 
 class VoiceStartedData(_AgentEvent):
-    call_id: str = Field(min_length=1, max_length=128)
+    call_id: CallId
 
 
 class VoiceEndedData(_AgentEvent):
-    call_id: str = Field(min_length=1, max_length=128)
-    wrap_up_seconds: int | None = Field(default=None, ge=0, le=3600)
+    call_id: CallId
+    wrap_up_seconds: WrapUpSeconds | None = None
+
+
+# The data model of each inbound event type (docs/protocol.md).
+EVENT_DATA: dict[str, type[_In]] = {
+    "interaction.created": InteractionCreatedData,
+    "interaction.accepted": InteractionAcceptedData,
+    "interaction.completed": InteractionCompletedData,
+    "agent.logged_in": AgentLoggedInData,
+    "agent.logged_out": AgentLoggedOutData,
+    "agent.state_changed": AgentStateChangedData,
+    "agent.selected": AgentSelectedData,
+    "request.queued": RequestQueuedData,
+    "agent.login_failed": AgentLoginFailedData,
+    "voice.started": VoiceStartedData,
+    "voice.ended": VoiceEndedData,
+}
 
 
 class AgentEventAccepted(BaseModel):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -15,6 +13,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
+from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import insert_for, is_transient, sqlstate
 from harmony.db.tables import (
     inbox,
@@ -23,7 +22,7 @@ from harmony.db.tables import (
     outbox,
     queues,
 )
-from harmony.errors import Conflict, TryAgain, ValidationFailed
+from harmony.errors import Conflict, TryAgain
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
@@ -192,7 +191,7 @@ class SqlInteractions:
         if flt.queue is not None:
             query = query.where(interactions.c.queue == flt.queue)
         if cursor is not None:
-            after_at, after_id = decode_cursor(cursor)
+            after_at, after_id = read_interaction_cursor(cursor)
             query = query.where(
                 or_(
                     interactions.c.received_at > after_at,
@@ -205,7 +204,7 @@ class SqlInteractions:
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
-            next_cursor = encode_cursor(last.received_at, last.id)
+            next_cursor = interaction_cursor(last.received_at, last.id)
         return Page(items, next_cursor)
 
     async def history(self, interaction_id: str) -> list[HistoryEntry]:
@@ -227,25 +226,6 @@ class SqlInteractions:
             )
             for row in rows
         ]
-
-
-def encode_cursor(at: datetime, interaction_id: str) -> str:
-    """An opaque cursor for keyset pagination."""
-    raw = json.dumps([at.isoformat(), interaction_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Reverse ``encode_cursor``; ValidationFailed for anything it did not produce."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at_text, interaction_id = json.loads(raw)
-        at = datetime.fromisoformat(at_text)
-        if at.tzinfo is None or not isinstance(interaction_id, str):
-            raise ValueError("bad cursor")
-    except (ValueError, TypeError) as exc:
-        raise ValidationFailed("cursor: not a cursor this API returned") from exc
-    return at, interaction_id
 
 
 class SqlQueues:

@@ -285,7 +285,9 @@ async def report_state(
         channels = _channels_for(agent, report)
         unknown = [c for c in channels if c not in agent.channels]
         if unknown:
-            raise ValidationFailed(f"data.channels: agent has no channel {unknown[0].value}")
+            raise ValidationFailed(
+                f"data.channels: agent has no channel {unknown[0].value}", code="unknown_channel"
+            )
         if reporter.kind is None:
             for channel in channels:
                 refusal = operator_refusal(agent.channels[channel], report.status)

@@ -155,7 +155,7 @@ async def receive_interaction(
             return duplicate
         queue = await uow.queues.get(new.queue)
         if queue is None:
-            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'")
+            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'", code="unknown_queue")
         now = clock.now()
         interaction = Interaction.receive(
             interaction_id=str(uuid.uuid4()),
@@ -520,7 +520,7 @@ async def upsert_agent(
     )
     async with uow:
         if await uow.profiles.get(profile) is None:
-            raise ValidationFailed(f"profile: unknown profile '{profile}'")
+            raise ValidationFailed(f"profile: unknown profile '{profile}'", code="unknown_profile")
         changed = await uow.agents.upsert(agent, overrides)
         now = clock.now()
         await uow.agents.append_history(

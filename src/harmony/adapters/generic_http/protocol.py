@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
+from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -69,11 +70,12 @@ VOICE_ENDED = "voice.ended"
 class Envelope(BaseModel):
     """One event as it travels over HTTP."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
-    id: str = Field(min_length=1, max_length=128)
-    type: str = Field(min_length=1, max_length=64)
-    occurred_at: AwareDatetime
+    # Visible ASCII: it travels as the webhook-id header too.
+    id: Annotated[str, Field(pattern=r"^[!-~]{1,128}$")]
+    type: Annotated[Text, Field(min_length=1, max_length=64)]
+    occurred_at: PeerTime
     data: dict[str, Any]
 
 
