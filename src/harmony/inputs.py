@@ -12,9 +12,17 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, GetJsonSchemaHandler
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -27,12 +35,28 @@ __all__ = [
     "JSON_VALUE_SCHEMA",
     "LATEST",
     "MAX_JSON_DEPTH",
+    "NAME_PATTERN",
+    "NOT_READY_REASON_MARK",
     "NO_NUL_PATTERN",
+    "AnyChannel",
+    "CallId",
+    "ExternalId",
+    "InboundModel",
     "JsonObject",
+    "Name",
+    "NotReadyReason",
+    "PeerAgentId",
     "PeerTime",
+    "RequestId",
+    "RoutableChannel",
+    "Sequence",
+    "Skill",
     "Text",
+    "WrapUpSeconds",
     "check_json_value",
     "check_text",
+    "describe_pydantic_errors",
+    "describe_validation",
     "parse_json",
     "require_utf8",
     "unknown_fields_are_json_values",
@@ -261,3 +285,37 @@ def describe_pydantic_errors(errors: list[Any], prefix: str) -> str:
     return describe_validation(
         [{**e, "loc": (prefix, *e.get("loc", ()))} if prefix else e for e in errors]
     )
+
+
+# --- field types shared by the operator API and the adapters' event data ------------------
+
+NAME_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
+Skill = Annotated[Text, Field(min_length=1, max_length=100)]
+ExternalId = Annotated[Text, Field(min_length=1, max_length=200)]
+PeerAgentId = Annotated[Text, Field(min_length=1, max_length=200)]
+RequestId = Annotated[Text, Field(min_length=1, max_length=64)]
+CallId = Annotated[Text, Field(min_length=1, max_length=128)]
+Sequence = Annotated[
+    int, Field(ge=0, le=INT64_MAX, description="the sender's own counter"), JSON_INTEGER
+]
+WrapUpSeconds = Annotated[int, Field(ge=0, le=3600), JSON_INTEGER]
+RoutableChannel = Literal["chat", "email"]
+AnyChannel = Literal["voice", "chat", "email"]
+# Marks a not-ready reason; the served document lists the configured reasons there (api.openapi).
+NOT_READY_REASON_MARK = "x-harmony-not-ready-reason"
+NotReadyReason = Annotated[
+    Text,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="one of the configured not-ready reasons (HARMONY_NOT_READY_REASONS)",
+        json_schema_extra={NOT_READY_REASON_MARK: True},
+    ),
+]
+
+
+class InboundModel(BaseModel):
+    """A body from outside: unknown fields are ignored (and described as JSON values)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)

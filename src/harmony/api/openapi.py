@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import models_json_schema
 
+from harmony.adapters.generic_http.data import EVENT_DATA
 from harmony.adapters.generic_http.protocol import Envelope
-from harmony.api.schemas import EVENT_DATA, NOT_READY_REASON_MARK
-from harmony.inputs import JSON_VALUE_SCHEMA
+from harmony.inputs import JSON_VALUE_SCHEMA, NOT_READY_REASON_MARK
 
 __all__ = ["event_request", "install_openapi"]
 

@@ -15,23 +15,19 @@ from harmony.api.schemas import (
     AgentPage,
     AgentStateEntryOut,
     AgentStateIn,
-    AnyChannel,
     Health,
     HistoryOut,
     InteractionDetail,
     InteractionOut,
     InteractionPage,
-    Name,
     ProfileIn,
     ProfileOut,
     QueueIn,
     QueueOut,
     Readiness,
-    RoutableChannel,
-    Skill,
 )
 from harmony.errors import HarmonyError, NotFound
-from harmony.inputs import Text
+from harmony.inputs import AnyChannel, Name, RoutableChannel, Skill, Text
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Presence, Profile
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue

@@ -1,4 +1,5 @@
-"""Request and response bodies. Validation of everything that comes from outside lives here."""
+"""The operator API's request and response bodies; field rules live in ``harmony.inputs``, event
+data in ``harmony.adapters.generic_http.data``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.inputs import (
-    INT64_MAX,
     JSON_INTEGER,
-    JsonObject,
+    AnyChannel,
+    InboundModel,
+    Name,
+    NotReadyReason,
+    PeerAgentId,
+    RoutableChannel,
+    Skill,
     Text,
-    unknown_fields_are_json_values,
+    WrapUpSeconds,
 )
 from harmony.routing.agent_state import AgentStateEntry, Profile, presence
 from harmony.routing.model import (
@@ -25,67 +31,6 @@ from harmony.routing.model import (
     Interaction,
 )
 from harmony.routing.ports import QueueStats
-
-NAME_PATTERN = r"^[A-Za-z0-9._:@-]+$"
-Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
-Skill = Annotated[Text, Field(min_length=1, max_length=100)]
-ExternalId = Annotated[Text, Field(min_length=1, max_length=200)]
-PeerAgentId = Annotated[Text, Field(min_length=1, max_length=200)]
-RequestId = Annotated[Text, Field(min_length=1, max_length=64)]
-CallId = Annotated[Text, Field(min_length=1, max_length=128)]
-Sequence = Annotated[
-    int, Field(ge=0, le=INT64_MAX, description="the sender's own counter"), JSON_INTEGER
-]
-WrapUpSeconds = Annotated[int, Field(ge=0, le=3600), JSON_INTEGER]
-RoutableChannel = Literal["chat", "email"]
-AnyChannel = Literal["voice", "chat", "email"]
-# Marks a not-ready reason; the served document lists the configured reasons there (api.openapi).
-NOT_READY_REASON_MARK = "x-harmony-not-ready-reason"
-NotReadyReason = Annotated[
-    Text,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="one of the configured not-ready reasons (HARMONY_NOT_READY_REASONS)",
-        json_schema_extra={NOT_READY_REASON_MARK: True},
-    ),
-]
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
-
-
-# --- inbound event data (docs/protocol.md) ---------------------------------------------------
-
-
-class InteractionCreatedData(_In):
-    external_id: ExternalId
-    channel: RoutableChannel
-    queue: Name
-    priority: Annotated[int, Field(ge=0, le=100), JSON_INTEGER] = 0
-    skills: list[Skill] = Field(default_factory=list, max_length=50)
-    customer: JsonObject = Field(default_factory=dict)
-    subject: Annotated[Text, Field(max_length=1000)] | None = None
-
-
-class InteractionAcceptedData(_In):
-    external_id: ExternalId
-    agent_id: PeerAgentId | None = None
-
-
-class InteractionCompletedData(_In):
-    external_id: ExternalId
-
-
-class AgentSelectedData(_In):
-    request_id: RequestId
-    agent_id: PeerAgentId
-
-
-class RequestQueuedData(_In):
-    request_id: RequestId
-    position: Annotated[int, Field(ge=1, le=1_000_000), JSON_INTEGER] | None = None
 
 
 class EventAccepted(BaseModel):
@@ -105,13 +50,13 @@ class ErrorBody(BaseModel):
 # --- operators -------------------------------------------------------------------------------
 
 
-class QueueIn(_In):
+class QueueIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     channel: RoutableChannel
     skills: list[Skill] = Field(default_factory=list, max_length=50)
 
 
-class ChannelCapacities(_In):
+class ChannelCapacities(InboundModel):
     """How many interactions at once, per channel (voice is one call at a time)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -145,7 +90,7 @@ class QueueOut(BaseModel):
         )
 
 
-class AgentIn(_In):
+class AgentIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[Text, Field(max_length=200)] = ""
     crm_agent_id: PeerAgentId
@@ -224,7 +169,7 @@ class AgentPage(BaseModel):
     next_cursor: str | None
 
 
-class AgentStateIn(_In):
+class AgentStateIn(InboundModel):
     """A supervisor's override of one channel's state."""
 
     model_config = ConfigDict(extra="forbid")
@@ -272,7 +217,7 @@ class AgentHistoryPage(BaseModel):
     next_cursor: str | None
 
 
-class ProfileIn(_In):
+class ProfileIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     capacity: ChannelCapacities
     wrap_up_seconds: dict[AnyChannel, WrapUpSeconds] = Field(default_factory=dict)
@@ -291,66 +236,6 @@ class ProfileOut(BaseModel):
     @classmethod
     def of(cls, p: Profile) -> ProfileOut:
         return cls(name=p.name, **p.as_names())
-
-
-# --- agent events (docs/protocol.md) ----------------------------------------------------------
-
-StateName = Literal["logged_out", "not_ready", "ready"]
-
-
-Channels = Annotated[list[AnyChannel], Field(min_length=1, max_length=3)]
-
-
-class _AgentEvent(_In):
-    agent_id: PeerAgentId
-    sequence: Sequence | None = None
-
-
-class AgentLoggedInData(_AgentEvent):
-    channels: Channels | None = None
-    state: Literal["not_ready", "ready"] = "not_ready"
-    reason: NotReadyReason | None = None
-
-
-class AgentLoggedOutData(_AgentEvent):
-    channels: Channels | None = None
-
-
-class AgentStateChangedData(_AgentEvent):
-    channels: Channels | None = None
-    state: StateName
-    reason: NotReadyReason | None = None
-    echo_of: Annotated[Text, Field(max_length=128)] | None = None
-
-
-class AgentLoginFailedData(_AgentEvent):
-    channels: Channels | None = None
-    reason: Annotated[Text, Field(max_length=200)] = "refused"
-
-
-class VoiceStartedData(_AgentEvent):
-    call_id: CallId
-
-
-class VoiceEndedData(_AgentEvent):
-    call_id: CallId
-    wrap_up_seconds: WrapUpSeconds | None = None
-
-
-# The data model of each inbound event type (docs/protocol.md).
-EVENT_DATA: dict[str, type[_In]] = {
-    "interaction.created": InteractionCreatedData,
-    "interaction.accepted": InteractionAcceptedData,
-    "interaction.completed": InteractionCompletedData,
-    "agent.logged_in": AgentLoggedInData,
-    "agent.logged_out": AgentLoggedOutData,
-    "agent.state_changed": AgentStateChangedData,
-    "agent.selected": AgentSelectedData,
-    "request.queued": RequestQueuedData,
-    "agent.login_failed": AgentLoginFailedData,
-    "voice.started": VoiceStartedData,
-    "voice.ended": VoiceEndedData,
-}
 
 
 class AgentEventAccepted(BaseModel):

@@ -13,6 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from harmony.adapters.generic_http.data import (
+    AgentLoggedInData,
+    AgentLoggedOutData,
+    AgentLoginFailedData,
+    AgentSelectedData,
+    AgentStateChangedData,
+    InteractionAcceptedData,
+    InteractionCompletedData,
+    InteractionCreatedData,
+    RequestQueuedData,
+    VoiceEndedData,
+    VoiceStartedData,
+)
 from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_IN,
     AGENT_LOGGED_OUT,
@@ -26,19 +39,6 @@ from harmony.adapters.generic_http.protocol import (
     VOICE_ENDED,
     VOICE_STARTED,
     Envelope,
-)
-from harmony.api.schemas import (
-    AgentLoggedInData,
-    AgentLoggedOutData,
-    AgentLoginFailedData,
-    AgentSelectedData,
-    AgentStateChangedData,
-    InteractionAcceptedData,
-    InteractionCompletedData,
-    InteractionCreatedData,
-    RequestQueuedData,
-    VoiceEndedData,
-    VoiceStartedData,
 )
 from harmony.errors import ValidationFailed
 from harmony.inputs import describe_pydantic_errors, parse_json
