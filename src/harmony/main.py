@@ -112,6 +112,10 @@ def create_app(
             max_attempts=settings.relay_max_attempts,
             base_backoff_seconds=settings.relay_base_backoff_seconds,
             lease_seconds=settings.relay_lease_seconds,
+            send_timeout_seconds=max(
+                a.timeout_seconds
+                for a in (*settings.acd_adapters.values(), *settings.crm_adapters.values())
+            ),
         )
         db.on_outbox_commit = relay.wake
         app.state.container = Container(settings, db, clock, registry, relay, client)
