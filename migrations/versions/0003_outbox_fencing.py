@@ -32,6 +32,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("ordering_seq", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("supersede_key", sa.String(length=250), nullable=True))
         batch_op.drop_constraint("status", type_="check")
+        batch_op.alter_column(
+            "status",
+            existing_type=sa.String(length=8),
+            type_=sa.String(length=16),
+            existing_nullable=False,
+        )
         batch_op.create_check_constraint(
             "status", "status IN ('pending', 'sent', 'dead', 'superseded')"
         )
@@ -48,6 +54,12 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbox_supersede_key")
         batch_op.drop_index("ix_outbox_ordering_key_ordering_seq")
         batch_op.drop_constraint("status", type_="check")
+        batch_op.alter_column(
+            "status",
+            existing_type=sa.String(length=16),
+            type_=sa.String(length=8),
+            existing_nullable=False,
+        )
         batch_op.create_check_constraint("status", "status IN ('pending', 'sent', 'dead')")
         batch_op.drop_column("supersede_key")
         batch_op.drop_column("ordering_seq")

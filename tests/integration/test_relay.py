@@ -20,7 +20,12 @@ from harmony.db.tables import outbox
 from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
-from harmony.routing.messages import INTERACTION_DELIVER, ROUTING_REQUESTED, WORK_ENDED
+from harmony.routing.messages import (
+    AGENT_STATE,
+    INTERACTION_DELIVER,
+    ROUTING_REQUESTED,
+    WORK_ENDED,
+)
 from harmony.routing.messages import TargetKind as K
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.testing import FakeAdapter, FakeClock
@@ -379,3 +384,109 @@ async def test_a_relay_claims_no_more_than_it_can_send_within_its_lease(world: W
     for n in range(7):
         await world.create(f"chat-{n}")
     assert await relay.run_once() == 4  # 2 at a time, 2 rounds of 5 s in a 10 s lease
+
+
+# Mirrors of agent state: ordered per agent and target, the newest superseding unsent ones
+
+
+async def crm_reports(
+    world: World, crm_agent_id: str, status: ChannelStatus, *channels: Channel
+) -> None:
+    await agents.report_state(
+        world.db.uow(),
+        world.clock,
+        reporter=agents.Reporter(K.CRM, "generic"),
+        event_id=f"evt-{next(world._ids)}",
+        agent_ref=crm_agent_id,
+        report=agents.StateReport(
+            event="agent.state_changed",
+            status=status,
+            reason="break" if status == ChannelStatus.NOT_READY else None,
+            channels=channels or None,
+        ),
+        reasons=DEFAULT_NOT_READY_REASONS,
+        acd_adapter="generic",
+    )
+
+
+def states_sent(adapter: FakeAdapter, acd_agent_id: str, channel: str) -> list[str]:
+    return [
+        m.payload["state"]
+        for m in adapter.sent_of_type(AGENT_STATE)
+        if m.payload["agent_id"] == acd_agent_id and m.payload["channel"] == channel
+    ]
+
+
+async def test_a_mirror_carries_its_change_time_and_a_sequence_per_agent_and_target(
+    world: World,
+) -> None:
+    relay = world.relay()
+    changed_first = world.clock.now()
+    await crm_reports(world, "crm-1", ChannelStatus.NOT_READY, Channel.CHAT)
+    world.clock.advance(5)
+    await crm_reports(world, "crm-1", ChannelStatus.NOT_READY, Channel.EMAIL)
+    await crm_reports(world, "crm-2", ChannelStatus.NOT_READY, Channel.CHAT)
+    world.clock.advance(5)
+    await relay.drain()
+
+    mirrors = world.acd.sent_of_type(AGENT_STATE)
+    first, second = [m for m in mirrors if m.payload["agent_id"] == "acd-1"]
+    [other] = [m for m in mirrors if m.payload["agent_id"] == "acd-2"]
+    assert second.payload["sequence"] == first.payload["sequence"] + 1
+    assert first.payload["changed_at"] == changed_first.isoformat()
+    assert second.payload["changed_at"] == (changed_first + timedelta(seconds=5)).isoformat()
+    # acd-2's numbers are its own: 3 logins (voice, chat, email) came before.
+    assert other.payload["sequence"] == 4
+
+
+async def test_a_newer_mirror_supersedes_an_unsent_older_one(world: World) -> None:
+    relay = world.relay()
+    await crm_reports(world, "crm-1", ChannelStatus.NOT_READY, Channel.CHAT)
+    world.acd.fail_next(reason="HTTP 503")
+    await relay.drain()  # the not-ready mirror failed once and waits for its retry
+    await crm_reports(world, "crm-1", ChannelStatus.READY, Channel.CHAT)
+    world.clock.advance(MAX_BACKOFF_SECONDS)
+
+    await relay.drain()
+
+    assert states_sent(world.acd, "acd-1", "chat") == ["ready"]
+    older, newer = [r for r in await world.rows(AGENT_STATE) if r.payload["agent_id"] == "acd-1"][
+        -2:
+    ]
+    assert (older.payload["state"], older.status) == ("not_ready", "superseded")
+    assert (newer.payload["state"], newer.status) == ("ready", "sent")
+    async with world.db.reader() as uow:  # no echo is awaited for what was never sent
+        assert not await uow.agents.take_echo(
+            "agent-1",
+            Channel.CHAT,
+            K.ACD,
+            ChannelStatus.NOT_READY,
+            "break",
+            world.clock.now() - timedelta(hours=1),
+            None,
+            world.clock.now(),
+        )
+
+
+async def test_a_mirror_waits_while_an_older_one_for_the_same_agent_and_target_is_in_flight(
+    world: World,
+) -> None:
+    relay = world.relay()
+    await crm_reports(world, "crm-1", ChannelStatus.NOT_READY, Channel.CHAT)
+    async with world.db.uow() as uow:  # another relay is sending the not-ready mirror
+        [in_flight] = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "other")
+        await uow.commit()
+    await crm_reports(world, "crm-1", ChannelStatus.READY, Channel.CHAT)
+    await crm_reports(world, "crm-2", ChannelStatus.NOT_READY, Channel.CHAT)
+
+    await relay.drain()
+
+    assert states_sent(world.acd, "acd-1", "chat") == []  # the newer one waits its turn
+    assert states_sent(world.acd, "acd-2", "chat") == ["not_ready"]  # others do not wait
+    async with world.db.uow() as uow:
+        assert await uow.outbox.mark_sent(
+            in_flight.message.id, in_flight.claim_token, world.clock.now()
+        )
+        await uow.commit()
+    await relay.drain()
+    assert states_sent(world.acd, "acd-1", "chat") == ["ready"]

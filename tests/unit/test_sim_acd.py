@@ -751,3 +751,23 @@ async def test_voice_traffic_calls_only_agents_ready_on_voice() -> None:
     assert len({d["call_id"] for d in started}) == len(started)
     assert agent_json(current, "a1")["peak_load"]["voice"] == 1
     assert current["voice_errors"] == []
+
+
+async def test_an_agent_state_older_than_the_last_applied_sequence_is_not_applied() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", []), ready=()) as client:
+        newer = {**agent_state("a1", "chat", "not_ready", "break"), "sequence": 5}
+        older = {**agent_state("a1", "chat", "ready"), "sequence": 4}
+        other_channel = {**agent_state("a1", "email", "ready"), "sequence": 3}
+        assert (await send(client, AGENT_STATE, newer)).json() == {"status": "accepted"}
+        assert (await send(client, AGENT_STATE, older)).json() == {"status": "stale"}
+        # Each channel keeps its own last sequence: the email mirror overtook nothing there.
+        assert (await send(client, AGENT_STATE, other_channel)).json() == {"status": "accepted"}
+        current = await wait_until(client, lambda s: s["echoes_sent"] >= 2)
+
+    assert agent_json(current, "a1")["state"] == {
+        "voice": "logged_out",
+        "chat": "not_ready",
+        "email": "ready",
+    }
+    assert [d["state"] for d in harmony.data(AGENT_STATE_CHANGED)] == ["not_ready", "ready"]

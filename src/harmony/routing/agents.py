@@ -105,11 +105,27 @@ async def profile_of(uow: UnitOfWork, agent: Agent) -> Profile:
     return await uow.profiles.get(agent.profile) or default_profile()
 
 
+def mirror_ordering_key(agent_id: str, target: TargetKind, target_name: str) -> str:
+    """Mirrors of one agent to one peer share a sequence and go out one at a time, in order."""
+    return f"agent:{agent_id}>{target.value}:{target_name}"
+
+
 def mirror_message(
-    agent: Agent, channel: Channel, target: TargetKind, target_name: str, now: datetime
+    agent: Agent,
+    channel: Channel,
+    target: TargetKind,
+    target_name: str,
+    now: datetime,
+    sequence: int,
 ) -> OutboundMessage:
-    """``agent.state`` for one channel, addressed with the target's own agent id."""
+    """``agent.state`` for one channel, addressed with the target's own agent id.
+
+    ``changed_at`` is when Harmony applied the change and ``sequence`` its place among this
+    agent's mirrors to this target: a peer applies a mirror only if its sequence is newer than
+    the last it applied. A newer mirror of the same channel supersedes an unsent older one.
+    """
     state = agent.capacity_on(channel)
+    ordering_key = mirror_ordering_key(agent.id, target, target_name)
     return OutboundMessage(
         target_kind=target,
         target=target_name,
@@ -125,7 +141,12 @@ def mirror_message(
             "busy": state.busy(now),
             "wrap_up_until": state.wrap_up_until.isoformat() if state.wrap_up_until else None,
             "presence": presence(agent.channels.values(), now).value,
+            "changed_at": now.isoformat(),
+            "sequence": sequence,
         },
+        ordering_key=ordering_key,
+        sequence=sequence,
+        supersede_key=f"{ordering_key}/{AGENT_STATE}/{channel.value}",
     )
 
 
@@ -139,7 +160,8 @@ async def mirror(
     """Tell each target the channel's state now, and remember it to recognise the echo."""
     state = agent.capacity_on(channel)
     for kind, name in targets:
-        message = mirror_message(agent, channel, kind, name, now)
+        sequence = await uow.outbox.next_sequence(mirror_ordering_key(agent.id, kind, name))
+        message = mirror_message(agent, channel, kind, name, now, sequence)
         await uow.outbox.add(message, now)
         await uow.agents.add_mirror(
             message.id, agent.id, channel, kind, state.status, state.reason, now

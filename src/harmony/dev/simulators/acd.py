@@ -52,6 +52,7 @@ from harmony.dev.simulators._common import (
     AgentStateMessage,
     Answer,
     EventError,
+    SequenceGuard,
     SimulatorBase,
     describe_validation_error,
     parse_json,
@@ -340,6 +341,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         self._refusals = 0
         self._unmatched_work_ended = 0
         self._unknown_agent_state = 0
+        self._applied_sequences = SequenceGuard()
         self._echoes_sent = 0
         self._voice_started = 0
         self._voice_ended = 0
@@ -425,6 +427,9 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             log.warning("acd_sim.agent_state_unknown_agent", agent_id=data.agent_id)
             return "ignored"
         channel = data.channel
+        if not self._applied_sequences.admit((agent.agent_id, channel), data.sequence):
+            log.info("acd_sim.agent_state_stale", agent_id=agent.agent_id, channel=channel)
+            return "stale"
         before = (agent.state.get(channel, LOGGED_OUT), agent.reason.get(channel))
         if before == (data.state, data.reason):
             return "unchanged"
