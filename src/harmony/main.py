@@ -46,10 +46,13 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
     return registry
 
 
-async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
-    """Upsert the seed's profiles, queues and agents (states and loads are kept)."""
+async def apply_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
+    """Upsert the seed's profiles, queues and agents (states and loads are kept); what changed
+    for the ACD's choice is mirrored to ``acd_adapter``."""
     for profile in seed.profiles:
-        await agents.upsert_profile(db.uow(), clock, profile_from_seed(profile))
+        await agents.upsert_profile(
+            db.uow(), clock, profile_from_seed(profile), acd_adapter=acd_adapter
+        )
     for queue in seed.queues:
         await interactions.upsert_queue(
             db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
@@ -65,6 +68,7 @@ async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
             skills=agent.skills,
             profile=agent.profile,
             capacity={Channel(ch): n for ch, n in agent.capacity.items()},
+            acd_adapter=acd_adapter,
         )
 
 
@@ -93,7 +97,7 @@ def create_app(
         if settings.migrate_on_start:
             await db.migrate()
         if settings.seed_file is not None:
-            await apply_seed(db, clock, load_seed(settings.seed_file))
+            await apply_seed(db, clock, load_seed(settings.seed_file), settings.routing_acd)
         for name in settings.adapters_using_dev_secret():
             log.warning("development_secret_in_use", adapter=name)
         client = httpx.AsyncClient(

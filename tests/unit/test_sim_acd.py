@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from harmony.adapters.generic_http.protocol import (
+    AGENT_CAPACITY,
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -771,3 +772,27 @@ async def test_an_agent_state_older_than_the_last_applied_sequence_is_not_applie
         "email": "ready",
     }
     assert [d["state"] for d in harmony.data(AGENT_STATE_CHANGED)] == ["not_ready", "ready"]
+
+
+async def test_agent_capacity_from_harmony_changes_the_acds_selection() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", [], chat=1)) as client:
+        wider = {
+            "agent_id": "a1",
+            "profile": "wider",
+            "capacity": {"voice": 1, "chat": 2, "email": 1},
+            "blocks": {"voice": ["chat", "email"], "chat": [], "email": []},
+            "wrap_up_seconds": {"voice": 0, "chat": 0, "email": 0},
+            "sequence": 7,
+        }
+        assert (await send(client, AGENT_CAPACITY, wider)).json() == {"status": "accepted"}
+        older = {**wider, "capacity": {"voice": 1, "chat": 1, "email": 1}, "sequence": 6}
+        assert (await send(client, AGENT_CAPACITY, older)).json() == {"status": "stale"}
+        ghost = await send(client, AGENT_CAPACITY, {**wider, "agent_id": "ghost"})
+        assert ghost.json() == {"status": "ignored"}
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        await send(client, ROUTING_REQUESTED, routing("r2"))
+        current = await wait_until(client, lambda s: len(harmony.selected()) == 2)
+
+    assert harmony.selected() == {"r1": "a1", "r2": "a1"}
+    assert agent_json(current, "a1")["capacity"] == {"voice": 1, "chat": 2, "email": 1}

@@ -141,6 +141,7 @@ async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: Agen
         profile=body.profile,
         crm_adapter=body.crm_adapter,
         capacity={Channel(ch): n for ch, n in body.capacity.items()},
+        acd_adapter=wired.settings.routing_acd,
     )
     return AgentOut.of(agent, wired.clock.now())
 
@@ -207,7 +208,9 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
     profile = Profile.from_names(name, body.capacity, body.wrap_up_seconds, body.blocks)
-    await agents.upsert_profile(wired.db.uow(), wired.clock, profile)
+    await agents.upsert_profile(
+        wired.db.uow(), wired.clock, profile, acd_adapter=wired.settings.routing_acd
+    )
     return ProfileOut.of(profile)
 
 

@@ -171,7 +171,8 @@ class Relay:
         now = self._clock.now()
         if now + self._send_timeout <= entry.lease_until:
             return entry
-        lease_until = now + timedelta(seconds=self._lease_seconds)
+        # A lease shorter than one send would run out mid-request: cover the send at least.
+        lease_until = now + max(timedelta(seconds=self._lease_seconds), self._send_timeout)
         async with self._uow_factory() as uow:
             renewed = await uow.outbox.renew(entry.message.id, entry.claim_token, lease_until)
             await uow.commit()

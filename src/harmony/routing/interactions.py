@@ -19,7 +19,7 @@ from harmony.routing.agent_state import (
     entry_for,
     offer_refusal,
 )
-from harmony.routing.agents import OPERATOR, profile_of
+from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -512,10 +512,13 @@ async def upsert_agent(
     profile: str = DEFAULT_PROFILE,
     crm_adapter: str = "generic",
     capacity: dict[Channel, int] | None = None,
+    acd_adapter: str | None = None,
 ) -> Agent:
     """Create or update an agent; states and loads are kept, loads never exceed capacities.
 
-    ``capacity`` overrides the profile's capacity on the channels it names.
+    ``capacity`` overrides the profile's capacity on the channels it names. A new agent, or one
+    whose capacities or profile changed, is mirrored to ``acd_adapter`` (``agent.capacity``);
+    ``None`` tells no ACD.
     """
     overrides = capacity or {}
     validate_capacity(overrides)
@@ -532,6 +535,7 @@ async def upsert_agent(
     async with uow:
         if await uow.profiles.get(profile) is None:
             raise ValidationFailed(f"profile: unknown profile '{profile}'")
+        before = await uow.agents.get(agent_id)
         changed = await uow.agents.upsert(agent, overrides)
         now = clock.now()
         await uow.agents.append_history(
@@ -549,8 +553,10 @@ async def upsert_agent(
             ]
         )
         stored = await uow.agents.get(agent_id)
+        assert stored is not None
+        if acd_adapter is not None and (before is None or before.profile != profile or changed):
+            await mirror_capacity(uow, stored, await profile_of(uow, stored), acd_adapter, now)
         await uow.commit()
-    assert stored is not None
     return stored
 
 

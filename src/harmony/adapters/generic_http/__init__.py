@@ -8,6 +8,7 @@ import httpx
 from harmony.adapters.generic_http.adapter import GenericHttpAdapter
 from harmony.config import AdapterSettings
 from harmony.routing.messages import (
+    AGENT_CAPACITY,
     AGENT_STATE,
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -21,13 +22,14 @@ __all__ = ["GenericHttpAdapter", "create_acd", "create_crm"]
 def create_acd(
     name: str, settings: AdapterSettings, client: httpx.AsyncClient
 ) -> GenericHttpAdapter:
-    """An ACD adapter sending ``routing.requested``, ``work.ended`` and ``agent.state``."""
+    """An ACD adapter sending ``routing.requested``, ``work.ended``, ``agent.state`` and
+    ``agent.capacity``."""
     return GenericHttpAdapter(
         TargetKind.ACD,
         name,
         settings,
         client,
-        accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE}),
+        accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY}),
     )
 
 

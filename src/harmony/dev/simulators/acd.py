@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from harmony.adapters.generic_http.protocol import (
+    AGENT_CAPACITY,
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -51,6 +52,7 @@ from harmony.dev.simulators._common import (
     READY,
     AgentStateMessage,
     Answer,
+    ChannelName,
     EventError,
     SequenceGuard,
     SimulatorBase,
@@ -132,10 +134,26 @@ class WorkEnded(BaseModel):
     wrap_up_seconds: int = Field(default=0, ge=0, le=3600)
 
 
+class AgentCapacity(BaseModel):
+    """``data`` of ``agent.capacity``: an agent's capacities and its profile's rules, sent by
+    Harmony when a profile or the agent changes; applied only if its sequence is newer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    profile: str | None = Field(default=None, max_length=100)
+    capacity: dict[ChannelName, int] = Field(default_factory=dict)
+    blocks: dict[ChannelName, list[ChannelName]] | None = None
+    wrap_up_seconds: dict[ChannelName, int] | None = None
+    changed_at: AwareDatetime | None = None
+    sequence: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
     ROUTING_REQUESTED: RoutingRequested,
     WORK_ENDED: WorkEnded,
     AGENT_STATE: AgentStateMessage,
+    AGENT_CAPACITY: AgentCapacity,
 }
 
 
@@ -368,6 +386,8 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 status = self._on_work_ended(data)
             elif isinstance(data, AgentStateMessage):
                 status = self._on_agent_state(message, data)
+            elif isinstance(data, AgentCapacity):
+                status = self._on_agent_capacity(data)
             else:  # read_event only lets known types through
                 raise AssertionError(f"unhandled event data {type(data).__name__}")
             self._seen_ids.add(message.id)
@@ -444,6 +464,29 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         # Like a real ACD publishing the change to its subscribers, Harmony among them; echo_of
         # lets Harmony recognise its own change rather than apply it a second time.
         self._spawn(self._send_echo(agent.agent_id, channel, data.state, data.reason, message.id))
+        return "accepted"
+
+    def _on_agent_capacity(self, data: AgentCapacity) -> str:
+        """Choose by the capacities and rules Harmony now holds for the agent."""
+        agent = self._agents_by_id.get(data.agent_id)
+        if agent is None:
+            self._unknown_agent_state += 1
+            log.warning("acd_sim.agent_capacity_unknown_agent", agent_id=data.agent_id)
+            return "ignored"
+        if not self._applied_sequences.admit((agent.agent_id, AGENT_CAPACITY), data.sequence):
+            log.info("acd_sim.agent_capacity_stale", agent_id=agent.agent_id)
+            return "stale"
+        agent.capacity.update({ch: max(n, 0) for ch, n in data.capacity.items()})
+        if data.blocks is not None:
+            agent.blocks = {ch: frozenset(bs) for ch, bs in data.blocks.items()}
+        if data.wrap_up_seconds is not None:
+            agent.wrap_up_seconds = {ch: n for ch, n in data.wrap_up_seconds.items()}
+        log.info(
+            "acd_sim.agent_capacity",
+            agent_id=agent.agent_id,
+            profile=data.profile,
+            capacity=dict(agent.capacity),
+        )
         return "accepted"
 
     # -- capacity bookkeeping (lock held)
