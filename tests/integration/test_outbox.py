@@ -250,3 +250,34 @@ async def test_an_outcome_that_cannot_be_recorded_is_not_resent_forever(
         assert "no outcome recorded" in routing.last_error
         interaction = (await h.client.get(f"/v1/interactions/{interaction_id}")).json()
         assert interaction["state"] == "failed"
+
+
+@pytest.mark.postgres
+async def test_two_relays_never_have_two_mirrors_of_one_agent_to_one_peer_in_flight(
+    postgres_url: str,
+) -> None:
+    async with replicas(postgres_url) as r:
+        h = r.a
+        gate = r.peers.hold("agent.state")
+
+        async def crm_reports(state: dict[str, Any]) -> None:
+            data = {"agent_id": "crm-001", "channels": ["chat"], **state}
+            response = await h.post_event("crm", "agent.state_changed", data)
+            assert response.json()["status"] == "applied", response.text
+
+        await crm_reports({"state": "not_ready", "reason": "break"})
+        sending_a = asyncio.create_task(r.relay_a.run_once())
+        await gate.arrived.wait()  # A is sending the not-ready mirror to the ACD
+        await crm_reports({"state": "ready"})
+        assert await r.relay_b.run_once() == 0  # B leaves the newer one until A is done
+        gate.answer(202)
+        await sending_a
+        await r.relay_b.drain()
+
+        mirrored = [
+            (m["data"]["state"], m["data"]["sequence"])
+            for m in h.acd.of_type("agent.state")
+            if m["data"]["agent_id"] == "acd-001"
+        ]
+        assert [state for state, _ in mirrored] == ["not_ready", "ready"]
+        assert mirrored[1][1] == mirrored[0][1] + 1
