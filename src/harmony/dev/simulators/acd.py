@@ -1,10 +1,13 @@
 """The ACD simulator: a longest-idle, skills-based agent selector speaking the generic protocol.
 
-Harmony sends ``routing.requested``, ``work.ended`` and ``agent.state`` to ``POST /events``; the
-simulator answers 202 at once and reports its decisions later as signed ``agent.selected`` /
-``request.queued`` callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as a real ACD would.
-Agents come from the same seed file Harmony is provisioned with, so both sides agree on ids,
-skills, capacity and the profile's wrap-up and cross-channel rules.
+Harmony sends ``routing.requested``, ``work.ended``, ``agent.state`` and ``agent.capacity`` to
+``POST /events``; the simulator answers 202 at once and reports its decisions later as signed
+``agent.selected`` / ``request.queued`` callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as
+a real ACD would. Agents come from the same seed file Harmony is provisioned with, so both sides
+agree on ids, skills, capacity and the profile's wrap-up and cross-channel rules; a later change
+of capacity or rules reaches it as ``agent.capacity``. ``agent.state`` and ``agent.capacity`` are
+applied only when their ``sequence`` is newer than the last applied (per agent and channel, and
+per agent for capacity), so a message that overtook another does not undo it.
 
 Every agent starts logged out on every channel. It becomes selectable on a channel once Harmony
 reports it ready there (``agent.state``, which the simulator echoes back as
