@@ -490,3 +490,35 @@ async def test_a_mirror_waits_while_an_older_one_for_the_same_agent_and_target_i
         await uow.commit()
     await relay.drain()
     assert states_sent(world.acd, "acd-1", "chat") == ["ready"]
+
+
+class SlowAdapter(FakeAdapter):
+    """A peer that takes ``seconds`` of fake time per send, during which ``meanwhile`` runs
+    (another relay's claim): what that relay claimed is kept in ``claimed_meanwhile``."""
+
+    def __init__(self, clock: FakeClock, seconds: float, meanwhile: Relay) -> None:
+        super().__init__(K.ACD, "slow-acd")
+        self._clock = clock
+        self._seconds = seconds
+        self._meanwhile = meanwhile
+        self.claimed_meanwhile: list[int] = []
+
+    async def send(self, message: Any) -> None:
+        self._clock.advance(self._seconds)
+        self.claimed_meanwhile.append(await self._meanwhile.run_once())
+        await super().send(message)
+
+
+async def test_a_lease_that_would_run_out_during_a_send_is_renewed_first(world: World) -> None:
+    relay = world.relay(concurrency=1, lease_seconds=10, send_timeout_seconds=5)
+    slow = SlowAdapter(world.clock, 6, meanwhile=world.relay())
+    world.registry.register(slow)
+    first = await world.create("chat-1", acd_adapter="slow-acd")
+    second = await world.create("chat-2", acd_adapter="slow-acd")
+
+    assert await relay.run_once() == 2  # the second send starts 6 s into a 10 s lease
+
+    assert slow.claimed_meanwhile == [0, 0]  # so no other relay could take it meanwhile
+    assert [m.interaction_id for m in slow.sent] == [first, second]
+    rows = await world.rows(ROUTING_REQUESTED)
+    assert [(r.status, r.attempts, r.claimed_by) for r in rows] == [("sent", 1, relay.name)] * 2
