@@ -10,22 +10,24 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from harmony import __version__
 from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
-from harmony.api import events, operators
+from harmony.api import events, inbox, operators
 from harmony.api.deps import Container
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
-from harmony.db.engine import Database
+from harmony.db.engine import SEED_LOCK, Database
 from harmony.outbox.relay import Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Profile
 from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import Clock
+from harmony.routing.retry import run_with_retry
 from harmony.seed import Seed, SeedProfile, load_seed
 
 log = structlog.get_logger("harmony")
@@ -48,18 +50,34 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
 
 async def apply_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
     """Upsert the seed's profiles, queues and agents (states and loads are kept); what changed
-    for the ACD's choice is mirrored to ``acd_adapter``."""
+    for the ACD's choice is mirrored to ``acd_adapter``.
+
+    Every replica applies the seed at its start: they take turns (an advisory lock on
+    PostgreSQL), so the second finds everything in place and changes nothing.
+    """
+    async with db.exclusively(SEED_LOCK):
+        await _upsert_seed(db, clock, seed, acd_adapter)
+
+
+async def _upsert_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
     for profile in seed.profiles:
-        await agents.upsert_profile(
-            db.uow(), clock, profile_from_seed(profile), acd_adapter=acd_adapter
+        await run_with_retry(
+            db.uow,
+            agents.upsert_profile,
+            clock,
+            profile_from_seed(profile),
+            acd_adapter=acd_adapter,
         )
     for queue in seed.queues:
-        await interactions.upsert_queue(
-            db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
+        await run_with_retry(
+            db.uow,
+            interactions.upsert_queue,
+            Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills),
         )
     for agent in seed.agents:
-        await interactions.upsert_agent(
-            db.uow(),
+        await run_with_retry(
+            db.uow,
+            interactions.upsert_agent,
             clock,
             agent_id=agent.id,
             name=agent.name,
@@ -134,15 +152,19 @@ def create_app(
             await client.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from the package, not a CDN, so they work offline;
+    # Swagger UI's validator badge would call out to validator.swagger.io.
+    app = FastAPIOffline(
         title="Harmony",
         version=__version__,
         description="Omnichannel routing middleware: CRM chats and emails routed by the ACD.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(operators.router)
+    app.include_router(inbox.router)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
     return app

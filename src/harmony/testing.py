@@ -54,6 +54,7 @@ from harmony.errors import Conflict, ValidationFailed
 from harmony.routing.agent_state import AgentStateEntry, Profile, default_profile, presence
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
+    WAITING_STATES,
     Agent,
     Channel,
     ChannelState,
@@ -65,6 +66,7 @@ from harmony.routing.model import (
 )
 from harmony.routing.ports import (
     AgentFilter,
+    InboxEntry,
     InteractionFilter,
     Page,
     QueueStats,
@@ -90,9 +92,6 @@ __all__ = [
     "OutboxStatus",
 ]
 
-WAITING_STATES = frozenset(
-    {InteractionState.RECEIVED, InteractionState.ROUTING, InteractionState.QUEUED}
-)
 # States in which the SQL schema requires an agent (CHECK agent_matches_state).
 _STATES_WITH_AGENT = frozenset(
     {
@@ -602,6 +601,12 @@ class InMemoryAgents(_Repository):
         self._put_channel(agent_id, dataclasses.replace(current, load=current.load + 1))
         return True
 
+    async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
+        """Count one unit beyond capacity."""
+        current = self._channel(agent_id, channel)
+        if current is not None:
+            self._put_channel(agent_id, dataclasses.replace(current, load=current.load + 1))
+
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:
@@ -840,6 +845,25 @@ class InMemoryInbox(_Repository):
         """The interaction a previously applied event concerned, if any."""
         record = self._rows.get((source, event_id))
         return record.interaction_id if record is not None else None
+
+    # Stored payloads and re-drive exist only in the SQL inbox, which their tests use.
+    async def record(
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
+    ) -> None:
+        """Not kept in memory."""
+        raise NotImplementedError("use the SQL store for inbox payloads")
+
+    async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
+        """Not kept in memory."""
+        raise NotImplementedError("use the SQL store for inbox payloads")
+
+    async def get(self, source: str, event_id: str) -> InboxEntry | None:
+        """Not kept in memory."""
+        raise NotImplementedError("use the SQL store for inbox payloads")
+
+    async def prune(self, received_before: datetime, limit: int) -> int:
+        """Not kept in memory."""
+        raise NotImplementedError("use the SQL store for inbox payloads")
 
 
 class InMemoryOutbox(_Repository):

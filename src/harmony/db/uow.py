@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+import structlog
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
+from harmony.db.dialect import insert_for, is_transient, sqlstate
 from harmony.db.tables import (
     agent_mirrors,
     inbox,
@@ -26,27 +26,29 @@ from harmony.db.tables import (
     outbox_sequences,
     queues,
 )
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, TryAgain, ValidationFailed
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
+    WAITING_STATES,
     Channel,
     HistoryEntry,
     Interaction,
     InteractionState,
     Queue,
 )
-from harmony.routing.ports import InteractionFilter, Page, QueueStats
+from harmony.routing.ports import InboxEntry, InboxStatus, InteractionFilter, Page, QueueStats
+
+log = structlog.get_logger("harmony.db")
 
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
-WAITING_STATES = (InteractionState.RECEIVED, InteractionState.ROUTING, InteractionState.QUEUED)
+log = structlog.get_logger("harmony.interactions")
 
 
 def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    return insert_for(conn, table).on_conflict_do_nothing()
 
 
 def _interaction_from_row(row: Any) -> Interaction:
@@ -93,6 +95,7 @@ class SqlInteractions:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self.state_changes: list[HistoryEntry] = []
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
@@ -162,6 +165,7 @@ class SqlInteractions:
     async def _append_history(self, interaction: Interaction) -> None:
         if not interaction.new_history:
             return
+        self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
         await self._conn.execute(
             insert(interaction_history),
             [
@@ -260,16 +264,14 @@ class SqlQueues:
         return Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
 
     async def upsert(self, queue: Queue) -> None:
-        """Create or replace a queue's channel and skills."""
+        """Create or replace a queue's channel and skills in one statement (first writes race)."""
         now = self._now()
         values = {"channel": queue.channel.value, "skills": queue.skills, "updated_at": now}
-        changed = await self._conn.execute(
-            update(queues).where(queues.c.name == queue.name).values(**values)
+        await self._conn.execute(
+            insert_for(self._conn, queues)
+            .values(name=queue.name, created_at=now, **values)
+            .on_conflict_do_update(index_elements=[queues.c.name], set_=values)
         )
-        if changed.rowcount == 0:
-            await self._conn.execute(
-                insert(queues).values(name=queue.name, created_at=now, **values)
-            )
 
     async def stats(self) -> list[QueueStats]:
         """One grouped query over the (queue, state) index."""
@@ -279,7 +281,7 @@ class SqlQueues:
                 func.count().label("waiting"),
                 func.min(interactions.c.received_at).label("oldest"),
             )
-            .where(interactions.c.state.in_([s.value for s in WAITING_STATES]))
+            .where(interactions.c.state.in_(sorted(s.value for s in WAITING_STATES)))
             .group_by(interactions.c.queue)
             .subquery()
         )
@@ -301,35 +303,101 @@ class SqlQueues:
 
 
 class SqlInbox:
-    """Seen incoming events, unique on (source, event id)."""
+    """Incoming events with their verified payloads, unique on (source, event id)."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
-        """INSERT ... ON CONFLICT DO NOTHING: a concurrent duplicate waits, then sees the row."""
-        result = await self._conn.execute(
+    def _row(self, source: str, event_id: str) -> Any:
+        return and_(inbox.c.source == source, inbox.c.event_id == event_id)
+
+    async def record(
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
+    ) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING: a redelivery keeps the first delivery's row."""
+        await self._conn.execute(
             _upsert_ignoring(self._conn, inbox),
-            {"source": source, "event_id": event_id, "event_type": event_type, "received_at": at},
+            {
+                "source": source,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": at,
+                "payload": payload,
+                "status": InboxStatus.PENDING.value,
+            },
         )
-        return bool(result.rowcount == 1)
+
+    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+        """Flip a stored row to applied, or insert one applied (a use case run without
+        ``record``). On PostgreSQL a concurrent claim blocks on the row lock, then finds it
+        applied; if this transaction rolls back instead, the waiting claim takes it."""
+        flipped = await self._conn.execute(
+            update(inbox)
+            .where(self._row(source, event_id))
+            .where(inbox.c.status != InboxStatus.APPLIED.value)
+            .values(status=InboxStatus.APPLIED.value, handled_at=at, error=None)
+        )
+        if flipped.rowcount == 1:
+            return True
+        inserted = await self._conn.execute(
+            _upsert_ignoring(self._conn, inbox),
+            {
+                "source": source,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": at,
+                "status": InboxStatus.APPLIED.value,
+                "handled_at": at,
+            },
+        )
+        return bool(inserted.rowcount == 1)
+
+    async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
+        """Write the refusal on a row not applied meanwhile (by a concurrent delivery)."""
+        await self._conn.execute(
+            update(inbox)
+            .where(self._row(source, event_id))
+            .where(inbox.c.status != InboxStatus.APPLIED.value)
+            .values(status=InboxStatus.FAILED.value, handled_at=at, error=error[:2000])
+        )
+
+    async def get(self, source: str, event_id: str) -> InboxEntry | None:
+        """One stored event."""
+        row = (await self._conn.execute(select(inbox).where(self._row(source, event_id)))).first()
+        if row is None:
+            return None
+        return InboxEntry(**{**row._mapping, "status": InboxStatus(row.status)})
+
+    async def prune(self, received_before: datetime, limit: int) -> int:
+        """Delete old rows; on PostgreSQL rows another transaction holds are skipped, so
+        replicas pruning at once neither wait for nor deadlock with each other."""
+        doomed = (
+            select(inbox.c.source, inbox.c.event_id)
+            .where(inbox.c.received_at < received_before)
+            .order_by(inbox.c.received_at)
+            .limit(limit)
+        )
+        if self._conn.dialect.name == "postgresql":
+            doomed = doomed.with_for_update(skip_locked=True)
+        keys = [tuple(row) for row in (await self._conn.execute(doomed)).all()]
+        if not keys:
+            return 0
+        await self._conn.execute(
+            delete(inbox).where(tuple_(inbox.c.source, inbox.c.event_id).in_(keys))
+        )
+        return len(keys)
 
     async def link(self, source: str, event_id: str, interaction_id: str) -> None:
         """Note the interaction an event concerned."""
         await self._conn.execute(
-            update(inbox)
-            .where(inbox.c.source == source)
-            .where(inbox.c.event_id == event_id)
-            .values(interaction_id=interaction_id)
+            update(inbox).where(self._row(source, event_id)).values(interaction_id=interaction_id)
         )
 
     async def interaction_for(self, source: str, event_id: str) -> str | None:
         """The interaction a previously applied event concerned."""
         return (
             await self._conn.execute(
-                select(inbox.c.interaction_id)
-                .where(inbox.c.source == source)
-                .where(inbox.c.event_id == event_id)
+                select(inbox.c.interaction_id).where(self._row(source, event_id))
             )
         ).scalar()
 
@@ -350,9 +418,8 @@ class SqlOutbox:
     async def next_sequence(self, ordering_key: str) -> int:
         """The next number for ``ordering_key``; the counter row stays locked until commit, so
         numbers follow the order in which the transactions using them commit."""
-        dialect_insert = pg_insert if self._conn.dialect.name == "postgresql" else sqlite_insert
         statement = (
-            dialect_insert(outbox_sequences)
+            insert_for(self._conn, outbox_sequences)
             .values(ordering_key=ordering_key, sequence=1)
             .on_conflict_do_update(
                 index_elements=[outbox_sequences.c.ordering_key],
@@ -532,6 +599,27 @@ class SqlUnitOfWork:
 
     On SQLite one process is the only writer, so write units of work take a process-wide lock
     instead of meeting ``database is locked`` under concurrency.
+
+    Lock order. Every unit of work that writes takes its row locks in this one order, so two
+    of them can wait for each other but never in a cycle:
+
+    1. the inbox row of the event (``INSERT ... ON CONFLICT DO NOTHING``), or the relay's
+       own outbox row when it records an outcome (nobody waits for one while holding more),
+    2. the profile, where provisioning changes one (``upsert_profile`` updates it,
+       ``upsert_agent`` reads its agent's FOR SHARE so the two serialise); then
+    3. the interaction (``get..(for_update=True)``), then
+    4. the agent (``agents.get..(for_update=True)``, or the agent row an upsert writes); a use
+       case touching several agents (a profile change) locks them in id order; then
+    5. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
+       ``ORDER BY channel`` give); nothing changes a channel without holding its agent; then
+    6. rows owned by that agent and interaction (history, mirrors, sequences, voice calls,
+       outbox messages), which nobody else locks.
+
+    Reads that need no lock (a profile's wrap-up, a queue) may happen at any point.
+
+    Should PostgreSQL still abort the transaction for a deadlock (40P01) or a serialization
+    failure (40001), leaving the unit of work raises ``TryAgain`` (chained to the driver's
+    error): nothing was stored, and ``harmony.routing.retry`` runs the use case again.
     """
 
     interactions: SqlInteractions
@@ -584,6 +672,12 @@ class SqlUnitOfWork:
                 await self._conn.rollback()
         finally:
             await self._cleanup()
+        if exc is not None and is_transient(exc):
+            log.warning("transaction_aborted_for_retry", sqlstate=sqlstate(exc))
+            raise TryAgain(
+                f"the database aborted a concurrent transaction ({sqlstate(exc)}); "
+                "nothing was stored, try again"
+            ) from exc
 
     async def _cleanup(self) -> None:
         try:
@@ -599,5 +693,16 @@ class SqlUnitOfWork:
         """Commit, then wake the relay if this transaction promised outbound messages."""
         assert self._conn is not None
         await self._conn.commit()
+        # The one INFO line per interaction state change, written once the change is durable.
+        for change in self.interactions.state_changes:
+            log.info(
+                "interaction_state_changed",
+                interaction_id=change.interaction_id,
+                history_event=change.event,
+                from_state=change.from_state.value if change.from_state else None,
+                to_state=change.to_state.value if change.to_state else None,
+                cause=change.cause,
+            )
+        self.interactions.state_changes.clear()
         if self.outbox.added and self._on_outbox_commit is not None:
             self._on_outbox_commit()

@@ -163,7 +163,7 @@ class Relay:
             self._uow_factory(), self._clock, message, claim_token=entry.claim_token
         )
         if recorded:
-            log.info("message_sent", type=message.type, attempt=entry.attempts)
+            log.debug("message_sent", type=message.type, attempt=entry.attempts)
         self._note_if_dropped(recorded, entry, "sent")
 
     async def _still_held(self, entry: OutboxEntry) -> OutboxEntry | None:

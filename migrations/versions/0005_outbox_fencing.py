@@ -1,7 +1,7 @@
 """outbox fencing and ordering: claim token and claimer, ordering key and sequence, supersede key
 
-Revision ID: 0003_outbox_fencing
-Revises: 0002
+Revision ID: 0005_outbox_fencing
+Revises: 0004_inbox_payload
 Create Date: 2026-11-22 17:40:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_outbox_fencing"
-down_revision: str | None = "0002"
+revision: str = "0005_outbox_fencing"
+down_revision: str | None = "0004_inbox_payload"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
