@@ -3,7 +3,7 @@
 Claiming is one short transaction that leases rows under a fresh claim token (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, so several replicas share the work). Sending happens outside any
 transaction. Each outcome is recorded in a transaction of its own through the routing
-interactions, fenced by the claim token: if the lease ran out and another relay claimed the row,
+interactions (retried if the database aborts it to break a deadlock), fenced by the claim token: if the lease ran out and another relay claimed the row,
 this relay's outcome is dropped and its consequences (failing an interaction, releasing an
 agent's capacity) do not happen.
 
@@ -36,6 +36,7 @@ from harmony.errors import NotFound
 from harmony.routing import interactions
 from harmony.routing.messages import OutboxEntry
 from harmony.routing.ports import Clock, UnitOfWorkFactory
+from harmony.routing.retry import run_with_retry
 
 log = structlog.get_logger("harmony.outbox.relay")
 MAX_BACKOFF_SECONDS = 60.0
@@ -151,16 +152,25 @@ class Relay:
             return
         except (PermanentAdapterError, NotFound) as exc:
             log.warning("message_refused", type=message.type, error=str(exc))
-            recorded = await interactions.message_failed(
-                self._uow_factory(), self._clock, message, str(exc), claim_token=entry.claim_token
+            recorded = await run_with_retry(
+                self._uow_factory,
+                interactions.message_failed,
+                self._clock,
+                message,
+                str(exc),
+                claim_token=entry.claim_token,
             )
             self._note_if_dropped(recorded, entry, "dead")
             return
         except AdapterError as exc:
             await self._retry_or_give_up(entry, str(exc), None)
             return
-        recorded = await interactions.message_sent(
-            self._uow_factory(), self._clock, message, claim_token=entry.claim_token
+        recorded = await run_with_retry(
+            self._uow_factory,
+            interactions.message_sent,
+            self._clock,
+            message,
+            claim_token=entry.claim_token,
         )
         if recorded:
             log.debug("message_sent", type=message.type, attempt=entry.attempts)
@@ -196,8 +206,13 @@ class Relay:
         )
         log.error("message_given_up", type=message.type, attempts=entry.attempts, error=error)
         try:
-            recorded = await interactions.message_failed(
-                self._uow_factory(), self._clock, message, error, claim_token=entry.claim_token
+            recorded = await run_with_retry(
+                self._uow_factory,
+                interactions.message_failed,
+                self._clock,
+                message,
+                error,
+                claim_token=entry.claim_token,
             )
         except Exception:
             log.exception("message_failed_not_recorded", type=message.type)
@@ -214,8 +229,9 @@ class Relay:
         message = entry.message
         if entry.attempts >= self._max_attempts:
             log.error("message_given_up", type=message.type, attempts=entry.attempts, error=error)
-            recorded = await interactions.message_failed(
-                self._uow_factory(),
+            recorded = await run_with_retry(
+                self._uow_factory,
+                interactions.message_failed,
                 self._clock,
                 message,
                 f"{error} (after {entry.attempts} tries)",
