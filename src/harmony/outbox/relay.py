@@ -3,9 +3,9 @@
 Claiming is one short transaction that leases rows under a fresh claim token (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, so several replicas share the work). Sending happens outside any
 transaction. Each outcome is recorded in a transaction of its own through the routing
-interactions (retried if the database aborts it to break a deadlock), fenced by the claim token: if the lease ran out and another relay claimed the row,
-this relay's outcome is dropped and its consequences (failing an interaction, releasing an
-agent's capacity) do not happen.
+interactions (retried if the database aborts it to break a deadlock), fenced by the claim
+token: if the lease ran out and another relay claimed the row, this relay's outcome is dropped
+and its consequences (failing an interaction, releasing an agent's capacity) do not happen.
 
 A relay claims only what it can send within the lease (``concurrency`` sends at a time, each
 bounded by ``send_timeout_seconds``) and, before each send, checks that the lease still covers
