@@ -39,6 +39,7 @@ import base64
 import copy
 import dataclasses
 import json
+import uuid
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class OutboxRecord:
     next_attempt_at: datetime
     sent_at: datetime | None = None
     last_error: str | None = None
+    claim_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class _State:
     history: dict[str, tuple[HistoryEntry, ...]] = dataclasses.field(default_factory=dict)
     inbox: dict[tuple[str, str], InboxRecord] = dataclasses.field(default_factory=dict)
     outbox: dict[str, OutboxRecord] = dataclasses.field(default_factory=dict)
+    outbox_sequences: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def tables(self) -> dict[str, dict[Any, Any]]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -876,9 +880,21 @@ class InMemoryOutbox(_Repository):
             self._tx.put(self._rows, "outbox", message_id, dataclasses.replace(record, **changes))
 
     async def add(self, message: OutboundMessage, at: datetime) -> None:
-        """Promise to send ``message``; it is due at once."""
+        """Promise to send ``message``; it is due at once; supersede an unclaimed older one."""
         if message.id in self._rows:
             raise IntegrityError(f"outbox message id {message.id} is taken")
+        if message.supersede_key is not None:
+            for old in list(self._rows.values()):
+                if (
+                    old.message.supersede_key == message.supersede_key
+                    and old.status == OutboxStatus.PENDING
+                    and old.claim_token is None
+                ):
+                    self._update(
+                        old.message.id,
+                        status=OutboxStatus.SUPERSEDED,
+                        last_error=f"superseded by {message.id}",
+                    )
         record = OutboxRecord(
             message=_copy_message(message, attempts=0),
             status=OutboxStatus.PENDING,
@@ -889,45 +905,92 @@ class InMemoryOutbox(_Repository):
         self._tx.put(self._rows, "outbox", message.id, record)
         self._tx.outbox_added = True
 
-    async def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+    async def next_sequence(self, ordering_key: str) -> int:
+        """The next number for ``ordering_key``."""
+        self._tx.check_active()
+        sequences = self._tx.work.outbox_sequences
+        number = sequences.get(ordering_key, 0) + 1
+        self._tx.put(sequences, "outbox_sequences", ordering_key, number)
+        return number
+
+    def _waits_for_earlier(self, record: OutboxRecord) -> bool:
+        key, sequence = record.message.ordering_key, record.message.sequence or 0
+        return key is not None and any(
+            other.message.ordering_key == key
+            and other.status == OutboxStatus.PENDING
+            and (other.message.sequence or 0) < sequence
+            for other in self._rows.values()
+        )
+
+    async def claim_due(
+        self, now: datetime, limit: int, lease_seconds: float, claimer: str
+    ) -> list[OutboxEntry]:
         """Lease up to ``limit`` due messages, oldest due first, and count the attempt."""
         due = [
             record
             for record in self._rows.values()
-            if record.status == OutboxStatus.PENDING and record.next_attempt_at <= now
+            if record.status == OutboxStatus.PENDING
+            and record.next_attempt_at <= now
+            and not self._waits_for_earlier(record)
         ]
         due.sort(key=lambda record: (record.next_attempt_at, record.created_at))
+        token = uuid.uuid4().hex
+        lease_until = now + timedelta(seconds=lease_seconds)
         entries = []
         for record in due[:limit]:
             attempts = record.attempts + 1
             self._update(
                 record.message.id,
                 attempts=attempts,
-                next_attempt_at=now + timedelta(seconds=lease_seconds),
+                next_attempt_at=lease_until,
+                claim_token=token,
             )
             entries.append(
                 OutboxEntry(
                     message=_copy_message(record.message, attempts=attempts),
                     attempts=attempts,
                     created_at=record.created_at,
+                    claim_token=token,
+                    lease_until=lease_until,
+                    last_error=record.last_error,
                 )
             )
         return entries
 
-    async def mark_sent(self, message_id: str, at: datetime) -> None:
-        """The receiver acknowledged the message."""
-        self._update(message_id, status=OutboxStatus.SENT, sent_at=at, last_error=None)
+    def _update_held(self, message_id: str, token: str, **changes: Any) -> bool:
+        record = self._rows.get(message_id)
+        if record is None or record.claim_token != token or record.status != OutboxStatus.PENDING:
+            return False
+        self._update(message_id, **changes)
+        return True
 
-    async def mark_retry(self, message_id: str, next_attempt_at: datetime, error: str) -> None:
-        """The attempt failed; try again at ``next_attempt_at``."""
-        self._update(
-            message_id, next_attempt_at=next_attempt_at, last_error=error[:_MAX_ERROR_CHARS]
+    async def renew(self, message_id: str, claim_token: str, lease_until: datetime) -> bool:
+        """Extend a lease still held."""
+        return self._update_held(message_id, claim_token, next_attempt_at=lease_until)
+
+    async def mark_sent(self, message_id: str, claim_token: str, at: datetime) -> bool:
+        """The receiver acknowledged the message."""
+        return self._update_held(
+            message_id, claim_token, status=OutboxStatus.SENT, sent_at=at, last_error=None
         )
 
-    async def mark_dead(self, message_id: str, at: datetime, error: str) -> None:
-        """The message will never be sent."""
-        self._update(
+    async def mark_retry(
+        self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        """The attempt failed; release the claim and try again at ``next_attempt_at``."""
+        return self._update_held(
             message_id,
+            claim_token,
+            next_attempt_at=next_attempt_at,
+            last_error=error[:_MAX_ERROR_CHARS],
+            claim_token=None,
+        )
+
+    async def mark_dead(self, message_id: str, claim_token: str, at: datetime, error: str) -> bool:
+        """The message will never be sent."""
+        return self._update_held(
+            message_id,
+            claim_token,
             status=OutboxStatus.DEAD,
             sent_at=None,
             last_error=error[:_MAX_ERROR_CHARS],

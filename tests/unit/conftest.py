@@ -149,10 +149,14 @@ class World:
 
 async def settle_outbox(store: InMemoryStore, clock: FakeClock) -> None:
     """Mark every due outbox message sent, as if a relay had delivered them."""
-    async with store.uow() as uow:
-        for entry in await uow.outbox.claim_due(clock.now(), 10_000, 0):
-            await uow.outbox.mark_sent(entry.message.id, clock.now())
-        await uow.commit()
+    while True:
+        async with store.uow() as uow:
+            entries = await uow.outbox.claim_due(clock.now(), 10_000, 0, "settle")
+            for entry in entries:
+                await uow.outbox.mark_sent(entry.message.id, entry.claim_token, clock.now())
+            await uow.commit()
+        if not entries:
+            return
 
 
 async def seed(store: InMemoryStore, clock: FakeClock) -> None:

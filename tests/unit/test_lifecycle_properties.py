@@ -234,10 +234,15 @@ class Lifecycle(RuleBasedStateMachine):
         self.run(self.settle_outbox())  # the ACD heard of the logins before the first step
 
     async def settle_outbox(self) -> None:
-        async with self.store.uow() as uow:
-            for entry in await uow.outbox.claim_due(self.clock.now(), 1000, 0):
-                await uow.outbox.mark_sent(entry.message.id, self.clock.now())
-            await uow.commit()
+        entries = [None]
+        while entries:
+            async with self.store.uow() as uow:
+                entries = await uow.outbox.claim_due(self.clock.now(), 1000, 0, "settle")
+                for entry in entries:
+                    await uow.outbox.mark_sent(
+                        entry.message.id, entry.claim_token, self.clock.now()
+                    )
+                await uow.commit()
 
     # CRM events ---------------------------------------------------------------------------
 

@@ -54,6 +54,15 @@ def message(world: World, interaction_id: str, message_type: str) -> OutboundMes
     return record.message
 
 
+async def claimed(world: World, message: OutboundMessage) -> str:
+    """Claim ``message`` as a relay would; its claim token."""
+    async with world.store.uow() as uow:
+        entries = await uow.outbox.claim_due(world.clock.now(), 10_000, 30, "test")
+        await uow.commit()
+    [entry] = [e for e in entries if e.message.id == message.id]
+    return entry.claim_token
+
+
 async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     """Create a chat and have the ACD pick ``acd_agent_id``; returns the interaction id."""
     outcome = await world.create(external_id)
@@ -64,7 +73,9 @@ async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -
 async def delivered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     interaction_id = await offered(world, external_id, acd_agent_id)
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
     return interaction_id
 
 
@@ -520,7 +531,9 @@ async def test_a_delivery_ack_moves_offered_to_delivered(world: World) -> None:
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
     world.clock.advance(2)
 
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
 
     interaction = world.interaction(interaction_id)
     assert interaction.state == S.DELIVERED
@@ -538,7 +551,9 @@ async def test_a_routing_request_ack_only_marks_the_message_sent(world: World) -
     routing = message(world, created.interaction_id, ROUTING_REQUESTED)
     history = world.store.history(created.interaction_id)
 
-    await interactions.message_sent(world.store.uow(), world.clock, routing)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, routing, claim_token=await claimed(world, routing)
+    )
 
     assert world.interaction(created.interaction_id).state == S.ROUTING
     assert world.store.history(created.interaction_id) == history
@@ -551,7 +566,9 @@ async def test_a_delivery_ack_after_acceptance_is_only_noted(world: World) -> No
     await world.accept("chat-1")
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
 
     assert world.interaction(interaction_id).state == S.ACCEPTED
     last = world.store.history(interaction_id)[-1]
@@ -567,7 +584,13 @@ async def test_a_lost_delivery_fails_releases_and_tells_the_acd(world: World) ->
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
     request_id = world.request_id(interaction_id)
 
-    await interactions.message_failed(world.store.uow(), world.clock, deliver, "HTTP 404 no agent")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        deliver,
+        "HTTP 404 no agent",
+        claim_token=await claimed(world, deliver),
+    )
 
     interaction = world.interaction(interaction_id)
     assert interaction.state == S.FAILED
@@ -596,7 +619,11 @@ async def test_a_lost_routing_request_fails_the_interaction(world: World) -> Non
     routing = message(world, created.interaction_id, ROUTING_REQUESTED)
 
     await interactions.message_failed(
-        world.store.uow(), world.clock, routing, "HTTP 400 bad skills"
+        world.store.uow(),
+        world.clock,
+        routing,
+        "HTTP 400 bad skills",
+        claim_token=await claimed(world, routing),
     )
 
     interaction = world.interaction(created.interaction_id)
@@ -610,7 +637,13 @@ async def test_a_lost_routing_request_after_selection_is_only_noted(world: World
     interaction_id = await offered(world, "chat-1")
     routing = message(world, interaction_id, ROUTING_REQUESTED)
 
-    await interactions.message_failed(world.store.uow(), world.clock, routing, "gave up")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        routing,
+        "gave up",
+        claim_token=await claimed(world, routing),
+    )
 
     assert world.interaction(interaction_id).state == S.OFFERED
     assert world.load("agent-1") == 1
@@ -623,7 +656,13 @@ async def test_a_lost_delivery_after_acceptance_keeps_the_agent(world: World) ->
     await world.accept("chat-1")
     deliver = message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_failed(world.store.uow(), world.clock, deliver, "late 500")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        deliver,
+        "late 500",
+        claim_token=await claimed(world, deliver),
+    )
 
     assert world.interaction(interaction_id).state == S.ACCEPTED
     assert world.load("agent-1") == 1
@@ -635,7 +674,13 @@ async def test_a_lost_work_ended_is_only_noted(world: World) -> None:
     await world.complete("chat-1")
     ended = message(world, interaction_id, WORK_ENDED)
 
-    await interactions.message_failed(world.store.uow(), world.clock, ended, "acd down")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        ended,
+        "acd down",
+        claim_token=await claimed(world, ended),
+    )
 
     assert world.interaction(interaction_id).state == S.COMPLETED
     assert world.store.history(interaction_id)[-1].event == "message_lost"
@@ -980,8 +1025,8 @@ async def test_claim_due_leases_and_counts_attempts(world: World) -> None:
     created = await world.create("chat-1")
     start = world.clock.now()
     async with world.store.uow() as uow:
-        [entry] = await uow.outbox.claim_due(start, limit=10, lease_seconds=30)
-        assert await uow.outbox.claim_due(start, limit=10, lease_seconds=30) == []
+        [entry] = await uow.outbox.claim_due(start, limit=10, lease_seconds=30, claimer="test")
+        assert await uow.outbox.claim_due(start, limit=10, lease_seconds=30, claimer="test") == []
         await uow.commit()
     assert entry.attempts == entry.message.attempts == 1
     assert entry.message.interaction_id == created.interaction_id
@@ -989,7 +1034,7 @@ async def test_claim_due_leases_and_counts_attempts(world: World) -> None:
     assert (record.attempts, record.next_attempt_at) == (1, start + timedelta(seconds=30))
     async with world.store.uow() as uow:
         later = start + timedelta(seconds=30)
-        [again] = await uow.outbox.claim_due(later, limit=10, lease_seconds=30)
+        [again] = await uow.outbox.claim_due(later, limit=10, lease_seconds=30, claimer="test")
         assert again.attempts == 2
         assert await uow.outbox.pending_count() == 1
 

@@ -162,6 +162,7 @@ async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: Agent
         profile=body.profile,
         crm_adapter=body.crm_adapter,
         capacity={Channel(ch): n for ch, n in body.capacity.given().items()},
+        acd_adapter=wired.settings.routing_acd,
     )
     return AgentOut.of(agent, wired.clock.now())
 
@@ -232,7 +233,13 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
     profile = Profile.from_names(name, body.capacity.given(), body.wrap_up_seconds, body.blocks)
-    await run_with_retry(wired.db.uow, agents.upsert_profile, wired.clock, profile)
+    await run_with_retry(
+        wired.db.uow,
+        agents.upsert_profile,
+        wired.clock,
+        profile,
+        acd_adapter=wired.settings.routing_acd,
+    )
     return ProfileOut.of(profile)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from harmony.adapters.generic_http.signing import Signer
 from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
 from harmony.routing.messages import (
+    AGENT_CAPACITY,
     AGENT_STATE,
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -24,6 +25,7 @@ from harmony.routing.messages import (
 )
 
 __all__ = [
+    "AGENT_CAPACITY",
     "AGENT_LOGGED_IN",
     "AGENT_LOGGED_OUT",
     "AGENT_LOGIN_FAILED",
@@ -63,7 +65,7 @@ REQUEST_QUEUED = "request.queued"
 AGENT_LOGIN_FAILED = "agent.login_failed"
 VOICE_STARTED = "voice.started"
 VOICE_ENDED = "voice.ended"
-# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE
+# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY
 # Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE
 
 
