@@ -9,7 +9,6 @@ both; keeping that code here means a fix to one cannot miss the other. Only what
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
 from harmony.adapters.generic_http.signing import SignatureError, Signer
+from harmony.errors import BadRequest
+from harmony.inputs import describe_pydantic_errors
+from harmony.inputs import parse_json as strict_json
 from harmony.seed import Seed
 
 log = structlog.get_logger()
@@ -98,20 +100,16 @@ class EventError(Exception):
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """Summarise pydantic errors naming each offending field, as the protocol asks."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        parts.append(f"{loc or 'body'}: {err['msg']}")
-    return "; ".join(parts)
+    """Summarise pydantic errors naming each offending field, in Harmony's own wording."""
+    return describe_pydantic_errors(list(exc.errors()), prefix)
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a UTF-8 JSON body or raise the protocol's 400."""
+    """Parse a body as strictly as Harmony does, or raise the protocol's 400."""
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(400, "malformed_json", f"body is not UTF-8 JSON: {exc}") from exc
+        return strict_json(body)
+    except BadRequest as exc:
+        raise EventError(400, exc.code, exc.detail) from exc
 
 
 async def read_event(
