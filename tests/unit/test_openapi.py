@@ -78,3 +78,17 @@ def test_capacities_and_reasons_are_as_tight_as_validation() -> None:
     assert (voice["minimum"], voice["maximum"]) == (0, 1)
     state = spec["components"]["schemas"]["AgentStateIn"]["properties"]["reason"]
     assert state["anyOf"][0]["enum"] == ["lunch", "other"]
+
+
+def test_every_write_documents_the_retryable_503() -> None:
+    """Writes run through the deadlock retry; when every attempt is aborted they answer 503."""
+    spec = openapi_document()
+    writes = [
+        (path, method)
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if method in ("post", "put")
+    ]
+    assert len(writes) >= 7, writes
+    missing = [w for w in writes if "503" not in spec["paths"][w[0]][w[1]]["responses"]]
+    assert missing == []

@@ -30,7 +30,7 @@ from harmony.routing.messages import TargetKind
 router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
 
-ERRORS = errors(400, 401, 404, 409, 413, 415, 422)
+ERRORS = errors(400, 401, 404, 409, 413, 415, 422, 503)
 
 
 def policy_of(settings: Settings) -> commands.Policy:

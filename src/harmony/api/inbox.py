@@ -4,14 +4,15 @@ received and how its handling went; ``POST .../redrive`` applies again one that 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
 from harmony.api.deps import Container, container
 from harmony.api.events import answer, policy_of
-from harmony.api.schemas import AgentEventAccepted, ErrorBody, EventAccepted
+from harmony.api.plumbing import errors
+from harmony.api.schemas import AgentEventAccepted, EventAccepted
 from harmony.errors import NotFound
 from harmony.routing import commands
 from harmony.routing.commands import InboundEvent
@@ -66,12 +67,8 @@ class InboxEventOut(BaseModel):
         )
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
-
-
 @router.get(
-    "/v1/inbox/{source}/{event_id}", response_model=InboxEventOut, responses=_errors(404, 422)
+    "/v1/inbox/{source}/{event_id}", response_model=InboxEventOut, responses=errors(404, 422)
 )
 async def get_inbox_event(source: SourcePath, event_id: EventIdPath, wired: Wired) -> InboxEventOut:
     """One received event, its payload and how its handling went."""
@@ -85,7 +82,7 @@ async def get_inbox_event(source: SourcePath, event_id: EventIdPath, wired: Wire
 @router.post(
     "/v1/inbox/{source}/{event_id}/redrive",
     response_model=EventAccepted | AgentEventAccepted,
-    responses=_errors(400, 404, 409, 422),
+    responses=errors(400, 404, 409, 422, 503),
 )
 async def redrive_inbox_event(
     source: SourcePath, event_id: EventIdPath, wired: Wired

@@ -69,7 +69,8 @@ _MEANING = {
     415: "content type is not application/json (`unsupported_media_type`)",
     422: "a field is missing, of the wrong type or out of range (`validation_error`, naming the "
     "field), or names a queue, profile or reason Harmony does not hold",
-    503: "the database does not answer (`not_ready`)",
+    503: "the database does not answer (`not_ready`), or it aborted the transaction after "
+    "repeated deadlocks (`try_again`: nothing was stored, the request may be repeated)",
 }
 
 
