@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -25,68 +21,61 @@ from harmony.main import create_app
 from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
 from harmony.routing.model import Channel, ChannelStatus
 from harmony.seed import load_seed
+from tests.databases import (
+    PG_ADMIN_DSN,
+    drop_templates,
+    fresh_postgres_database,
+    require_postgres_or_skip,
+    sqlite_copy,
+)
+
+__all__ = ["PG_ADMIN_DSN", "fresh_postgres_database", "require_postgres_or_skip"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed.json"
-PG_ADMIN_DSN = os.environ.get("HARMONY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 ACD_URL = "http://acd.test"
 CRM_URL = "http://crm.test"
 
 
-async def _pg_reachable() -> str | None:
-    try:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    await conn.close()
-    return None
-
-
-def require_postgres_or_skip(reason: str) -> None:
-    """With CI=true PostgreSQL is mandatory: fail, never skip."""
-    message = f"PostgreSQL at {PG_ADMIN_DSN} unreachable ({reason})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + "; CI=true makes PostgreSQL tests mandatory")
-    pytest.skip(message)
-
-
-@contextlib.asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database, dropped on exit; its SQLAlchemy URL is yielded."""
-    problem = await _pg_reachable()
-    if problem:
-        require_postgres_or_skip(problem)
-    name = f"harmony_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    drop_templates()
 
 
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one test."""
+    """A fresh PostgreSQL database at Alembic's head for one test."""
     async with fresh_postgres_database() as url:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+async def empty_postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database with no tables, for one test."""
+    async with fresh_postgres_database(empty=True) as url:
+        yield url
+
+
+BOTH_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BOTH_DATABASES)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database."""
+    """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database,
+    both already at Alembic's head (copies of the session's migrated templates)."""
+    if request.param == "sqlite":
+        yield sqlite_copy(tmp_path)
+        return
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BOTH_DATABASES)
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Like ``database_url``, but with no tables: for tests of the migrations themselves."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/harmony.db"
         return
-    async with fresh_postgres_database() as url:
+    async with fresh_postgres_database(empty=True) as url:
         yield url
 
 

@@ -1,4 +1,4 @@
-"""The outbox relay with the in-memory store, fake adapters and a fake clock.
+"""The outbox relay on the SQL store (SQLite), with fake adapters and a fake clock.
 
 Time only moves when a test moves it, so "not before it is due" is checked exactly.
 """
@@ -19,8 +19,9 @@ from harmony.routing.messages import (
     TargetKind,
 )
 from harmony.routing.model import Channel, InteractionState
-from harmony.testing import FakeAdapter, FakeClock, InMemoryStore, OutboxRecord, OutboxStatus
-from tests.unit.conftest import World
+from harmony.testing import FakeAdapter, FakeClock
+from tests.sql_store import DEAD, PENDING, SENT, OutboxRow, SqlStore
+from tests.usecases.conftest import World
 
 S = InteractionState
 MAX_ATTEMPTS = 3
@@ -39,7 +40,7 @@ def crm() -> FakeAdapter:
 
 
 @pytest.fixture
-def relay(store: InMemoryStore, clock: FakeClock, acd: FakeAdapter, crm: FakeAdapter) -> Relay:
+def relay(store: SqlStore, clock: FakeClock, acd: FakeAdapter, crm: FakeAdapter) -> Relay:
     registry = AdapterRegistry()
     registry.register(acd)
     registry.register(crm)
@@ -53,8 +54,8 @@ def relay(store: InMemoryStore, clock: FakeClock, acd: FakeAdapter, crm: FakeAda
     )
 
 
-def only(store: InMemoryStore, message_type: str) -> OutboxRecord:
-    [record] = store.outbox(type=message_type)
+async def only(store: SqlStore, message_type: str) -> OutboxRow:
+    [record] = await store.outbox(type=message_type)
     return record
 
 
@@ -66,12 +67,12 @@ async def test_due_messages_are_sent_and_their_outcome_recorded(
     await relay.drain()
 
     [routing] = acd.sent
-    record = only(world.store, ROUTING_REQUESTED)
+    record = await only(world.store, ROUTING_REQUESTED)
     assert routing.id == record.message.id
     assert routing.payload == record.message.payload
     assert routing.payload["interaction_id"] == created.interaction_id
     assert (record.status, record.attempts, record.sent_at) == (
-        OutboxStatus.SENT,
+        SENT,
         1,
         world.clock.now(),
     )
@@ -83,10 +84,10 @@ async def test_due_messages_are_sent_and_their_outcome_recorded(
     [delivery] = crm.sent
     assert delivery.type == INTERACTION_DELIVER
     assert delivery.payload["agent_id"] == "crm-2"
-    interaction = world.interaction(created.interaction_id)
+    interaction = await world.interaction(created.interaction_id)
     assert interaction.state == S.DELIVERED
-    assert delivery.id in world.store.history(interaction.id)[-1].cause
-    assert world.store.outbox(status=OutboxStatus.PENDING) == []
+    assert delivery.id in (await world.store.history(interaction.id))[-1].cause
+    assert await world.store.outbox(status=PENDING) == []
     assert len(acd.attempts) == 1  # nothing is sent twice
 
 
@@ -109,12 +110,12 @@ async def test_a_transient_failure_is_retried_with_backoff_and_never_early(
 
     await relay.drain()
 
-    record = only(world.store, ROUTING_REQUESTED)
-    assert record.status == OutboxStatus.PENDING
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert record.status == PENDING
     assert record.attempts == 1
     assert record.next_attempt_at == start + timedelta(seconds=BASE_BACKOFF)
     assert record.last_error is not None and "HTTP 503" in record.last_error
-    assert world.interaction(created.interaction_id).state == S.ROUTING
+    assert (await world.interaction(created.interaction_id)).state == S.ROUTING
 
     world.clock.advance(BASE_BACKOFF - 0.001)
     assert await relay.run_once() == 0
@@ -122,8 +123,8 @@ async def test_a_transient_failure_is_retried_with_backoff_and_never_early(
 
     world.clock.advance(0.001)
     await relay.drain()  # second attempt fails too: the wait doubles
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.attempts, record.status) == (2, OutboxStatus.PENDING)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.attempts, record.status) == (2, PENDING)
     assert record.next_attempt_at == world.clock.now() + timedelta(seconds=2 * BASE_BACKOFF)
 
     world.clock.advance(2 * BASE_BACKOFF - 0.001)
@@ -132,8 +133,8 @@ async def test_a_transient_failure_is_retried_with_backoff_and_never_early(
 
     world.clock.advance(0.001)
     await relay.drain()
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.status, record.attempts, record.last_error) == (OutboxStatus.SENT, 3, None)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.status, record.attempts, record.last_error) == (SENT, 3, None)
     assert [m.id for m in acd.attempts] == [record.message.id] * 3  # same idempotency key
     assert acd.sent == [acd.attempts[-1]]
 
@@ -146,13 +147,13 @@ async def test_retry_after_is_honoured_when_longer_than_the_backoff(
 
     await relay.drain()
 
-    record = only(world.store, ROUTING_REQUESTED)
+    record = await only(world.store, ROUTING_REQUESTED)
     assert record.next_attempt_at == world.clock.now() + timedelta(seconds=45)
     world.clock.advance(44)
     assert await relay.run_once() == 0
     world.clock.advance(1)
     await relay.drain()
-    assert only(world.store, ROUTING_REQUESTED).status == OutboxStatus.SENT
+    assert (await only(world.store, ROUTING_REQUESTED)).status == SENT
 
 
 async def test_a_short_retry_after_does_not_shorten_the_backoff(
@@ -161,7 +162,7 @@ async def test_a_short_retry_after_does_not_shorten_the_backoff(
     await world.create("chat-1")
     acd.fail_next(retry_after=0.1)
     await relay.drain()
-    record = only(world.store, ROUTING_REQUESTED)
+    record = await only(world.store, ROUTING_REQUESTED)
     assert record.next_attempt_at == world.clock.now() + timedelta(seconds=BASE_BACKOFF)
 
 
@@ -169,12 +170,12 @@ async def test_a_huge_retry_after_is_capped(world: World, relay: Relay, acd: Fak
     await world.create("chat-1")
     acd.fail_next(retry_after=86_400)
     await relay.drain()
-    record = only(world.store, ROUTING_REQUESTED)
+    record = await only(world.store, ROUTING_REQUESTED)
     cap = timedelta(seconds=MAX_BACKOFF_SECONDS * 10)
     assert record.next_attempt_at == world.clock.now() + cap
 
 
-async def test_the_backoff_is_capped(store: InMemoryStore, clock: FakeClock) -> None:
+async def test_the_backoff_is_capped(store: SqlStore, clock: FakeClock) -> None:
     acd = FakeAdapter(TargetKind.ACD)
     registry = AdapterRegistry()
     registry.register(acd)
@@ -185,7 +186,7 @@ async def test_the_backoff_is_capped(store: InMemoryStore, clock: FakeClock) -> 
     waits = []
     for _ in range(5):
         await relay.drain()
-        record = only(store, ROUTING_REQUESTED)
+        record = await only(store, ROUTING_REQUESTED)
         waits.append((record.next_attempt_at - clock.now()).total_seconds())
         clock.set(record.next_attempt_at)
     assert waits == [10, 20, 40, 60, 60]
@@ -201,15 +202,15 @@ async def test_a_message_failing_every_attempt_is_given_up_and_fails_the_interac
         await relay.drain()
         world.clock.advance(MAX_BACKOFF_SECONDS)
 
-    record = only(world.store, ROUTING_REQUESTED)
-    assert record.status == OutboxStatus.DEAD
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert record.status == DEAD
     assert record.attempts == MAX_ATTEMPTS
     assert record.last_error is not None
     assert "connection refused" in record.last_error
     assert f"after {MAX_ATTEMPTS} tries" in record.last_error
-    interaction = world.interaction(created.interaction_id)
+    interaction = await world.interaction(created.interaction_id)
     assert interaction.state == S.FAILED
-    assert "connection refused" in world.store.history(interaction.id)[-1].cause
+    assert "connection refused" in (await world.store.history(interaction.id))[-1].cause
     assert acd.sent == []
     world.clock.advance(timedelta(days=1))
     assert await relay.run_once() == 0  # a dead message is never tried again
@@ -221,21 +222,21 @@ async def test_a_delivery_given_up_releases_the_agent_and_tells_the_acd(
     created = await world.create("chat-1")
     await relay.drain()
     await world.select(created.interaction_id, "acd-1")
-    assert world.load("agent-1") == 1
+    assert await world.load("agent-1") == 1
     crm.fail_next(MAX_ATTEMPTS, reason="HTTP 502")
 
     for _ in range(MAX_ATTEMPTS):
         await relay.drain()
         world.clock.advance(MAX_BACKOFF_SECONDS)
 
-    assert only(world.store, INTERACTION_DELIVER).status == OutboxStatus.DEAD
-    assert world.interaction(created.interaction_id).state == S.FAILED
-    assert world.load("agent-1") == 0
+    assert (await only(world.store, INTERACTION_DELIVER)).status == DEAD
+    assert (await world.interaction(created.interaction_id)).state == S.FAILED
+    assert await world.load("agent-1") == 0
     await relay.drain()
     [ended] = acd.sent_of_type(WORK_ENDED)
     assert ended.payload["reason"] == "delivery_failed"
     assert ended.payload["agent_id"] == "acd-1"
-    assert only(world.store, WORK_ENDED).status == OutboxStatus.SENT
+    assert (await only(world.store, WORK_ENDED)).status == SENT
 
 
 async def test_a_permanent_failure_gives_up_at_once(
@@ -246,10 +247,10 @@ async def test_a_permanent_failure_gives_up_at_once(
 
     await relay.drain()
 
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.status, record.attempts) == (OutboxStatus.DEAD, 1)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.status, record.attempts) == (DEAD, 1)
     assert record.last_error is not None and "HTTP 400 unknown skill" in record.last_error
-    assert world.interaction(created.interaction_id).state == S.FAILED
+    assert (await world.interaction(created.interaction_id)).state == S.FAILED
     world.clock.advance(timedelta(hours=1))
     assert await relay.run_once() == 0
     assert len(acd.attempts) == 1
@@ -262,10 +263,10 @@ async def test_a_message_for_an_unknown_adapter_fails_at_once(
 
     await relay.drain()
 
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.status, record.attempts) == (OutboxStatus.DEAD, 1)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.status, record.attempts) == (DEAD, 1)
     assert record.last_error is not None and "retired-acd" in record.last_error
-    assert world.interaction(created.interaction_id).state == S.FAILED
+    assert (await world.interaction(created.interaction_id)).state == S.FAILED
     assert acd.attempts == []
 
 
@@ -275,8 +276,8 @@ async def test_a_generic_adapter_error_is_treated_as_transient(
     await world.create("chat-1")
     acd.fail_with(AdapterError("odd failure"))
     await relay.drain()
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.status, record.attempts) == (OutboxStatus.PENDING, 1)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.status, record.attempts) == (PENDING, 1)
     assert record.next_attempt_at == world.clock.now() + timedelta(seconds=BASE_BACKOFF)
 
 
@@ -296,8 +297,8 @@ async def test_a_message_claimed_by_a_relay_that_died_waits_for_its_lease(
 
     [sent] = acd.sent
     assert sent.id == claimed.message.id
-    record = only(world.store, ROUTING_REQUESTED)
-    assert (record.status, record.attempts) == (OutboxStatus.SENT, 2)
+    record = await only(world.store, ROUTING_REQUESTED)
+    assert (record.status, record.attempts) == (SENT, 2)
 
 
 async def test_messages_go_out_in_the_order_they_became_due(
