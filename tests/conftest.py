@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from harmony.routing.model import Channel, ChannelStatus
 from harmony.seed import load_seed
 from tests.databases import (
     PG_ADMIN_DSN,
+    built_sqlite_template,
     drop_templates,
     fresh_postgres_database,
+    postgres_template,
     require_postgres_or_skip,
     sqlite_copy,
 )
@@ -61,11 +64,17 @@ BOTH_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)
 @pytest.fixture(params=BOTH_DATABASES)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database,
-    both already at Alembic's head (copies of the session's migrated templates)."""
+    both already at Alembic's head (copies of the session's migrated templates).
+
+    Under the ``harness`` fixture it is the harness's database: a copy of one where the
+    harness's app has started once (seed applied, every agent logged in, relay drained)."""
+    started = "harness" in request.fixturenames
     if request.param == "sqlite":
-        yield sqlite_copy(tmp_path)
+        template = await built_sqlite_template(HARNESS, start_harness_once) if started else None
+        yield sqlite_copy(tmp_path, template)
         return
-    async with fresh_postgres_database() as url:
+    template = await postgres_template(HARNESS, start_harness_once) if started else None
+    async with fresh_postgres_database(template=template) as url:
         yield url
 
 
@@ -120,14 +129,14 @@ class HostRouter(httpx.AsyncBaseTransport):
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    return Settings(
-        database_url=database_url,
-        seed_file=SEED,
-        acd_adapters={"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
-        crm_adapters={"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
-        relay_base_backoff_seconds=0.01,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "seed_file": SEED,
+        "acd_adapters": {"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
+        "crm_adapters": {"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
+        "relay_base_backoff_seconds": 0.01,
+    }
+    return Settings(**{**values, **overrides})
 
 
 def replay_history(agent_id: str, lines: list[dict[str, Any]]) -> dict[Channel, Any]:
@@ -224,21 +233,36 @@ class Harness:
         raise AssertionError(f"no routing request sent for {interaction_id}")
 
 
-@pytest.fixture
-async def harness(database_url: str) -> AsyncIterator[Harness]:
+HARNESS = "harness"
+
+
+@contextlib.asynccontextmanager
+async def running_harness(settings: Settings) -> AsyncIterator[Harness]:
+    """The app with recording peers and the relay drained by hand."""
     acd, crm = RecordingPeer(), RecordingPeer()
     transport = HostRouter({"acd.test": acd.app(), "crm.test": crm.app()})
     clock = ShiftedClock()
-    app = create_app(make_settings(database_url), clock=clock, transport=transport, run_relay=False)
+    app = create_app(settings, clock=clock, transport=transport, run_relay=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://harmony") as c,
     ):
-        harness = Harness(app, c, acd, crm, clock)
+        yield Harness(app, c, acd, crm, clock)
+
+
+async def start_harness_once(database_url: str) -> None:
+    """What every harness test starts from, done once per session into a template database:
+    migrate, apply the seed, every seeded agent logs in, the relay tells the peers."""
+    async with running_harness(make_settings(database_url)) as harness:
         await harness.login_everyone()
         await harness.drain()
-        acd.received.clear()
-        acd.headers.clear()
-        crm.received.clear()
-        crm.headers.clear()
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    """The app on a copy of a database it already started on once (migrated, seeded, every
+    agent logged in and mirrored to the peers), with fresh recording peers; it starts without
+    migrating or seeding again."""
+    settings = make_settings(database_url, migrate_on_start=False, seed_file=None)
+    async with running_harness(settings) as harness:
         yield harness

@@ -10,14 +10,18 @@ Import this module as ``tests.databases`` only: its templates are module state.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
+import sqlite3
 import tempfile
+import threading
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -50,11 +54,14 @@ def require_postgres_or_skip(reason: str) -> None:
 @dataclass
 class _Templates:
     directory: Path | None = None
-    sqlite: Path | None = None
-    postgres: str | None = None
+    sqlite: dict[str, Path] = field(default_factory=dict)
+    postgres: dict[str, str] = field(default_factory=dict)
 
 
 _templates = _Templates()
+MIGRATED = "migrated"
+Build = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
 
 
 def _template_directory() -> Path:
@@ -66,8 +73,8 @@ def _template_directory() -> Path:
 def sqlite_template() -> Path:
     """A SQLite file at Alembic's head, migrated once per session (synchronously, so that any
     event loop may ask for it)."""
-    if _templates.sqlite is None:
-        path = _template_directory() / "migrated.db"
+    if MIGRATED not in _templates.sqlite:
+        path = _template_directory() / f"{MIGRATED}.db"
         engine = sqlalchemy.create_engine(f"sqlite:///{path}")
         try:
             with engine.begin() as connection:
@@ -76,8 +83,8 @@ def sqlite_template() -> Path:
                 command.upgrade(cfg, "head")
         finally:
             engine.dispose()
-        _templates.sqlite = path
-    return _templates.sqlite
+        _templates.sqlite[MIGRATED] = path
+    return _templates.sqlite[MIGRATED]
 
 
 def sqlite_copy(directory: Path, template: Path | None = None, name: str = "harmony.db") -> str:
@@ -85,6 +92,17 @@ def sqlite_copy(directory: Path, template: Path | None = None, name: str = "harm
     target = directory / name
     shutil.copyfile(template or sqlite_template(), target)
     return f"sqlite+aiosqlite:///{target}"
+
+
+async def built_sqlite_template(key: str, build: Build) -> Path:
+    """A copy of the migrated file that ``build(url)`` filled in, made once per session per key."""
+    if key not in _templates.sqlite:
+        path = _template_directory() / f"{key}.db"
+        await build(sqlite_copy(path.parent, name=path.name))
+        with contextlib.closing(sqlite3.connect(path)) as conn:  # WAL into the file we copy
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _templates.sqlite[key] = path
+    return _templates.sqlite[key]
 
 
 def _postgres_url(name: str) -> str:
@@ -100,52 +118,118 @@ async def _admin(statement: str) -> None:
         await admin.close()
 
 
-async def postgres_template() -> str:
-    """The name of a PostgreSQL database at Alembic's head, made once per session."""
-    if _templates.postgres is None:
+async def _migrate(url: str) -> None:
+    db = Database(url, SystemClock().now)
+    try:
+        await db.migrate()
+    finally:
+        await db.dispose()  # a template must have no connections when it is copied
+
+
+async def postgres_template(key: str = MIGRATED, build: Build | None = None) -> str:
+    """The name of a PostgreSQL database made once per session: at Alembic's head, then (for
+    another key than the default) filled in by ``build(url)``. Dropped when the session ends."""
+    if key not in _templates.postgres:
         problem = await _pg_reachable()
         if problem:
             require_postgres_or_skip(problem)
-        name = f"harmony_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await _admin(f'CREATE DATABASE "{name}"')
-        db = Database(_postgres_url(name), SystemClock().now)
+        source = None if key == MIGRATED else await postgres_template()
+        name = f"harmony_template_{os.getpid()}_{uuid.uuid4().hex[:8]}_{key}"
+        await _admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{source}"' if source else ""))
         try:
-            await db.migrate()
+            await (build or _migrate)(_postgres_url(name))
         except BaseException:
-            await db.dispose()
             await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             raise
-        await db.dispose()  # a template must have no connections when it is copied
-        _templates.postgres = name
-    return _templates.postgres
+        _templates.postgres[key] = name
+    return _templates.postgres[key]
+
+
+class _Background:
+    """A thread with its own event loop that creates the next copy of a template while a test
+    runs and drops used databases after it: PostgreSQL copies files meanwhile, instead of the
+    tests waiting for it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.spares: dict[str | None, concurrent.futures.Future[str]] = {}
+        self.drops: list[concurrent.futures.Future[None]] = []
+
+    def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(work, self.loop)
+
+    def stop(self) -> None:
+        """Drop the spares, wait for every drop, end the thread."""
+        for spare in self.spares.values():
+            with contextlib.suppress(Exception):
+                self.drops.append(self.submit(_drop(spare.result())))
+        for drop in self.drops:
+            with contextlib.suppress(Exception):
+                drop.result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+_background: list[_Background] = []
+
+
+def _worker() -> _Background:
+    if not _background:
+        _background.append(_Background())
+    return _background[0]
+
+
+async def _create(template: str | None) -> str:
+    name = f"harmony_test_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+async def _drop(name: str) -> None:
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.asynccontextmanager
-async def fresh_postgres_database(*, empty: bool = False) -> AsyncIterator[str]:
-    """A new PostgreSQL database, dropped on exit; its SQLAlchemy URL is yielded.
+async def fresh_postgres_database(
+    *, empty: bool = False, template: str | None = None
+) -> AsyncIterator[str]:
+    """A new PostgreSQL database, dropped after use; its SQLAlchemy URL is yielded.
 
-    It is a copy of the migrated template (``CREATE DATABASE ... TEMPLATE``), or with
-    ``empty=True`` a database with no tables at all (migration tests, replicas racing to
-    migrate)."""
+    It is a copy (``CREATE DATABASE ... TEMPLATE``) of ``template``, by default of the migrated
+    template; with ``empty=True`` a database with no tables at all (migration tests, replicas
+    racing to migrate). The copy was made while the previous test ran, when there was one."""
     if empty:
         problem = await _pg_reachable()
         if problem:
             require_postgres_or_skip(problem)
-    template = None if empty else await postgres_template()
-    name = f"harmony_test_{uuid.uuid4().hex[:12]}"
-    copy = f' TEMPLATE "{template}"' if template else ""
-    await _admin(f'CREATE DATABASE "{name}"{copy}')
+    elif template is None:
+        template = await postgres_template()
+    worker = _worker()
+    spare = worker.spares.pop(template, None)
+    name = await asyncio.wrap_future(spare) if spare is not None else await _create(template)
+    worker.spares[template] = worker.submit(_create(template))
     try:
         yield _postgres_url(name)
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        worker.drops.append(worker.submit(_drop(name)))
 
 
 def drop_templates() -> None:
-    """Remove the session's templates (called once, when the session ends)."""
-    if _templates.postgres is not None:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{_templates.postgres}" WITH (FORCE)'))
-        _templates.postgres = None
+    """Remove the session's databases and templates (called once, when the session ends)."""
+    if _background:
+        _background.pop().stop()
+
+    async def drop_all(names: list[str]) -> None:
+        for name in names:
+            await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    if _templates.postgres:
+        asyncio.run(drop_all(list(_templates.postgres.values())))
+        _templates.postgres.clear()
     if _templates.directory is not None:
         shutil.rmtree(_templates.directory, ignore_errors=True)
-        _templates.directory = _templates.sqlite = None
+        _templates.directory = None
+        _templates.sqlite.clear()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from harmony.db.tables import outbox
 from harmony.routing import agents, interactions
@@ -22,7 +22,7 @@ from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
 from harmony.routing.model import Channel, ChannelStatus, Interaction, Queue
 from harmony.testing import FakeClock
-from tests.databases import sqlite_copy, sqlite_template
+from tests.databases import built_sqlite_template, sqlite_copy
 from tests.sql_store import InboxRow, OutboxRow, SqlStore
 
 CRM = "generic"
@@ -185,23 +185,18 @@ async def seed(store: SqlStore, clock: FakeClock) -> None:
     await settle_outbox(store, clock)  # the ACD has heard of the logins already
 
 
-_seeded: list[Path] = []
-
-
 async def seeded_template() -> Path:
     """The migrated SQLite file with ``seed`` applied, made once per session: the seed's clock
     is a fresh FakeClock, the same start as every test's, so a copy is as good as seeding."""
-    if not _seeded:
-        path = sqlite_template().with_name("seeded.db")
-        store = SqlStore(sqlite_copy(path.parent, name=path.name), FakeClock().now)
+
+    async def build(url: str) -> None:
+        store = SqlStore(url, FakeClock().now)
         try:
             await seed(store, FakeClock())
-            async with store.db.engine.connect() as conn:  # everything into the main file
-                await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         finally:
             await store.close()
-        _seeded.append(path)
-    return _seeded[0]
+
+    return await built_sqlite_template("world", build)
 
 
 @pytest.fixture
