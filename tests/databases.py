@@ -154,7 +154,7 @@ class _Background:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.spares: dict[str | None, concurrent.futures.Future[str]] = {}
+        self.spares: dict[str | None, list[concurrent.futures.Future[str]]] = {}
         self.drops: list[concurrent.futures.Future[None]] = []
 
     def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -162,9 +162,10 @@ class _Background:
 
     def stop(self) -> None:
         """Drop the spares, wait for every drop, end the thread."""
-        for spare in self.spares.values():
-            with contextlib.suppress(Exception):
-                self.drops.append(self.submit(_drop(spare.result())))
+        for spares in self.spares.values():
+            for spare in spares:
+                with contextlib.suppress(Exception):
+                    self.drops.append(self.submit(_drop(spare.result())))
         for drop in self.drops:
             with contextlib.suppress(Exception):
                 drop.result()
@@ -174,6 +175,7 @@ class _Background:
 
 
 _background: list[_Background] = []
+SPARES = 2  # copies made ahead per template: PostgreSQL makes them side by side
 
 
 def _worker() -> _Background:
@@ -208,9 +210,10 @@ async def fresh_postgres_database(
     elif template is None:
         template = await postgres_template()
     worker = _worker()
-    spare = worker.spares.pop(template, None)
-    name = await asyncio.wrap_future(spare) if spare is not None else await _create(template)
-    worker.spares[template] = worker.submit(_create(template))
+    spares = worker.spares.setdefault(template, [])
+    name = await asyncio.wrap_future(spares.pop(0)) if spares else await _create(template)
+    while len(spares) < SPARES:
+        spares.append(worker.submit(_create(template)))
     try:
         yield _postgres_url(name)
     finally:

@@ -305,7 +305,7 @@ def test_agent_state_machine_on_sqlite() -> None:
     run_state_machine_as_test(
         AgentStateMachine,
         settings=settings(
-            max_examples=15,
+            max_examples=10,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
@@ -319,7 +319,7 @@ def test_agent_state_machine_on_postgres() -> None:
     run_state_machine_as_test(
         AgentStateMachineOnPostgres,
         settings=settings(
-            max_examples=5,
+            max_examples=4,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
