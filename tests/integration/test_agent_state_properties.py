@@ -101,7 +101,11 @@ class AgentStateMachine(RuleBasedStateMachine):
         self.postgres: contextlib.AbstractAsyncContextManager[str] | None = None
         if self.database == "postgres":
             self.postgres = fresh_postgres_database()
-            url = self.run(self.postgres.__aenter__())
+            try:
+                url = self.run(self.postgres.__aenter__())
+            except BaseException:
+                self.loop.close()
+                raise
         else:
             url = sqlite_copy(self.tmp)
         config = make_settings(url)
