@@ -6,16 +6,20 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
+import structlog
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from harmony.config import DEV_SECRET, Settings
+from harmony import __version__
+from harmony.config import DEFAULT_SQLITE_URL, DEV_SECRET, Settings
 from harmony.logging import configure_logging
 from harmony.seed import Seed, load_seed
 
@@ -23,6 +27,7 @@ from harmony.seed import Seed, load_seed
 _REPO_SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.json"
 DEFAULT_SEED = _REPO_SEED if _REPO_SEED.exists() else Path("examples/seed.json")
 UP_DATABASE = Path("var/harmony-up.db")
+log = structlog.get_logger("harmony.cli")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -32,6 +37,10 @@ def _settings(**overrides: object) -> Settings:
         sys.exit(f"harmony: invalid configuration:\n{exc}")
 
 
+def _level(settings: Settings) -> int:
+    return logging.getLevelNamesMapping()[settings.log_level]
+
+
 def _seed(path: str | None) -> Seed:
     try:
         return load_seed(path or DEFAULT_SEED)
@@ -39,28 +48,84 @@ def _seed(path: str | None) -> Seed:
         sys.exit(f"harmony: {exc}")
 
 
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on right now, or None if it can.
+
+    Checked before anything starts, so a busy port ends in one line that names the option to
+    change rather than in uvicorn's error after migrations, or a traceback from ``up``.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # uvicorn sets SO_REUSEADDR too: a port with connections in TIME_WAIT is free for it.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _exit_if_busy(*listeners: tuple[str, int, str]) -> None:
+    """Exit with one line per (host, port, how to change it) that cannot be listened on."""
+    problems = [
+        f"harmony: cannot listen on {host}:{port} ({reason}); choose another port with {option}"
+        for host, port, option in listeners
+        if (reason := port_unavailable(host, port)) is not None
+    ]
+    if problems:
+        sys.exit("\n".join(problems))
+
+
+def _port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, not {port}")
+    return port
+
+
+def _display_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _database_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {"database_url": args.database} if args.database else {}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, object] = {}
+    overrides = _database_overrides(args)
     if args.no_migrate:
         overrides["migrate_on_start"] = False
     if args.seed:
         overrides["seed_file"] = Path(args.seed)
     settings = _settings(**overrides)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    _exit_if_busy((host, port, "--port or HARMONY_PORT"))
     configure_logging(settings.log_level, settings.log_format)
     from harmony.main import create_app
 
+    log.info(
+        "harmony_serving",
+        version=__version__,
+        url=f"http://{host}:{port}",
+        database=_display_url(settings.database_url),
+    )
     uvicorn.run(
         create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=host,
+        port=port,
         log_config=None,
         proxy_headers=False,
     )
     return 0
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
-    settings = _settings()
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(**_database_overrides(args))
     configure_logging(settings.log_level, settings.log_format)
     from harmony.clock import SystemClock
     from harmony.db.engine import Database
@@ -73,7 +138,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
             await db.dispose()
 
     asyncio.run(migrate())
-    print(f"migrated {settings.database_url.split('@')[-1]} to head")
+    print(f"migrated {_display_url(settings.database_url)} to head")
     return 0
 
 
@@ -94,6 +159,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_acd(args: argparse.Namespace) -> int:
+    _exit_if_busy((args.host, args.port, "--port"))
     configure_logging(args.log_level)
     from harmony.dev.simulators.acd import AcdSimConfig, create_app
 
@@ -110,6 +176,7 @@ def cmd_sim_acd(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_crm(args: argparse.Namespace) -> int:
+    _exit_if_busy((args.host, args.port, "--port"))
     configure_logging(args.log_level)
     from harmony.dev.simulators.crm import CrmSimConfig, create_app
 
@@ -145,18 +212,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from harmony.dev.devstack import StackPorts, running_stack
+    from harmony.dev.devstack import StackPorts, StackStartFailed, running_stack
 
+    _exit_if_busy(
+        ("127.0.0.1", args.port, "--port"),
+        ("127.0.0.1", args.acd_port, "--acd-port"),
+        ("127.0.0.1", args.crm_port, "--crm-port"),
+    )
     seed_path = Path(args.seed or DEFAULT_SEED)
     overrides: dict[str, object] = {"seed_file": seed_path}
     if "HARMONY_DATABASE_URL" not in os.environ:
         # The simulators keep their state in memory, so the stack starts from a clean database:
-        # work left "offered" by an earlier run would hold capacity nobody remembers.
+        # agents left ready by an earlier run would never be announced to the new ACD simulator
+        # (nothing routes), and work left "offered" would hold capacity nobody remembers.
         for leftover in UP_DATABASE.parent.glob(UP_DATABASE.name + "*"):
             leftover.unlink()
         overrides["database_url"] = f"sqlite+aiosqlite:///{UP_DATABASE}"
     settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # Harmony logs each interaction state change; the in-process simulators would say each
+    # step a second time, so only their warnings show (their /state pages show the rest).
+    logging.getLogger("harmony.dev.simulators").setLevel(max(logging.WARNING, _level(settings)))
     ports = StackPorts(args.port, args.acd_port, args.crm_port)
 
     async def up() -> None:
@@ -184,86 +260,214 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             await asyncio.Event().wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(up())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(up())
+    except StackStartFailed as exc:
+        sys.exit(f"harmony: {exc} (see the log above)")
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, unless there is none or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or action.default is False or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or ""
+
+
+def _subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, detail: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}. {detail}".strip(),
+        formatter_class=_HelpFormatter,
+    )
+
+
+DATABASE_HELP = (
+    "database URL (sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASS@HOST:PORT/DB); "
+    f"default: HARMONY_DATABASE_URL, else {DEFAULT_SQLITE_URL}"
+)
+
+
 def _sim_args(parser: argparse.ArgumentParser, port: int) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=port)
-    parser.add_argument("--harmony-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=_port_number, default=port, metavar="PORT", help="port to listen on"
+    )
+    parser.add_argument(
+        "--harmony-url",
+        default="http://127.0.0.1:8000",
+        metavar="URL",
+        help="where Harmony's API listens",
+    )
     parser.add_argument(
         "--secret",
         default=os.environ.get("HARMONY_SIM_SECRET", DEV_SECRET),
-        help="whsec_ secret shared with Harmony's adapter (env HARMONY_SIM_SECRET)",
+        help="whsec_ secret shared with Harmony's adapter; default: HARMONY_SIM_SECRET, "
+        "else the development secret",
     )
-    parser.add_argument("--seed", help=f"seed file (default {DEFAULT_SEED})")
+    parser.add_argument("--seed", metavar="FILE", help=f"seed file; default: {DEFAULT_SEED}")
     parser.add_argument("--adapter", default="generic", help="Harmony adapter name to post to")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default="INFO", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR"
+    )
 
 
 def _voice_args(parser: argparse.ArgumentParser, per_minute: float) -> None:
     parser.add_argument(
         "--voice-per-minute",
         type=float,
+        metavar="N",
         default=per_minute,
-        help=f"voice calls the ACD simulator starts per minute (default {per_minute:g})",
+        help="voice calls the ACD simulator starts per minute",
     )
     parser.add_argument(
-        "--voice-seconds", type=float, default=20.0, help="mean voice call length (+-50%%)"
+        "--voice-seconds",
+        type=float,
+        metavar="SECONDS",
+        default=20.0,
+        help="mean voice call length in seconds (each call +-50%%)",
+    )
+
+
+def _delay_args(parser: argparse.ArgumentParser, accept: float, complete: float) -> None:
+    parser.add_argument(
+        "--accept-delay",
+        type=float,
+        metavar="SECONDS",
+        default=accept,
+        help="seconds from a delivery to the CRM simulator's interaction.accepted",
+    )
+    parser.add_argument(
+        "--complete-delay",
+        type=float,
+        metavar="SECONDS",
+        default=complete,
+        help="seconds from accepted to interaction.completed",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="harmony", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harmony {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the Harmony API and outbox relay")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve = _subcommand(
+        sub,
+        "serve",
+        "run the Harmony API and outbox relay",
+        "Settings come from HARMONY_* environment variables (the README's Configuration); "
+        "these options override them.",
+    )
+    serve.add_argument("--host", help="address to listen on; default: HARMONY_HOST, else 127.0.0.1")
+    serve.add_argument(
+        "--port", type=_port_number, help="port to listen on; default: HARMONY_PORT, else 8000"
+    )
+    serve.add_argument("--database", metavar="URL", help=DATABASE_HELP)
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate at start")
-    serve.add_argument("--seed", help="upsert profiles, queues and agents from this file at start")
+    serve.add_argument(
+        "--seed",
+        metavar="FILE",
+        help="upsert profiles, queues and agents from this file at start; "
+        "default: HARMONY_SEED_FILE, else none",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    migrate = _subcommand(sub, "migrate", "apply database migrations and exit", "")
+    migrate.add_argument("--database", metavar="URL", help=DATABASE_HELP)
+    migrate.set_defaults(func=cmd_migrate)
 
-    openapi = sub.add_parser("openapi", help="print the OpenAPI document")
+    openapi = _subcommand(sub, "openapi", "print the OpenAPI document", "")
     openapi.add_argument("--output", "-o", help="write to this file instead of stdout")
     openapi.set_defaults(func=cmd_openapi)
 
-    sim_acd = sub.add_parser("sim-acd", help="run the ACD simulator")
+    sim_acd = _subcommand(sub, "sim-acd", "run the ACD simulator", "Its state is in memory only.")
     _sim_args(sim_acd, 8101)
     _voice_args(sim_acd, per_minute=0.0)
     sim_acd.set_defaults(func=cmd_sim_acd)
 
-    sim_crm = sub.add_parser("sim-crm", help="run the CRM simulator")
+    sim_crm = _subcommand(sub, "sim-crm", "run the CRM simulator", "Its state is in memory only.")
     _sim_args(sim_crm, 8102)
-    sim_crm.add_argument("--accept-delay", type=float, default=1.0)
-    sim_crm.add_argument("--complete-delay", type=float, default=5.0)
-    sim_crm.add_argument("--jitter", type=float, default=0.3)
-    sim_crm.add_argument("--trickle", type=float, default=0.0, help="interactions per second")
+    _delay_args(sim_crm, accept=1.0, complete=5.0)
+    sim_crm.add_argument(
+        "--jitter",
+        type=float,
+        metavar="FRACTION",
+        default=0.3,
+        help="spread of both delays, as a fraction (0.3: each delay +-30%%)",
+    )
+    sim_crm.add_argument(
+        "--trickle",
+        type=float,
+        default=0.0,
+        metavar="PER_SECOND",
+        help="interactions created per second",
+    )
     sim_crm.add_argument(
         "--no-login", action="store_true", help="do not log the seed's agents in at start"
     )
     sim_crm.set_defaults(func=cmd_sim_crm)
 
-    demo = sub.add_parser("demo", help="route N interactions end to end, check each, exit")
-    demo.add_argument("--count", type=int, default=100)
-    demo.add_argument("--timeout", type=float, default=300.0)
-    demo.add_argument("--seed")
-    demo.add_argument("--log-level", default="WARNING")
+    demo = _subcommand(
+        sub,
+        "demo",
+        "route N interactions end to end, check each, exit 0 or 1",
+        "Runs Harmony and both simulators on free ports, on a fresh SQLite database in a "
+        "temporary directory unless HARMONY_DATABASE_URL is set.",
+    )
+    demo.add_argument("--count", type=int, default=100, metavar="N", help="interactions to create")
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=300.0,
+        help="seconds to wait for every interaction to complete",
+    )
+    demo.add_argument("--seed", metavar="FILE", help=f"seed file; default: {DEFAULT_SEED}")
+    demo.add_argument(
+        "--log-level", default="WARNING", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR"
+    )
     demo.set_defaults(func=cmd_demo)
 
-    up = sub.add_parser("up", help="Harmony + both simulators + a trickle of work (make run)")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--acd-port", type=int, default=8101)
-    up.add_argument("--crm-port", type=int, default=8102)
-    up.add_argument("--seed")
-    up.add_argument("--trickle", type=float, default=0.5, help="interactions per second")
-    up.add_argument("--accept-delay", type=float, default=2.0)
-    up.add_argument("--complete-delay", type=float, default=8.0)
+    up = _subcommand(
+        sub,
+        "up",
+        "Harmony + both simulators + a trickle of work, until Ctrl-C (make run)",
+        f"Harmony uses {UP_DATABASE}, emptied at each start, unless HARMONY_DATABASE_URL is set.",
+    )
+    up.add_argument(
+        "--port", type=_port_number, default=8000, metavar="PORT", help="Harmony's port"
+    )
+    up.add_argument(
+        "--acd-port",
+        type=_port_number,
+        default=8101,
+        metavar="PORT",
+        help="the ACD simulator's port",
+    )
+    up.add_argument(
+        "--crm-port",
+        type=_port_number,
+        default=8102,
+        metavar="PORT",
+        help="the CRM simulator's port",
+    )
+    up.add_argument("--seed", metavar="FILE", help=f"seed file; default: {DEFAULT_SEED}")
+    up.add_argument(
+        "--trickle",
+        type=float,
+        default=0.5,
+        metavar="PER_SECOND",
+        help="interactions created per second",
+    )
+    _delay_args(up, accept=2.0, complete=8.0)
     _voice_args(up, per_minute=4.0)
     up.set_defaults(func=cmd_up)
     return parser

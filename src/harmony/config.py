@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     )
     routing_acd: str = "generic"
     not_ready_reasons: tuple[str, ...] = DEFAULT_NOT_READY_REASONS
+    inbox_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="days the inbox keeps a received event and its payload (to inspect, "
+        "re-drive and de-duplicate it); a delivery retried later than this is applied again",
+    )
     relay_batch_size: int = Field(default=100, ge=1, le=1000)
     relay_concurrency: int = Field(default=32, ge=1, le=512)
     relay_poll_seconds: float = Field(default=0.5, gt=0, le=60)

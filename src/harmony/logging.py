@@ -49,6 +49,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # One line per outbound call or per request drowns the routing events; raise those loggers.
-    for name in ("uvicorn.access", "httpx", "httpcore"):
+    # One line per outbound call or per request drowns the routing events, and Alembic lists its
+    # plugins at every start; raise those loggers.
+    for name in ("uvicorn.access", "httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel("WARNING")

@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from harmony import __version__
 from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
-from harmony.api import events, operators
+from harmony.api import events, inbox, operators
 from harmony.api.deps import Container
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
@@ -126,15 +127,19 @@ def create_app(
             await client.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from the package, not a CDN, so they work offline;
+    # Swagger UI's validator badge would call out to validator.swagger.io.
+    app = FastAPIOffline(
         title="Harmony",
         version=__version__,
         description="Omnichannel routing middleware: CRM chats and emails routed by the ACD.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(operators.router)
+    app.include_router(inbox.router)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
     return app

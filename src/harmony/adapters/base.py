@@ -1,4 +1,5 @@
-"""What every adapter shares: the error tree, HTTP error mapping and the registry.
+"""What every adapter shares: the error tree, HTTP error mapping, the inbound contract and the
+registry.
 
 AdapterError
 ├── TransientAdapterError     retry later (network error, 408, 425, 429, 5xx)
@@ -7,7 +8,7 @@ AdapterError
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -15,7 +16,8 @@ from typing import Protocol
 
 import httpx
 
-from harmony.errors import NotFound
+from harmony.errors import HarmonyError, NotFound
+from harmony.routing.commands import InboundEvent
 from harmony.routing.messages import OutboundMessage, TargetKind
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -76,14 +78,40 @@ def transport_errors(what: str) -> Iterator[None]:
         raise TransientAdapterError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
+class UnsupportedMediaType(HarmonyError):
+    """An inbound request's content type is not one its adapter reads."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class Adapter(Protocol):
-    """An adapter as the registry, the API and the relay see it."""
+    """An adapter as the registry, the API and the relay see it.
+
+    Inbound, the API asks it in this order: ``check_content_type`` (415), ``verify_inbound``
+    (401), ``parse_inbound`` (400 unreadable, 422 invalid). How the peer's requests look (JSON
+    envelopes, form posts, one event or several) is the adapter's business; what comes out is a
+    command of ``harmony.routing.commands``.
+    """
 
     kind: TargetKind
     name: str
 
+    def check_content_type(self, headers: Mapping[str, str]) -> None:
+        """Raise UnsupportedMediaType unless the request's body is a kind this adapter reads."""
+        ...
+
     def verify_inbound(self, body: bytes, headers: dict[str, str]) -> None:
         """Raise SignatureError unless the request really came from this peer."""
+        ...
+
+    def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> InboundEvent:
+        """The verified request as an event for the inbox and its command; raise BadRequest
+        or ValidationFailed naming the problem."""
+        ...
+
+    def parse_stored(self, payload: str) -> InboundEvent:
+        """An event the inbox stored from ``parse_inbound``, parsed again to re-drive it."""
         ...
 
     async def send(self, message: OutboundMessage) -> None:

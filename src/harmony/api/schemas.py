@@ -113,6 +113,10 @@ class ChannelOut(BaseModel):
     capacity: int
     load: int
     free: int
+    over_capacity: bool = Field(
+        description="holding more than capacity: work a peer reported anyway, e.g. a second "
+        "call or a direct-dial call on a channel without capacity"
+    )
     wrap_up_until: datetime | None
     in_wrap_up: bool
 
@@ -125,6 +129,7 @@ class ChannelOut(BaseModel):
             capacity=c.capacity,
             load=c.load,
             free=c.free,
+            over_capacity=c.over_capacity,
             wrap_up_until=c.wrap_up_until,
             in_wrap_up=c.in_wrap_up(now),
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    case,
     delete,
     exists,
     insert,
@@ -57,7 +58,7 @@ def _channel_state(row: Any) -> ChannelState:
     return ChannelState(
         channel=Channel(row.channel),
         capacity=row.capacity,
-        load=row.load,
+        load=row.load + row.overflow,
         status=ChannelStatus(row.status),
         reason=row.reason,
         since=row.since,
@@ -76,12 +77,11 @@ def _presence_condition(presence: Presence, now: datetime) -> Any:
     def any_channel(*conditions: Any) -> Any:
         return exists().where(agent_channels.c.agent_id == agents.c.id, *conditions)
 
-    busy = any_channel(agent_channels.c.load > 0)
+    holding = agent_channels.c.load + agent_channels.c.overflow > 0
+    busy = any_channel(holding)
     wrapping = any_channel(agent_channels.c.wrap_up_until > now)
     ready = any_channel(agent_channels.c.status == ChannelStatus.READY.value)
-    logged_in = any_channel(
-        or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, agent_channels.c.load > 0)
-    )
+    logged_in = any_channel(or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, holding))
     if presence == Presence.LOGGED_OUT:
         return not_(logged_in)
     if presence == Presence.BUSY:
@@ -289,12 +289,15 @@ class SqlAgents:
         )
 
     async def reserve(self, agent_id: str, channel: Channel, *, require_ready: bool = True) -> bool:
-        """One conditional UPDATE: atomic across transactions and replicas."""
+        """One conditional UPDATE: atomic across transactions and replicas.
+
+        Work held beyond capacity (``overflow``) counts: no unit is free until it ends.
+        """
         query = (
             update(agent_channels)
             .where(agent_channels.c.agent_id == agent_id)
             .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load < agent_channels.c.capacity)
+            .where(agent_channels.c.load + agent_channels.c.overflow < agent_channels.c.capacity)
             .values(load=agent_channels.c.load + 1)
         )
         if require_ready:
@@ -302,18 +305,36 @@ class SqlAgents:
         result = await self._conn.execute(query)
         return bool(result.rowcount == 1)
 
+    async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
+        """Count one unit a peer reports beyond capacity, outside the CHECKed ``load``."""
+        await self._conn.execute(
+            update(agent_channels)
+            .where(agent_channels.c.agent_id == agent_id)
+            .where(agent_channels.c.channel == channel.value)
+            .values(overflow=agent_channels.c.overflow + 1)
+        )
+
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:
-        """Give one unit back, never below zero; start wrap-up if given."""
-        values: dict[str, Any] = {"load": agent_channels.c.load - 1}
+        """Give one unit back, never below zero; start wrap-up if given.
+
+        A unit held beyond capacity goes first, so ``load`` stays what capacity allows.
+        """
+        overflowing = agent_channels.c.overflow > 0
+        values: dict[str, Any] = {
+            "overflow": case(
+                (overflowing, agent_channels.c.overflow - 1), else_=agent_channels.c.overflow
+            ),
+            "load": case((overflowing, agent_channels.c.load), else_=agent_channels.c.load - 1),
+        }
         if wrap_up_until is not None:
             values["wrap_up_until"] = wrap_up_until
         result = await self._conn.execute(
             update(agent_channels)
             .where(agent_channels.c.agent_id == agent_id)
             .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load > 0)
+            .where(agent_channels.c.load + agent_channels.c.overflow > 0)
             .values(**values)
         )
         return bool(result.rowcount == 1)

@@ -121,6 +121,9 @@ agent_channels = Table(
     Column("channel", String(16), nullable=False),
     Column("capacity", Integer, nullable=False),
     Column("load", Integer, nullable=False),
+    # Work a peer reported beyond capacity (a call the ACD put through anyway): a fact Harmony
+    # records, kept out of ``load`` so that ``load <= capacity`` still guards what it offers.
+    Column("overflow", Integer, nullable=False, server_default="0"),
     # Set when the agent's own capacity overrides its profile's on this channel.
     Column("capacity_override", Integer, nullable=True),
     Column("status", String(16), nullable=False, server_default="logged_out"),
@@ -135,6 +138,7 @@ agent_channels = Table(
     CheckConstraint("capacity >= 0", name="capacity_not_negative"),
     CheckConstraint("load >= 0", name="load_not_negative"),
     CheckConstraint("load <= capacity", name="load_within_capacity"),
+    CheckConstraint("overflow >= 0", name="overflow_not_negative"),
 )
 
 interactions = Table(
@@ -207,7 +211,14 @@ inbox = Table(
     Column("event_type", String(64), nullable=False),
     Column("interaction_id", String(36), nullable=True),
     Column("received_at", UtcDateTime, nullable=False),
+    # The body as verified, up to the request body limit; NULL for rows from before 0003.
+    Column("payload", Text, nullable=True),
+    Column("status", String(8), nullable=False, server_default="applied"),
+    Column("handled_at", UtcDateTime, nullable=True),
+    Column("error", Text, nullable=True),
     PrimaryKeyConstraint("source", "event_id"),
+    CheckConstraint("status IN ('pending', 'applied', 'failed')", name="status"),
+    Index("ix_inbox_received_at", "received_at"),
 )
 
 outbox = Table(

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import and_, func, insert, or_, select, update
+import structlog
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,18 +27,19 @@ from harmony.db.tables import (
 from harmony.errors import Conflict, ValidationFailed
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
+    WAITING_STATES,
     Channel,
     HistoryEntry,
     Interaction,
     InteractionState,
     Queue,
 )
-from harmony.routing.ports import InteractionFilter, Page, QueueStats
+from harmony.routing.ports import InboxEntry, InboxStatus, InteractionFilter, Page, QueueStats
 
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
-WAITING_STATES = (InteractionState.RECEIVED, InteractionState.ROUTING, InteractionState.QUEUED)
+log = structlog.get_logger("harmony.interactions")
 
 
 def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
@@ -90,6 +92,7 @@ class SqlInteractions:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self.state_changes: list[HistoryEntry] = []
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
@@ -159,6 +162,7 @@ class SqlInteractions:
     async def _append_history(self, interaction: Interaction) -> None:
         if not interaction.new_history:
             return
+        self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
         await self._conn.execute(
             insert(interaction_history),
             [
@@ -276,7 +280,7 @@ class SqlQueues:
                 func.count().label("waiting"),
                 func.min(interactions.c.received_at).label("oldest"),
             )
-            .where(interactions.c.state.in_([s.value for s in WAITING_STATES]))
+            .where(interactions.c.state.in_(sorted(s.value for s in WAITING_STATES)))
             .group_by(interactions.c.queue)
             .subquery()
         )
@@ -298,35 +302,101 @@ class SqlQueues:
 
 
 class SqlInbox:
-    """Seen incoming events, unique on (source, event id)."""
+    """Incoming events with their verified payloads, unique on (source, event id)."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
-        """INSERT ... ON CONFLICT DO NOTHING: a concurrent duplicate waits, then sees the row."""
-        result = await self._conn.execute(
+    def _row(self, source: str, event_id: str) -> Any:
+        return and_(inbox.c.source == source, inbox.c.event_id == event_id)
+
+    async def record(
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
+    ) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING: a redelivery keeps the first delivery's row."""
+        await self._conn.execute(
             _upsert_ignoring(self._conn, inbox),
-            {"source": source, "event_id": event_id, "event_type": event_type, "received_at": at},
+            {
+                "source": source,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": at,
+                "payload": payload,
+                "status": InboxStatus.PENDING.value,
+            },
         )
-        return bool(result.rowcount == 1)
+
+    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+        """Flip a stored row to applied, or insert one applied (a use case run without
+        ``record``). On PostgreSQL a concurrent claim blocks on the row lock, then finds it
+        applied; if this transaction rolls back instead, the waiting claim takes it."""
+        flipped = await self._conn.execute(
+            update(inbox)
+            .where(self._row(source, event_id))
+            .where(inbox.c.status != InboxStatus.APPLIED.value)
+            .values(status=InboxStatus.APPLIED.value, handled_at=at, error=None)
+        )
+        if flipped.rowcount == 1:
+            return True
+        inserted = await self._conn.execute(
+            _upsert_ignoring(self._conn, inbox),
+            {
+                "source": source,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": at,
+                "status": InboxStatus.APPLIED.value,
+                "handled_at": at,
+            },
+        )
+        return bool(inserted.rowcount == 1)
+
+    async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
+        """Write the refusal on a row not applied meanwhile (by a concurrent delivery)."""
+        await self._conn.execute(
+            update(inbox)
+            .where(self._row(source, event_id))
+            .where(inbox.c.status != InboxStatus.APPLIED.value)
+            .values(status=InboxStatus.FAILED.value, handled_at=at, error=error[:2000])
+        )
+
+    async def get(self, source: str, event_id: str) -> InboxEntry | None:
+        """One stored event."""
+        row = (await self._conn.execute(select(inbox).where(self._row(source, event_id)))).first()
+        if row is None:
+            return None
+        return InboxEntry(**{**row._mapping, "status": InboxStatus(row.status)})
+
+    async def prune(self, received_before: datetime, limit: int) -> int:
+        """Delete old rows; on PostgreSQL rows another transaction holds are skipped, so
+        replicas pruning at once neither wait for nor deadlock with each other."""
+        doomed = (
+            select(inbox.c.source, inbox.c.event_id)
+            .where(inbox.c.received_at < received_before)
+            .order_by(inbox.c.received_at)
+            .limit(limit)
+        )
+        if self._conn.dialect.name == "postgresql":
+            doomed = doomed.with_for_update(skip_locked=True)
+        keys = [tuple(row) for row in (await self._conn.execute(doomed)).all()]
+        if not keys:
+            return 0
+        await self._conn.execute(
+            delete(inbox).where(tuple_(inbox.c.source, inbox.c.event_id).in_(keys))
+        )
+        return len(keys)
 
     async def link(self, source: str, event_id: str, interaction_id: str) -> None:
         """Note the interaction an event concerned."""
         await self._conn.execute(
-            update(inbox)
-            .where(inbox.c.source == source)
-            .where(inbox.c.event_id == event_id)
-            .values(interaction_id=interaction_id)
+            update(inbox).where(self._row(source, event_id)).values(interaction_id=interaction_id)
         )
 
     async def interaction_for(self, source: str, event_id: str) -> str | None:
         """The interaction a previously applied event concerned."""
         return (
             await self._conn.execute(
-                select(inbox.c.interaction_id)
-                .where(inbox.c.source == source)
-                .where(inbox.c.event_id == event_id)
+                select(inbox.c.interaction_id).where(self._row(source, event_id))
             )
         ).scalar()
 
@@ -501,5 +571,16 @@ class SqlUnitOfWork:
         """Commit, then wake the relay if this transaction promised outbound messages."""
         assert self._conn is not None
         await self._conn.commit()
+        # The one INFO line per interaction state change, written once the change is durable.
+        for change in self.interactions.state_changes:
+            log.info(
+                "interaction_state_changed",
+                interaction_id=change.interaction_id,
+                history_event=change.event,
+                from_state=change.from_state.value if change.from_state else None,
+                to_state=change.to_state.value if change.to_state else None,
+                cause=change.cause,
+            )
+        self.interactions.state_changes.clear()
         if self.outbox.added and self._on_outbox_commit is not None:
             self._on_outbox_commit()

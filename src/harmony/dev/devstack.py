@@ -40,6 +40,10 @@ def free_port() -> int:
         return port
 
 
+class StackStartFailed(RuntimeError):
+    """A server of the stack did not start, or its agents were never logged in."""
+
+
 @dataclass
 class StackPorts:
     harmony: int = 8000
@@ -67,8 +71,8 @@ async def _serve(app: FastAPI, port: int, servers: list[uvicorn.Server]) -> asyn
         await asyncio.sleep(0.05)
     if not server.started:
         if task.done() and task.exception() is not None:
-            raise RuntimeError(f"server on port {port} failed to start") from task.exception()
-        raise RuntimeError(f"server on port {port} failed to start")
+            raise StackStartFailed(f"server on port {port} failed to start") from task.exception()
+        raise StackStartFailed(f"server on port {port} failed to start")
     return task
 
 
@@ -84,7 +88,7 @@ async def _wait_logged_in(stack: Stack) -> None:
                 if (await client.get(f"{stack.crm_url}/state")).json().get("logged_in"):
                     return
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise StackStartFailed(
                     f"the CRM simulator's agents were not logged in after {LOGIN_WAIT_SECONDS} s"
                 )
             await asyncio.sleep(0.05)
@@ -179,15 +183,33 @@ async def running_stack(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _spread(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return f"median {statistics.median(ordered) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+
+
 @dataclass
 class DemoReport:
-    """What ``harmony demo`` found, interaction by interaction."""
+    """What ``harmony demo`` found, interaction by interaction.
+
+    The time from ``received`` to ``delivered`` is mostly the wait for a free agent at the ACD
+    when more work arrives than the agents can hold, so Harmony's own legs are kept apart:
+    routing (received until the ACD acknowledged the routing request) and delivery (the ACD's
+    ``agent.selected`` accepted until the CRM acknowledged ``interaction.deliver``).
+    """
 
     requested: int
     completed: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds_to_deliver: list[float] = field(default_factory=list)
+    seconds_routing: list[float] = field(default_factory=list)
+    seconds_waiting_for_agent: list[float] = field(default_factory=list)
+    seconds_delivering: list[float] = field(default_factory=list)
+    # interaction id -> (received, offered), for the routing leg once the outbox is read
+    received_and_offered: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+    agents: int = 0
     elapsed: float = 0.0
 
     @property
@@ -201,17 +223,66 @@ class DemoReport:
             f"by channel: {self.by_channel}",
             f"wall time: {self.elapsed:.1f} s",
         ]
-        if self.seconds_to_deliver:
-            ordered = sorted(self.seconds_to_deliver)
-            p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+        if self.seconds_routing or self.seconds_delivering:
+            lines.append("Harmony's own part:")
+        if self.seconds_routing:
             lines.append(
-                f"received -> delivered: median {statistics.median(ordered) * 1000:.0f} ms, "
-                f"p95 {p95 * 1000:.0f} ms"
+                "  received -> the ACD's acknowledgement of the routing request recorded: "
+                + _spread(self.seconds_routing)
+            )
+        if self.seconds_delivering:
+            lines.append(
+                "  agent.selected received -> the CRM's acknowledgement of the delivery recorded: "
+                + _spread(self.seconds_delivering)
+            )
+        if self.seconds_waiting_for_agent:
+            lines.append(
+                "waiting at the ACD for a free agent (that acknowledgement -> agent.selected "
+                "received): " + _spread(self.seconds_waiting_for_agent)
+            )
+        if self.seconds_to_deliver:
+            agents = f" for {self.agents} agents" if self.agents else ""
+            lines.append(
+                f"end to end, received -> delivered ({self.requested} interactions{agents}, "
+                f"mostly the wait above): " + _spread(self.seconds_to_deliver)
             )
         lines.append(f"problems: {len(self.problems)}")
         lines.extend(f"  - {p}" for p in self.problems[:20])
         lines.append("RESULT: " + ("OK" if self.ok else "FAILED"))
         return "\n".join(lines)
+
+    def add_routing_times(self, acked: dict[str, datetime]) -> None:
+        """Split each interaction's time before ``offered`` at the ACD's acknowledgement of its
+        routing request: before it is Harmony's routing leg, after it the wait for an agent."""
+        for interaction_id, (received, offered) in self.received_and_offered.items():
+            acked_at = acked.get(interaction_id)
+            if acked_at is None:
+                continue
+            self.seconds_routing.append((acked_at - received).total_seconds())
+            # The ACD may call back before the relay has recorded its acknowledgement.
+            self.seconds_waiting_for_agent.append(max(0.0, (offered - acked_at).total_seconds()))
+
+
+async def routing_requests_acknowledged(database_url: str) -> dict[str, datetime]:
+    """When the ACD acknowledged each interaction's routing request, from Harmony's outbox
+    (the interaction history records when the request was written, not when it was sent)."""
+    from sqlalchemy import select
+
+    from harmony.db.engine import create_engine
+    from harmony.db.tables import outbox
+    from harmony.routing.messages import ROUTING_REQUESTED
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.interaction_id, outbox.c.sent_at)
+                .where(outbox.c.type == ROUTING_REQUESTED)
+                .where(outbox.c.sent_at.is_not(None))
+            )
+            return {row.interaction_id: row.sent_at for row in rows}
+    finally:
+        await engine.dispose()
 
 
 async def _all_pages(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
@@ -264,13 +335,14 @@ async def verify_loop(
             report.completed += 1
             channel = interaction["channel"]
             report.by_channel[channel] = report.by_channel.get(channel, 0) + 1
-            times = interaction["state_times"]
+            times = {s: datetime.fromisoformat(at) for s, at in interaction["state_times"].items()}
             report.seconds_to_deliver.append(
-                (
-                    datetime.fromisoformat(times["delivered"])
-                    - datetime.fromisoformat(times["received"])
-                ).total_seconds()
+                (times["delivered"] - times["received"]).total_seconds()
             )
+            report.seconds_delivering.append(
+                (times["delivered"] - times["offered"]).total_seconds()
+            )
+            report.received_and_offered[interaction["id"]] = (times["received"], times["offered"])
     crm_agent_to_acd = {a["crm_agent_id"]: a["acd_agent_id"] for a in agents.values()}
     for crm_agent, peaks in crm["peak_active"].items():
         for channel, peak in peaks.items():
@@ -303,5 +375,7 @@ async def run_demo(
                 break
             await asyncio.sleep(0.25)
         await verify_loop(client, stack, external_ids, report)
+    report.agents = len(seed.agents)
+    report.add_routing_times(await routing_requests_acknowledged(settings.database_url))
     report.elapsed = time.monotonic() - started
     return report

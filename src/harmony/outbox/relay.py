@@ -116,7 +116,7 @@ class Relay:
             except AdapterError as exc:
                 await self._retry_or_give_up(entry, str(exc), None)
                 return
-            log.info("message_sent", type=message.type, attempt=entry.attempts)
+            log.debug("message_sent", type=message.type, attempt=entry.attempts)
             await interactions.message_sent(self._uow_factory(), self._clock, message)
 
     async def _retry_or_give_up(

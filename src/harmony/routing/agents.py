@@ -1,8 +1,14 @@
 """Use cases for agent state: what the CRM's media bar, the ACD and supervisors report.
 
-Each reported change is ordered (source time, optional sequence), checked against Harmony's own
-mirrors (an echo is recognised, not re-applied), applied per channel, recorded in the agent's
-append-only history, and mirrored through the outbox to the other side so both show the same.
+Each reported change is ordered, checked against Harmony's own mirrors (an echo is recognised,
+not re-applied), applied per channel, recorded in the agent's append-only history, and mirrored
+through the outbox to the other side so both show the same.
+
+Ordering never compares one peer's clock with another's (a CRM running two minutes fast would
+hide the ACD's later changes; one event dated 9999 would freeze a channel for good). A source
+that numbers its events (``sequence``, per agent and source) is ordered by its own numbers;
+otherwise the later arrival at Harmony wins. A supervisor's change always arrives last. The
+peer's ``occurred_at`` is kept as data (``source_at``), clamped to Harmony's now.
 """
 
 from __future__ import annotations
@@ -245,15 +251,12 @@ async def _apply(
             return AgentOutcome(agent.id, {}, duplicate=True)
         agent = await _load_agent(uow, reporter, agent_ref)
         now = clock.now()
-        change = _Change(uow, agent, reporter, event, now, occurred_at or now, sequence)
+        source_at = min(occurred_at, now) if occurred_at is not None else now
+        change = _Change(uow, agent, reporter, event, now, source_at, sequence)
         await body(change)
         await uow.agents.append_history(change.entries)
         await uow.commit()
         return AgentOutcome(agent.id, change.outcomes)
-
-
-def _is_older(change: _Change, state: ChannelState) -> bool:
-    return state.source_at is not None and change.source_at < state.source_at
 
 
 async def report_state(
@@ -271,8 +274,9 @@ async def report_state(
 
     A supervisor's change that the rules refuse raises Conflict and changes nothing. Changes
     from the CRM or ACD are never refused for their transition: they report what already
-    happened there. They are ignored when older than the state they would change, or when they
-    are the echo of Harmony's own mirrored change.
+    happened there. They are ignored when their ``sequence`` is at or below the last one applied
+    from the same source, or when they are the echo of Harmony's own mirrored change; without a
+    sequence, the later arrival wins.
     """
 
     async def body(change: _Change) -> None:
@@ -296,7 +300,7 @@ async def report_state(
         reported = {"reported": report.status.value, "reason": reason}
         for channel in channels:
             current = agent.channels[channel]
-            if stale_sequence or _is_older(change, current):
+            if stale_sequence:
                 change.record(current, StateOutcome.STALE, **reported)
             elif reporter.kind is not None and await uow.agents.take_echo(
                 agent.id,
@@ -310,12 +314,7 @@ async def report_state(
             ):
                 change.record(current, StateOutcome.ECHO, **reported)
             elif current.status == report.status and current.reason == reason:
-                await change.store(
-                    replace(
-                        current,
-                        source_at=max(change.source_at, current.source_at or change.source_at),
-                    )
-                )
+                await change.store(replace(current, source_at=change.source_at))
                 change.record(agent.channels[channel], StateOutcome.UNCHANGED)
             else:
                 await change.store(
@@ -367,9 +366,7 @@ async def login_failed(
         )
         for channel in targets:
             current = agent.capacity_on(channel)
-            if _is_older(change, current):
-                change.record(current, StateOutcome.STALE, reason=reason)
-            elif current.status == ChannelStatus.LOGGED_OUT:
+            if current.status == ChannelStatus.LOGGED_OUT:
                 change.record(current, StateOutcome.UNCHANGED, reason=reason)
             else:
                 await change.store(
@@ -400,7 +397,12 @@ async def voice_started(
     call_id: str,
     occurred_at: datetime,
 ) -> AgentOutcome:
-    """A call reached the agent at the ACD (queued or not): it counts on the voice channel."""
+    """A call reached the agent at the ACD (queued or not): it counts on the voice channel.
+
+    The call is a fact, not a request: beyond the agent's voice capacity (a second call, or a
+    direct dial to an agent whose profile has no voice capacity) it is recorded all the same and
+    the agent shows over capacity; the profile's blocking rule for voice applies while it lasts.
+    """
 
     async def body(change: _Change) -> None:
         agent = change.agent
@@ -409,17 +411,19 @@ async def voice_started(
             # Already started (a repeat under a new event id), or its end overtook its start.
             change.record(voice, StateOutcome.STALE, call_id=call_id)
             return
-        if not await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False):
-            raise Conflict(
-                f"agent {acd_agent_id} already holds {voice.load}/{voice.capacity} voice "
-                f"call(s); call {call_id} exceeds its voice capacity",
-                code="capacity_exceeded",
-            )
+        within = await uow.agents.reserve(agent.id, Channel.VOICE, require_ready=False)
+        if not within:
+            await uow.agents.hold_over_capacity(agent.id, Channel.VOICE)
         await uow.agents.save_voice_call(
-            VoiceCall(acd_adapter, call_id, agent.id, occurred_at, None)
+            VoiceCall(acd_adapter, call_id, agent.id, change.source_at, None)
         )
         agent.channels[Channel.VOICE] = replace(voice, load=voice.load + 1)
-        change.record(agent.channels[Channel.VOICE], StateOutcome.APPLIED, call_id=call_id)
+        change.record(
+            agent.channels[Channel.VOICE],
+            StateOutcome.APPLIED,
+            call_id=call_id,
+            over_capacity=True if not within else None,
+        )
         await change.mirror_to_crm(Channel.VOICE)
 
     reporter = Reporter(TargetKind.ACD, acd_adapter)
@@ -449,7 +453,7 @@ async def voice_ended(
             # Never started here (its start may still arrive: remember the end) or ended already.
             if call is None:
                 await uow.agents.save_voice_call(
-                    VoiceCall(acd_adapter, call_id, agent.id, None, occurred_at)
+                    VoiceCall(acd_adapter, call_id, agent.id, None, change.source_at)
                 )
             change.record(voice, StateOutcome.STALE, call_id=call_id)
             return
@@ -461,7 +465,7 @@ async def voice_ended(
         )
         wrap_up_until = change.now + timedelta(seconds=seconds) if seconds > 0 else None
         await uow.agents.release(agent.id, Channel.VOICE, wrap_up_until)
-        await uow.agents.save_voice_call(replace(call, ended_at=occurred_at))
+        await uow.agents.save_voice_call(replace(call, ended_at=change.source_at))
         agent.channels[Channel.VOICE] = replace(
             voice,
             load=max(voice.load - 1, 0),

@@ -48,6 +48,8 @@ ALLOWED_TRANSITIONS: dict[InteractionState, frozenset[InteractionState]] = {
 TERMINAL_STATES = frozenset(s for s, nxt in ALLOWED_TRANSITIONS.items() if not nxt)
 # States in which the ACD may still answer a routing request with a selection.
 AWAITING_SELECTION = frozenset({S.ROUTING, S.QUEUED})
+# States in which an interaction waits in its queue for an agent (queue statistics count them).
+WAITING_STATES = frozenset({S.RECEIVED, S.ROUTING, S.QUEUED})
 # States in which an agent holds a unit of capacity for the interaction.
 HOLDS_CAPACITY = frozenset({S.OFFERED, S.DELIVERED, S.ACCEPTED})
 
@@ -209,7 +211,11 @@ DEFAULT_PROFILE = "default"
 
 @dataclass(frozen=True)
 class ChannelState:
-    """One agent's standing on one channel."""
+    """One agent's standing on one channel.
+
+    ``load`` counts all the work held, including work a peer reported beyond ``capacity`` (a
+    call the ACD put through anyway): Harmony records such facts, it never offers beyond it.
+    """
 
     channel: Channel
     capacity: int
@@ -223,6 +229,10 @@ class ChannelState:
     @property
     def free(self) -> int:
         return max(self.capacity - self.load, 0)
+
+    @property
+    def over_capacity(self) -> bool:
+        return self.load > self.capacity
 
     def in_wrap_up(self, now: datetime) -> bool:
         return self.wrap_up_until is not None and self.wrap_up_until > now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -147,6 +148,12 @@ class AgentRepository(Protocol):
         """Take one unit of capacity atomically; False if none is free (or not ready)."""
         ...
 
+    async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
+        """Record one unit of work a peer reports beyond the channel's capacity (a fact, such
+        as a call the ACD put through): it counts in the load and blocks like any work, but the
+        capacity that guards what Harmony offers is left as it was."""
+        ...
+
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:
@@ -241,9 +248,54 @@ class QueueRepository(Protocol):
         ...
 
 
+class InboxStatus(StrEnum):
+    """Where an incoming event stands: stored and not yet applied, applied, or refused."""
+
+    PENDING = "pending"
+    APPLIED = "applied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """One incoming event as the inbox holds it; ``payload`` is None for events stored
+    before payloads were kept."""
+
+    source: str
+    event_id: str
+    event_type: str
+    received_at: datetime
+    status: InboxStatus
+    handled_at: datetime | None
+    error: str | None
+    interaction_id: str | None
+    payload: str | None
+
+
 class Inbox(Protocol):
+    async def record(
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
+    ) -> None:
+        """Store a verified event and its payload, pending; a stored one is left as it is."""
+        ...
+
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
-        """Record that an incoming event is being applied; False if it was seen before."""
+        """Mark an incoming event applied in this unit of work; False if it was applied before.
+
+        A concurrent claim of the same event waits for this one's transaction, then sees it.
+        """
+        ...
+
+    async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
+        """Note why applying a stored event was refused, unless it has been applied since."""
+        ...
+
+    async def get(self, source: str, event_id: str) -> InboxEntry | None:
+        """The stored event, if the inbox holds it."""
+        ...
+
+    async def prune(self, received_before: datetime, limit: int) -> int:
+        """Forget up to ``limit`` events received before the cutoff; how many went."""
         ...
 
     async def link(self, source: str, event_id: str, interaction_id: str) -> None:

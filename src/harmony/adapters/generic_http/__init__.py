@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 
 from harmony.adapters.generic_http.adapter import GenericHttpAdapter
+from harmony.adapters.generic_http.inbound import ACD_EVENTS, CRM_EVENTS
 from harmony.config import AdapterSettings
 from harmony.routing.messages import (
     AGENT_STATE,
@@ -28,6 +29,7 @@ def create_acd(
         settings,
         client,
         accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE}),
+        events=ACD_EVENTS,
     )
 
 
@@ -41,4 +43,5 @@ def create_crm(
         settings,
         client,
         accepts=frozenset({INTERACTION_DELIVER, AGENT_STATE}),
+        events=CRM_EVENTS,
     )

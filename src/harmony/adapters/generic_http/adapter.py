@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 
-from harmony.adapters.base import PermanentAdapterError, raise_for_status, transport_errors
+from harmony.adapters.base import (
+    PermanentAdapterError,
+    UnsupportedMediaType,
+    raise_for_status,
+    transport_errors,
+)
+from harmony.adapters.generic_http.inbound import EventType, decode_body, read_event
 from harmony.adapters.generic_http.protocol import envelope, post_event
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import AdapterSettings
+from harmony.routing.agents import Reporter
+from harmony.routing.commands import InboundEvent
 from harmony.routing.messages import OutboundMessage, TargetKind
 
 
@@ -21,6 +31,7 @@ class GenericHttpAdapter:
         settings: AdapterSettings,
         client: httpx.AsyncClient,
         accepts: frozenset[str],
+        events: Mapping[str, EventType],
     ) -> None:
         self.kind = kind
         self.name = name
@@ -29,10 +40,30 @@ class GenericHttpAdapter:
         self._signer = Signer(settings.secret)
         self._client = client
         self._accepts = accepts
+        self._events = events
+        self._sender = Reporter(kind, name)
+
+    def check_content_type(self, headers: Mapping[str, str]) -> None:
+        """The protocol's bodies are JSON."""
+        content_type = headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(
+                f"content-type must be application/json, not '{content_type}'"
+            )
 
     def verify_inbound(self, body: bytes, headers: dict[str, str]) -> None:
         """Check the Standard Webhooks signature with this adapter's secret."""
         self._signer.verify(body, headers)
+
+    def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> InboundEvent:
+        """One signed envelope; its id must equal the ``webhook-id`` header that was signed."""
+        return read_event(
+            decode_body(body), self._events, self._sender, headers.get("webhook-id", "")
+        )
+
+    def parse_stored(self, payload: str) -> InboundEvent:
+        """An envelope kept by the inbox, read again with today's schemas."""
+        return read_event(payload, self._events, self._sender, None)
 
     async def send(self, message: OutboundMessage) -> None:
         """POST the message as an envelope whose id is the outbox message id."""

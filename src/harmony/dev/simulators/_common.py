@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import structlog
@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES, Envelope, envelope, post_event
 from harmony.adapters.generic_http.signing import SignatureError, Signer
+from harmony.seed import Seed
 
 log = structlog.get_logger()
 
@@ -176,17 +177,22 @@ def is_transient(answer: Answer) -> bool:
     return answer.status is None or answer.status >= 500 or answer.status in TRANSIENT_4XX
 
 
-class SimSettings(Protocol):
-    """The part of a simulator's config the shared outbound machinery reads."""
+@dataclass
+class SimConfig:
+    """What every simulator is configured with: where Harmony is, the shared secret, the seed,
+    the adapter name Harmony knows it by, and how its own posts are retried."""
 
+    harmony_url: str
     secret: str
-    retry_attempts: int
-    retry_base_delay: float
-    retry_max_delay: float
-    request_timeout: float
+    seed: Seed
+    adapter: str = "generic"
+    retry_attempts: int = 5
+    retry_base_delay: float = 0.2
+    retry_max_delay: float = 5.0
+    request_timeout: float = 10.0
 
 
-ConfigT = TypeVar("ConfigT", bound=SimSettings)
+ConfigT = TypeVar("ConfigT", bound=SimConfig)
 
 
 class SimulatorBase(Generic[ConfigT]):
@@ -203,7 +209,7 @@ class SimulatorBase(Generic[ConfigT]):
         self.config = config
         self.signer = Signer(config.secret)
         self._name = name
-        self._log_prefix = log_prefix
+        self.log_prefix = log_prefix
         self._post_url = post_url
         self._retry_event = retry_event
         self._client: httpx.AsyncClient | None = None
@@ -236,7 +242,7 @@ class SimulatorBase(Generic[ConfigT]):
         self._tasks.discard(task)
         # Nobody awaits these tasks, so an exception would otherwise vanish without a trace.
         if not task.cancelled() and task.exception() is not None:
-            log.error(f"{self._log_prefix}.task_failed", exc_info=task.exception())
+            log.error(f"{self.log_prefix}.task_failed", exc_info=task.exception())
 
     # -- outbound
 
@@ -259,7 +265,7 @@ class SimulatorBase(Generic[ConfigT]):
                     return answer
             if attempt < self.config.retry_attempts:
                 log.warning(
-                    f"{self._log_prefix}.{self._retry_event}",
+                    f"{self.log_prefix}.{self._retry_event}",
                     type=event_type,
                     attempt=attempt,
                     status=answer.status,
@@ -273,13 +279,33 @@ class SimulatorBase(Generic[ConfigT]):
 # --- HTTP app -------------------------------------------------------------------------------
 
 
-def simulator_app(
-    title: str, sim: SimulatorBase[Any], transport: httpx.AsyncBaseTransport | None
-) -> FastAPI:
-    """A FastAPI app that starts and stops ``sim`` with its lifespan and answers ``/healthz``.
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
-    ``sim`` is also put on ``app.state.sim`` so tests and tools can reach it; the caller adds
-    the simulator's own routes.
+
+async def read_body(request: Request, model: type[ModelT]) -> ModelT:
+    """A simulator's own control request (``/simulate/...``) as ``model``; else ``EventError``."""
+    try:
+        return model.model_validate(parse_json(await request.body()))
+    except ValidationError as exc:
+        raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+
+
+def simulator_app(
+    title: str,
+    sim: SimulatorBase[Any],
+    transport: httpx.AsyncBaseTransport | None,
+    *,
+    inbound: Mapping[str, type[BaseModel]],
+    peer: str,
+    handle: Callable[[Envelope, BaseModel], Awaitable[dict[str, Any]]],
+    snapshot: Callable[[], Awaitable[dict[str, Any]]],
+) -> FastAPI:
+    """A simulator's app: ``sim`` started and stopped with the lifespan, ``/healthz``,
+    ``POST /events`` (Harmony's signed events, checked against ``inbound`` and passed to
+    ``handle``, refusals logged and answered in the protocol's error shape) and ``GET /state``.
+
+    ``peer`` names the receiver in errors (``"an ACD"``). ``sim`` is also put on
+    ``app.state.sim`` so tests and tools can reach it; the caller adds its ``/simulate`` routes.
     """
 
     @asynccontextmanager
@@ -297,5 +323,20 @@ def simulator_app(
     async def healthz() -> dict[str, str]:
         """Liveness probe."""
         return {"status": "ok"}
+
+    @app.post("/events")
+    async def events(request: Request) -> JSONResponse:
+        """Receive one signed event from Harmony."""
+        try:
+            message, data = await read_event(request, sim.signer, inbound, peer)
+        except EventError as exc:
+            log.warning(f"{sim.log_prefix}.event_refused", status=exc.status, error=exc.error)
+            return exc.response()
+        return JSONResponse(await handle(message, data), status_code=202)
+
+    @app.get("/state")
+    async def state() -> JSONResponse:
+        """The simulator's whole in-memory state."""
+        return JSONResponse(await snapshot())
 
     return app

@@ -33,7 +33,7 @@ import httpx
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.protocol import (
     AGENT_SELECTED,
@@ -52,10 +52,9 @@ from harmony.dev.simulators._common import (
     AgentStateMessage,
     Answer,
     EventError,
+    SimConfig,
     SimulatorBase,
-    describe_validation_error,
-    parse_json,
-    read_event,
+    read_body,
     simulator_app,
 )
 from harmony.seed import CHANNELS, Seed, SeedAgent
@@ -76,7 +75,7 @@ DEFAULT_BLOCKS: dict[str, frozenset[str]] = {
 
 
 @dataclass
-class AcdSimConfig:
+class AcdSimConfig(SimConfig):
     """Settings of one ACD simulator instance.
 
     ``secret`` is the ``whsec_...`` secret shared with Harmony's ACD adapter: it verifies what
@@ -86,15 +85,8 @@ class AcdSimConfig:
     random agents free on voice, each lasting about ``voice_call_seconds`` (+-50%).
     """
 
-    harmony_url: str
-    secret: str
-    seed: Seed
-    adapter: str = "generic"
     refusal_cooldown: float = 2.0
     retry_attempts: int = 10
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 5.0
-    request_timeout: float = 10.0
     voice_calls_per_minute: float = 0.0
     voice_call_seconds: float = 20.0
 
@@ -757,26 +749,21 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
 def create_app(config: AcdSimConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the ACD simulator app; ``transport`` replaces the network for outbound callbacks."""
     sim = AcdSimulator(config)
-    app = simulator_app("Harmony ACD simulator", sim, transport)
-
-    @app.post("/events")
-    async def events(request: Request) -> JSONResponse:
-        """Receive one signed event from Harmony."""
-        try:
-            message, data = await read_event(request, sim.signer, INBOUND_MODELS, "an ACD")
-        except EventError as exc:
-            log.warning("acd_sim.event_refused", status=exc.status, error=exc.error)
-            return exc.response()
-        return JSONResponse(await sim.handle(message, data), status_code=202)
+    app = simulator_app(
+        "Harmony ACD simulator",
+        sim,
+        transport,
+        inbound=INBOUND_MODELS,
+        peer="an ACD",
+        handle=sim.handle,
+        snapshot=sim.snapshot,
+    )
 
     @app.post("/simulate/voice")
     async def simulate_voice(request: Request) -> JSONResponse:
         """Start or end a voice call; answers once Harmony has answered the voice event."""
         try:
-            try:
-                body = VoiceRequest.model_validate(parse_json(await request.body()))
-            except ValidationError as exc:
-                raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+            body = await read_body(request, VoiceRequest)
             if body.action == "start":
                 call_id, answer = await sim.start_call(body.agent_id, body.call_id)
             else:
@@ -785,10 +772,5 @@ def create_app(config: AcdSimConfig, transport: httpx.AsyncBaseTransport | None 
             return exc.response()
         harmony = {"status_code": answer.status, "error": answer.error, "detail": answer.detail}
         return JSONResponse({"call_id": call_id, "harmony": harmony}, status_code=202)
-
-    @app.get("/state")
-    async def state() -> JSONResponse:
-        """The simulator's whole in-memory state."""
-        return JSONResponse(await sim.snapshot())
 
     return app

@@ -32,7 +32,7 @@ import httpx
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_IN,
@@ -52,15 +52,13 @@ from harmony.dev.simulators._common import (
     Answer,
     ChannelName,
     EventError,
+    SimConfig,
     SimulatorBase,
     StateName,
-    describe_validation_error,
-    parse_json,
-    read_event,
+    read_body,
     simulator_app,
 )
 from harmony.seed import CHANNELS as AGENT_CHANNELS
-from harmony.seed import Seed
 
 log = structlog.get_logger()
 
@@ -68,7 +66,7 @@ CHANNELS = ("chat", "email")
 
 
 @dataclass
-class CrmSimConfig:
+class CrmSimConfig(SimConfig):
     """Settings of one CRM simulator instance.
 
     ``secret`` is the ``whsec_...`` secret shared with Harmony's CRM adapter: it signs what the
@@ -78,19 +76,11 @@ class CrmSimConfig:
     in, ready, once the simulator starts (retrying until Harmony answers).
     """
 
-    harmony_url: str
-    secret: str
-    seed: Seed
-    adapter: str = "generic"
     accept_delay: float = 0.5
     complete_delay: float = 2.0
     jitter: float = 0.0
     trickle_per_second: float = 0.0
     max_concurrency: int = 20
-    retry_attempts: int = 5
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 5.0
-    request_timeout: float = 10.0
     login_agents: bool = True
 
 
@@ -538,29 +528,32 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
 def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the CRM simulator app; ``transport`` replaces the network for outbound events."""
     sim = CrmSimulator(config)
-    app = simulator_app("Harmony CRM simulator", sim, transport)
 
-    @app.post("/events")
-    async def events(request: Request) -> JSONResponse:
-        """Receive one signed ``interaction.deliver`` or ``agent.state`` from Harmony."""
-        try:
-            message, data = await read_event(request, sim.signer, INBOUND_MODELS, "a CRM")
-        except EventError as exc:
-            log.warning("crm_sim.event_refused", status=exc.status, error=exc.error)
-            return exc.response()
+    async def handle(message: Envelope, data: BaseModel) -> dict[str, Any]:
         if isinstance(data, AgentStateMessage):
-            return JSONResponse(sim.handle_agent_state(message, data), status_code=202)
+            return sim.handle_agent_state(message, data)
         # INBOUND_MODELS admits only these two, so this only narrows the type.
         assert isinstance(data, InteractionDeliver)
-        return JSONResponse(sim.handle_delivery(message, data), status_code=202)
+        return sim.handle_delivery(message, data)
+
+    async def snapshot() -> dict[str, Any]:
+        return sim.snapshot()
+
+    app = simulator_app(
+        "Harmony CRM simulator",
+        sim,
+        transport,
+        inbound=INBOUND_MODELS,
+        peer="a CRM",
+        handle=handle,
+        snapshot=snapshot,
+    )
 
     @app.post("/simulate/agent-state")
     async def simulate_agent_state(request: Request) -> JSONResponse:
         """An agent changes state on its media bar; answers with Harmony's status and body."""
         try:
-            body = AgentStateRequest.model_validate(parse_json(await request.body()))
-        except ValidationError as exc:
-            return EventError(422, "validation_error", describe_validation_error(exc)).response()
+            body = await read_body(request, AgentStateRequest)
         except EventError as exc:
             return exc.response()
         answer = await sim.report_agent_state(body)
@@ -573,18 +566,10 @@ def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None 
     async def simulate(request: Request) -> JSONResponse:
         """Create ``count`` interactions and report each to Harmony."""
         try:
-            try:
-                body = SimulateRequest.model_validate(parse_json(await request.body()))
-            except ValidationError as exc:
-                raise EventError(422, "validation_error", describe_validation_error(exc)) from exc
+            body = await read_body(request, SimulateRequest)
             planned = sim.plan(body.count, body.channel, body.queue)
         except EventError as exc:
             return exc.response()
         return JSONResponse({"external_ids": await sim.create(planned)}, status_code=202)
-
-    @app.get("/state")
-    async def state() -> JSONResponse:
-        """The simulator's whole in-memory state."""
-        return JSONResponse(sim.snapshot())
 
     return app
