@@ -1,8 +1,11 @@
-"""Databases for tests: templates migrated once per session, and a copy of one per test.
+"""Databases for tests: templates made once per session, and a copy of one per test.
 
-Migrating costs far more than copying: a session migrates one SQLite file and one PostgreSQL
-template database to Alembic's head, and every test gets a copy (a file copy, or
-``CREATE DATABASE ... TEMPLATE``). ``drop_templates`` removes them at the end of the session.
+Migrating (and starting the app, logging agents in) costs far more than copying. A session
+migrates one SQLite file and one PostgreSQL template database to Alembic's head, builds further
+templates from them on demand (``built_sqlite_template``, ``postgres_template(key, build)``),
+and every test gets a copy: a file copy, or ``CREATE DATABASE ... TEMPLATE``. PostgreSQL copies
+are made ahead and dropped behind in a background thread, so the tests rarely wait for them.
+``drop_templates`` removes everything at the end of the session.
 
 Import this module as ``tests.databases`` only: its templates are module state.
 """
