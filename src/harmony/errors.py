@@ -5,7 +5,8 @@
     ├── ValidationFailed              422 validation_error
     ├── NotFound                      404 (code names the thing: unknown_interaction, ...)
     ├── Conflict                      409 (code names the rule: invalid_transition, ...)
-    └── Unauthorized                  401 invalid_signature
+    ├── Unauthorized                  401 invalid_signature
+    └── TryAgain                      503 try_again (contention outlasted the retries)
 
 The API's single exception handler turns these into ``{"error": code, "detail": ...}``.
 """
@@ -59,3 +60,14 @@ class Unauthorized(HarmonyError):
 
     status_code = 401
     code = "invalid_signature"
+
+
+class TryAgain(HarmonyError):
+    """The database broke a deadlock or a serialization conflict by aborting this transaction.
+
+    Nothing was stored; the same command in a fresh unit of work may succeed, which
+    ``harmony.routing.retry`` does a few times before letting this reach the caller.
+    """
+
+    status_code = 503
+    code = "try_again"

@@ -21,12 +21,13 @@ from harmony.api.deps import Container
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
-from harmony.db.engine import Database
+from harmony.db.engine import SEED_LOCK, Database
 from harmony.outbox.relay import Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Profile
 from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import Clock
+from harmony.routing.retry import run_with_retry
 from harmony.seed import Seed, SeedProfile, load_seed
 
 log = structlog.get_logger("harmony")
@@ -48,16 +49,28 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
 
 
 async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
-    """Upsert the seed's profiles, queues and agents (states and loads are kept)."""
+    """Upsert the seed's profiles, queues and agents (states and loads are kept).
+
+    Every replica applies the seed at its start: they take turns (an advisory lock on
+    PostgreSQL), so the second finds everything in place and changes nothing.
+    """
+    async with db.exclusively(SEED_LOCK):
+        await _upsert_seed(db, clock, seed)
+
+
+async def _upsert_seed(db: Database, clock: Clock, seed: Seed) -> None:
     for profile in seed.profiles:
-        await agents.upsert_profile(db.uow(), clock, profile_from_seed(profile))
+        await run_with_retry(db.uow, agents.upsert_profile, clock, profile_from_seed(profile))
     for queue in seed.queues:
-        await interactions.upsert_queue(
-            db.uow(), Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills)
+        await run_with_retry(
+            db.uow,
+            interactions.upsert_queue,
+            Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills),
         )
     for agent in seed.agents:
-        await interactions.upsert_agent(
-            db.uow(),
+        await run_with_retry(
+            db.uow,
+            interactions.upsert_agent,
             clock,
             agent_id=agent.id,
             name=agent.name,

@@ -33,6 +33,7 @@ from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Presence, Profile
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.routing.ports import AgentFilter, InteractionFilter
+from harmony.routing.retry import run_with_retry
 
 router = APIRouter()
 Wired = Annotated[Container, Depends(container)]
@@ -130,8 +131,9 @@ async def get_agent(wired: Wired, agent_id: Annotated[str, Path(max_length=100)]
 @router.put("/v1/agents/{agent_id}", response_model=AgentOut, responses=PUT_ERRORS, tags=["agents"])
 async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: AgentIn) -> AgentOut:
     """Create or update an agent. Capacity may not drop below the load the agent holds now."""
-    agent = await interactions.upsert_agent(
-        wired.db.uow(),
+    agent = await run_with_retry(
+        wired.db.uow,
+        interactions.upsert_agent,
         wired.clock,
         agent_id=agent_id,
         name=body.name,
@@ -156,8 +158,9 @@ async def put_agent_state(
 ) -> AgentOut:
     """Supervisor override of one channel. 409 names the rule when it is not allowed: only the
     agent logs in; no logout while holding work; no ready without capacity."""
-    await agents.report_state(
-        wired.db.uow(),
+    await run_with_retry(
+        wired.db.uow,
+        agents.report_state,
         wired.clock,
         reporter=agents.Reporter.operator(),
         event_id=None,
@@ -207,7 +210,7 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
     profile = Profile.from_names(name, body.capacity, body.wrap_up_seconds, body.blocks)
-    await agents.upsert_profile(wired.db.uow(), wired.clock, profile)
+    await run_with_retry(wired.db.uow, agents.upsert_profile, wired.clock, profile)
     return ProfileOut.of(profile)
 
 
@@ -223,8 +226,10 @@ async def list_queues(wired: Wired) -> list[QueueOut]:
 @router.put("/v1/queues/{name}", response_model=QueueOut, responses=PUT_ERRORS, tags=["queues"])
 async def put_queue(wired: Wired, name: Annotated[str, NamePath], body: QueueIn) -> QueueOut:
     """Create or replace a queue definition."""
-    await interactions.upsert_queue(
-        wired.db.uow(), Queue(name=name, channel=Channel(body.channel), skills=body.skills)
+    await run_with_retry(
+        wired.db.uow,
+        interactions.upsert_queue,
+        Queue(name=name, channel=Channel(body.channel), skills=body.skills),
     )
     async with wired.db.reader() as uow:
         stats = [s for s in await uow.queues.stats() if s.queue.name == name]

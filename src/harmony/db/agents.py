@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from harmony.db.dialect import insert_for
 from harmony.db.tables import (
     agent_channels,
     agent_mirrors,
@@ -187,32 +188,23 @@ class SqlAgents:
     async def upsert(
         self, agent: Agent, capacity_override: dict[Channel, int]
     ) -> list[ChannelState]:
-        """Create or update, keeping states and loads; capacity = override or profile's."""
+        """Create or update, keeping states and loads; capacity = override or profile's.
+
+        Locks in the unit of work's order: the profile FOR SHARE (a concurrent change of that
+        profile waits, or is waited for), the agent row (written by one INSERT ... ON CONFLICT,
+        so concurrent first writes of one agent queue up instead of failing), then its
+        channels in name order.
+        """
         now = self._now()
-        clash = (
-            await self._conn.execute(
-                select(agents.c.id)
-                .where(agents.c.id != agent.id)
-                .where(
-                    or_(
-                        agents.c.crm_agent_id == agent.crm_agent_id,
-                        agents.c.acd_agent_id == agent.acd_agent_id,
-                    )
-                )
-            )
-        ).first()
-        if clash is not None:
-            raise Conflict(
-                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
-                f"already belongs to agent {clash.id}",
-                code="agent_id_taken",
-            )
         profile_row = (
-            await self._conn.execute(select(profiles).where(profiles.c.name == agent.profile))
+            await self._conn.execute(
+                select(profiles).where(profiles.c.name == agent.profile).with_for_update(read=True)
+            )
         ).first()
         if profile_row is None:
             raise ValidationFailed(f"profile: unknown profile '{agent.profile}'")
         profile = _profile(profile_row)
+        await self._refuse_taken_ids(agent)
         values = {
             "name": agent.name,
             "crm_adapter": agent.crm_adapter,
@@ -221,13 +213,20 @@ class SqlAgents:
             "profile": agent.profile,
             "updated_at": now,
         }
-        existed = await self._conn.execute(
-            update(agents).where(agents.c.id == agent.id).values(**values)
-        )
-        if existed.rowcount == 0:
+        try:
             await self._conn.execute(
-                insert(agents).values(id=agent.id, created_at=now, login_failures=0, **values)
+                insert_for(self._conn, agents)
+                .values(id=agent.id, created_at=now, login_failures=0, **values)
+                .on_conflict_do_update(index_elements=[agents.c.id], set_=values)
             )
+        except IntegrityError as exc:
+            # Another agent took one of these ids after the check above and committed first;
+            # the transaction is aborted now, so the message cannot look the other agent up.
+            raise Conflict(
+                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
+                "already belongs to another agent",
+                code="agent_id_taken",
+            ) from exc
         await self._conn.execute(delete(agent_skills).where(agent_skills.c.agent_id == agent.id))
         if agent.skills:
             await self._conn.execute(
@@ -236,11 +235,14 @@ class SqlAgents:
         current = {
             Channel(row.channel): row
             for row in await self._conn.execute(
-                select(agent_channels).where(agent_channels.c.agent_id == agent.id)
+                select(agent_channels)
+                .where(agent_channels.c.agent_id == agent.id)
+                .order_by(agent_channels.c.channel)
+                .with_for_update()
             )
         }
         changed: list[ChannelState] = []
-        for channel in Channel:
+        for channel in sorted(Channel):
             override = capacity_override.get(channel)
             wanted = override if override is not None else profile.capacity.get(channel, 0)
             row = current.get(channel)
@@ -272,6 +274,27 @@ class SqlAgents:
             if row.capacity != wanted:
                 changed.append(replace(_channel_state(row), capacity=wanted))
         return changed
+
+    async def _refuse_taken_ids(self, agent: Agent) -> None:
+        """Conflict (409) naming the agent that already has this CRM or ACD id."""
+        clash = (
+            await self._conn.execute(
+                select(agents.c.id)
+                .where(agents.c.id != agent.id)
+                .where(
+                    or_(
+                        agents.c.crm_agent_id == agent.crm_agent_id,
+                        agents.c.acd_agent_id == agent.acd_agent_id,
+                    )
+                )
+            )
+        ).first()
+        if clash is not None:
+            raise Conflict(
+                f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
+                f"already belongs to agent {clash.id}",
+                code="agent_id_taken",
+            )
 
     async def save_channel(self, agent_id: str, state: ChannelState) -> None:
         """Store status, reason, since, source time and wrap-up; the load is not touched."""
@@ -420,16 +443,14 @@ class SqlAgents:
 
     async def set_sequence(self, agent_id: str, source: str, sequence: int) -> None:
         """Upsert the highest sequence applied from ``source``."""
-        changed = await self._conn.execute(
-            update(agent_sequences)
-            .where(agent_sequences.c.agent_id == agent_id)
-            .where(agent_sequences.c.source == source)
-            .values(sequence=sequence)
-        )
-        if changed.rowcount == 0:
-            await self._conn.execute(
-                insert(agent_sequences).values(agent_id=agent_id, source=source, sequence=sequence)
+        await self._conn.execute(
+            insert_for(self._conn, agent_sequences)
+            .values(agent_id=agent_id, source=source, sequence=sequence)
+            .on_conflict_do_update(
+                index_elements=[agent_sequences.c.agent_id, agent_sequences.c.source],
+                set_={"sequence": sequence},
             )
+        )
 
     async def add_mirror(
         self,
@@ -511,18 +532,13 @@ class SqlAgents:
             "started_at": call.started_at,
             "ended_at": call.ended_at,
         }
-        changed = await self._conn.execute(
-            update(voice_calls)
-            .where(voice_calls.c.acd_adapter == call.acd_adapter)
-            .where(voice_calls.c.call_id == call.call_id)
-            .values(**values)
-        )
-        if changed.rowcount == 0:
-            await self._conn.execute(
-                insert(voice_calls).values(
-                    acd_adapter=call.acd_adapter, call_id=call.call_id, **values
-                )
+        await self._conn.execute(
+            insert_for(self._conn, voice_calls)
+            .values(acd_adapter=call.acd_adapter, call_id=call.call_id, **values)
+            .on_conflict_do_update(
+                index_elements=[voice_calls.c.acd_adapter, voice_calls.c.call_id], set_=values
             )
+        )
 
 
 class SqlProfiles:
@@ -543,58 +559,61 @@ class SqlProfiles:
         return [_profile(row) for row in rows]
 
     async def upsert(self, profile: Profile) -> list[tuple[str, ChannelState]]:
-        """Replace the profile, then set-based UPDATEs carry its capacities to its agents."""
+        """Replace the profile and carry its capacities to its agents' channels.
+
+        Locks in the unit of work's order: the profile row (one INSERT ... ON CONFLICT), its
+        agents in id order, then their channels by (agent, channel name); only then does
+        anything change.
+        """
         now = self._now()
         values = {**profile.as_names(), "updated_at": now}
-        existed = await self._conn.execute(
-            update(profiles).where(profiles.c.name == profile.name).values(**values)
+        await self._conn.execute(
+            insert_for(self._conn, profiles)
+            .values(name=profile.name, created_at=now, **values)
+            .on_conflict_do_update(index_elements=[profiles.c.name], set_=values)
         )
-        if existed.rowcount == 0:
-            await self._conn.execute(
-                insert(profiles).values(name=profile.name, created_at=now, **values)
+        members = (
+            (
+                await self._conn.execute(
+                    select(agents.c.id)
+                    .where(agents.c.profile == profile.name)
+                    .order_by(agents.c.id)
+                    .with_for_update()
+                )
             )
+            .scalars()
+            .all()
+        )
+        if not members:
             return []
-        members = select(agents.c.id).where(agents.c.profile == profile.name)
-        changed: list[tuple[str, ChannelState]] = []
-        for channel in Channel:
-            wanted = profile.capacity.get(channel, 0)
-            following = and_(
-                agent_channels.c.channel == channel.value,
-                agent_channels.c.capacity_override.is_(None),
-                agent_channels.c.agent_id.in_(members),
+        rows = (
+            await self._conn.execute(
+                select(agent_channels)
+                .where(agent_channels.c.agent_id.in_(members))
+                .where(agent_channels.c.capacity_override.is_(None))
+                .order_by(agent_channels.c.agent_id, agent_channels.c.channel)
+                .with_for_update()
             )
-            too_busy = (
-                await self._conn.execute(
-                    select(agent_channels.c.agent_id, agent_channels.c.load)
-                    .where(following)
-                    .where(agent_channels.c.load > wanted)
-                    .limit(1)
-                )
-            ).first()
-            if too_busy is not None:
+        ).all()
+        moving: dict[Channel, list[str]] = {}
+        changed: list[tuple[str, ChannelState]] = []
+        for row in rows:
+            channel = Channel(row.channel)
+            wanted = profile.capacity.get(channel, 0)
+            if row.load > wanted:
                 raise Conflict(
-                    f"capacity.{channel.value}: {wanted} is below the {too_busy.load} "
-                    f"interaction(s) agent {too_busy.agent_id} holds now",
+                    f"capacity.{channel.value}: {wanted} is below the {row.load} "
+                    f"interaction(s) agent {row.agent_id} holds now",
                     code="capacity_below_load",
                 )
-            rows = (
-                await self._conn.execute(
-                    select(agent_channels).where(following, agent_channels.c.capacity != wanted)
-                )
-            ).all()
-            if not rows:
-                continue
-            try:
-                await self._conn.execute(
-                    update(agent_channels)
-                    .where(following, agent_channels.c.capacity != wanted)
-                    .values(capacity=wanted)
-                )
-            except IntegrityError as exc:  # a load grew meanwhile: the CHECK has the last word
-                raise Conflict(
-                    f"capacity.{channel.value}: an agent's load rose above {wanted}",
-                    code="capacity_below_load",
-                ) from exc
-            for row in rows:
+            if row.capacity != wanted:
+                moving.setdefault(channel, []).append(row.agent_id)
                 changed.append((row.agent_id, replace(_channel_state(row), capacity=wanted)))
+        for channel, agent_ids in sorted(moving.items()):
+            await self._conn.execute(
+                update(agent_channels)
+                .where(agent_channels.c.channel == channel.value)
+                .where(agent_channels.c.agent_id.in_(agent_ids))
+                .values(capacity=profile.capacity.get(channel, 0))
+            )
         return changed

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from harmony.db.uow import SqlUnitOfWork
 
 REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+
+# PostgreSQL advisory lock keys (64-bit, app-wide): replicas starting together on one database
+# take turns to migrate and to apply the seed instead of racing through the same DDL and rows.
+MIGRATION_LOCK = 0x4861726D6F6E7901  # "Harmony" + 1
+SEED_LOCK = 0x4861726D6F6E7902
 
 
 def migrations_dir() -> Path:
@@ -80,9 +86,33 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def migrate(self) -> None:
-        """Bring the schema to Alembic's head."""
+        """Bring the schema to Alembic's head, one replica at a time.
+
+        On PostgreSQL the migration runs in one transaction that first takes an advisory lock:
+        a replica starting alongside waits, then finds the schema at head and does nothing.
+        """
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                lock = text("SELECT pg_advisory_xact_lock(:key)")
+                await conn.execute(lock, {"key": MIGRATION_LOCK})
             await conn.run_sync(_upgrade_to_head)
+
+    @contextlib.asynccontextmanager
+    async def exclusively(self, key: int) -> AsyncIterator[None]:
+        """Hold a PostgreSQL session advisory lock on ``key`` for the block (a no-op on SQLite,
+        where one process is the only writer). The block may open units of work freely: the
+        lock lives on a connection of its own."""
+        if self.is_sqlite:
+            yield
+            return
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await conn.commit()
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

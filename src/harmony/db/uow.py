@@ -12,11 +12,10 @@ from typing import Any, Self
 
 import structlog
 from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
+from harmony.db.dialect import insert_for, is_transient, sqlstate
 from harmony.db.tables import (
     inbox,
     interaction_history,
@@ -24,7 +23,7 @@ from harmony.db.tables import (
     outbox,
     queues,
 )
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, TryAgain, ValidationFailed
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
@@ -36,6 +35,8 @@ from harmony.routing.model import (
 )
 from harmony.routing.ports import InboxEntry, InboxStatus, InteractionFilter, Page, QueueStats
 
+log = structlog.get_logger("harmony.db")
+
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
@@ -44,8 +45,7 @@ log = structlog.get_logger("harmony.interactions")
 
 def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    return insert_for(conn, table).on_conflict_do_nothing()
 
 
 def _interaction_from_row(row: Any) -> Interaction:
@@ -261,16 +261,14 @@ class SqlQueues:
         return Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
 
     async def upsert(self, queue: Queue) -> None:
-        """Create or replace a queue's channel and skills."""
+        """Create or replace a queue's channel and skills in one statement (first writes race)."""
         now = self._now()
         values = {"channel": queue.channel.value, "skills": queue.skills, "updated_at": now}
-        changed = await self._conn.execute(
-            update(queues).where(queues.c.name == queue.name).values(**values)
+        await self._conn.execute(
+            insert_for(self._conn, queues)
+            .values(name=queue.name, created_at=now, **values)
+            .on_conflict_do_update(index_elements=[queues.c.name], set_=values)
         )
-        if changed.rowcount == 0:
-            await self._conn.execute(
-                insert(queues).values(name=queue.name, created_at=now, **values)
-            )
 
     async def stats(self) -> list[QueueStats]:
         """One grouped query over the (queue, state) index."""
@@ -504,6 +502,27 @@ class SqlUnitOfWork:
 
     On SQLite one process is the only writer, so write units of work take a process-wide lock
     instead of meeting ``database is locked`` under concurrency.
+
+    Lock order. Every unit of work that writes takes its row locks in this one order, so two
+    of them can wait for each other but never in a cycle:
+
+    1. the inbox row of the event (``INSERT ... ON CONFLICT DO NOTHING``), or the relay's
+       own outbox row when it records an outcome (nobody waits for one while holding more),
+    2. the profile, where provisioning changes one (``upsert_profile`` updates it,
+       ``upsert_agent`` reads its agent's FOR SHARE so the two serialise); then
+    3. the interaction (``get..(for_update=True)``), then
+    4. the agent (``agents.get..(for_update=True)``, or the agent row an upsert writes); a use
+       case touching several agents (a profile change) locks them in id order; then
+    5. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
+       ``ORDER BY channel`` give); nothing changes a channel without holding its agent; then
+    6. rows owned by that agent and interaction (history, mirrors, sequences, voice calls,
+       outbox messages), which nobody else locks.
+
+    Reads that need no lock (a profile's wrap-up, a queue) may happen at any point.
+
+    Should PostgreSQL still abort the transaction for a deadlock (40P01) or a serialization
+    failure (40001), leaving the unit of work raises ``TryAgain`` (chained to the driver's
+    error): nothing was stored, and ``harmony.routing.retry`` runs the use case again.
     """
 
     interactions: SqlInteractions
@@ -556,6 +575,12 @@ class SqlUnitOfWork:
                 await self._conn.rollback()
         finally:
             await self._cleanup()
+        if exc is not None and is_transient(exc):
+            log.warning("transaction_aborted_for_retry", sqlstate=sqlstate(exc))
+            raise TryAgain(
+                f"the database aborted a concurrent transaction ({sqlstate(exc)}); "
+                "nothing was stored, try again"
+            ) from exc
 
     async def _cleanup(self) -> None:
         try:

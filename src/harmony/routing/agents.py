@@ -166,7 +166,7 @@ def mirror_targets(
 
 def _channels_for(agent: Agent, report: StateReport) -> tuple[Channel, ...]:
     if report.channels is not None:
-        return report.channels
+        return tuple(sorted(report.channels))  # the lock order: chat, email, voice
     if report.status != ChannelStatus.LOGGED_OUT and report.event.endswith("logged_in"):
         return tuple(c for c, s in sorted(agent.channels.items()) if s.capacity > 0)
     return tuple(
@@ -361,8 +361,12 @@ async def login_failed(
     async def body(change: _Change) -> None:
         agent = change.agent
         await uow.agents.count_login_failure(agent.id)
-        targets = channels or tuple(
-            c for c, s in sorted(agent.channels.items()) if s.status != ChannelStatus.LOGGED_OUT
+        targets = (
+            tuple(sorted(channels))
+            if channels
+            else tuple(
+                c for c, s in sorted(agent.channels.items()) if s.status != ChannelStatus.LOGGED_OUT
+            )
         )
         for channel in targets:
             current = agent.capacity_on(channel)

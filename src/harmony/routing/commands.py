@@ -26,6 +26,7 @@ from harmony.routing.agents import AgentOutcome, Reporter, StateReport
 from harmony.routing.interactions import NewInteraction, Outcome
 from harmony.routing.model import Channel
 from harmony.routing.ports import Clock, InboxStatus, UnitOfWorkFactory
+from harmony.routing.retry import DEFAULT_RETRY
 
 # --- commands --------------------------------------------------------------------------------
 
@@ -246,8 +247,10 @@ COMMAND_HANDLERS: dict[type[Any], Handler] = {
 async def dispatch(
     command: Command, uows: UnitOfWorkFactory, clock: Clock, policy: Policy
 ) -> Result:
-    """Apply one command through its use case, in a unit of work of its own."""
-    return await COMMAND_HANDLERS[type(command)](command, uows, clock, policy)
+    """Apply one command through its use case, in a unit of work of its own; a transaction the
+    database aborted to break a deadlock (TryAgain) is run again in a new one."""
+    handler = COMMAND_HANDLERS[type(command)]
+    return await DEFAULT_RETRY.call(lambda: handler(command, uows, clock, policy))
 
 
 async def receive(

@@ -334,7 +334,12 @@ class Outbox(Protocol):
 
 
 class UnitOfWork(Protocol):
-    """One transaction. ``async with uow:`` begins it; leaving without commit rolls back."""
+    """One transaction. ``async with uow:`` begins it; leaving without commit rolls back.
+
+    Implementations take row locks in one order (``harmony.db.uow.SqlUnitOfWork`` states it).
+    When the store aborts the transaction to break a deadlock, leaving raises ``TryAgain``:
+    nothing was stored, and ``harmony.routing.retry`` runs the use case again in a new one.
+    """
 
     # Read-only, so an implementation may narrow each to its own concrete repository type.
     @property

@@ -1,0 +1,35 @@
+"""What differs between PostgreSQL and SQLite at the driver boundary: upserts and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# SQLSTATEs for which PostgreSQL aborted the transaction only to let another one through:
+# the same work in a new transaction may succeed.
+DEADLOCK_DETECTED = "40P01"
+SERIALIZATION_FAILURE = "40001"
+TRANSIENT_SQLSTATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
+
+
+def insert_for(conn: AsyncConnection, table: Table) -> Any:
+    """An INSERT that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE a driver error carries (asyncpg and psycopg both expose ``sqlstate``)."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return str(code) if code else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: nothing was stored and a retry may succeed."""
+    return sqlstate(exc) in TRANSIENT_SQLSTATES
