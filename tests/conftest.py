@@ -71,10 +71,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     started = "harness" in request.fixturenames
     if request.param == "sqlite":
         template = await built_sqlite_template(HARNESS, start_harness_once) if started else None
-        yield sqlite_copy(tmp_path, template)
+        url = sqlite_copy(tmp_path, template)
+        if started:
+            STARTED_ON.add(url)
+        yield url
         return
     template = await postgres_template(HARNESS, start_harness_once) if started else None
     async with fresh_postgres_database(template=template) as url:
+        if started:
+            STARTED_ON.add(url)
         yield url
 
 
@@ -234,6 +239,8 @@ class Harness:
 
 
 HARNESS = "harness"
+# Databases copied from the harness's template: its app has started on them already.
+STARTED_ON: set[str] = set()
 
 
 @contextlib.asynccontextmanager
@@ -260,9 +267,20 @@ async def start_harness_once(database_url: str) -> None:
 
 @pytest.fixture
 async def harness(database_url: str) -> AsyncIterator[Harness]:
-    """The app on a copy of a database it already started on once (migrated, seeded, every
-    agent logged in and mirrored to the peers), with fresh recording peers; it starts without
-    migrating or seeding again."""
-    settings = make_settings(database_url, migrate_on_start=False, seed_file=None)
-    async with running_harness(settings) as harness:
+    """The app with recording peers, every seeded agent logged in, the relay drained by hand.
+
+    Normally on a copy of a database it already started on once (migrated, seeded, logins
+    mirrored), so it starts without migrating or seeding again. On a database from elsewhere
+    (a module that overrides ``database_url``) it does all of that first."""
+    if database_url in STARTED_ON:
+        settings = make_settings(database_url, migrate_on_start=False, seed_file=None)
+        async with running_harness(settings) as harness:
+            yield harness
+        return
+    async with running_harness(make_settings(database_url)) as harness:
+        await harness.login_everyone()
+        await harness.drain()
+        for peer in (harness.acd, harness.crm):
+            peer.received.clear()
+            peer.headers.clear()
         yield harness

@@ -238,13 +238,13 @@ async def _start_replica(url: str) -> tuple[int, str]:
     return proc.returncode, output.decode(errors="replace")
 
 
-async def test_two_replicas_start_together_on_an_empty_database(postgres_url: str) -> None:
+async def test_two_replicas_start_together_on_an_empty_database(empty_postgres_url: str) -> None:
     """Two processes migrate at start and apply the seed on one empty database, together:
     both come up, and the schema and the seed are there once."""
-    results = await asyncio.gather(*(_start_replica(postgres_url) for _ in range(3)))
+    results = await asyncio.gather(*(_start_replica(empty_postgres_url) for _ in range(3)))
     for code, output in results:
         assert code == 0, output[-3000:]
-    db = Database(postgres_url, SystemClock().now)
+    db = Database(empty_postgres_url, SystemClock().now)
     try:
         async with db.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
