@@ -112,8 +112,8 @@ class AgentStateMachine(RuleBasedStateMachine):
                 raise
         else:
             url = sqlite_copy(self.tmp)
-        config = make_settings(url)
-        config = config.model_copy(update={"seed_file": seed_file})
+        # The copy is at Alembic's head already; the seed is this machine's own.
+        config = make_settings(url, seed_file=seed_file, migrate_on_start=False)
         self.app = create_app(
             config,
             clock=self.clock,
