@@ -109,6 +109,7 @@ class AgentStateMachine(RuleBasedStateMachine):
                 url = self.run(self.postgres.__aenter__())
             except BaseException:
                 self.loop.close()
+                shutil.rmtree(self.tmp, ignore_errors=True)
                 raise
         else:
             url = sqlite_copy(self.tmp)
