@@ -1,14 +1,17 @@
 """Harmony's exception tree. Every error a caller can cause maps to one HTTP answer.
 
-    HarmonyError                      500 internal_error
+    HarmonyError                      500 internal
     ├── BadRequest                    400 (malformed_json, ...)
+    │   └── InvalidCursor             400 invalid_cursor
     ├── ValidationFailed              422 validation_error
     ├── NotFound                      404 (code names the thing: unknown_interaction, ...)
     ├── Conflict                      409 (code names the rule: invalid_transition, ...)
     ├── Unauthorized                  401 invalid_signature
     └── TryAgain                      503 try_again (contention outlasted the retries)
 
-The API's single exception handler turns these into ``{"error": code, "detail": ...}``.
+The API's single exception handler turns these into ``{"error": code, "detail": ...}``; any
+other exception is logged with its traceback and answered ``500 {"error": "internal", "detail":
+..., "request_id": ...}`` (api.plumbing.RequestIdMiddleware).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ class HarmonyError(Exception):
     """Base of every error Harmony raises on purpose."""
 
     status_code = 500
-    code = "internal_error"
+    code = "internal"
 
     def __init__(self, detail: str, *, code: str | None = None) -> None:
         super().__init__(detail)
@@ -32,6 +35,12 @@ class BadRequest(HarmonyError):
 
     status_code = 400
     code = "bad_request"
+
+
+class InvalidCursor(BadRequest):
+    """A page cursor that this API did not hand out."""
+
+    code = "invalid_cursor"
 
 
 class ValidationFailed(HarmonyError):

@@ -18,6 +18,7 @@ from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
 from harmony.api import events, inbox, operators
 from harmony.api.deps import Container
+from harmony.api.openapi import install_openapi
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from harmony.clock import SystemClock
 from harmony.config import Settings
@@ -48,19 +49,26 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
     return registry
 
 
-async def apply_seed(db: Database, clock: Clock, seed: Seed) -> None:
-    """Upsert the seed's profiles, queues and agents (states and loads are kept).
+async def apply_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
+    """Upsert the seed's profiles, queues and agents (states and loads are kept); what changed
+    for the ACD's choice is mirrored to ``acd_adapter``.
 
     Every replica applies the seed at its start: they take turns (an advisory lock on
     PostgreSQL), so the second finds everything in place and changes nothing.
     """
     async with db.exclusively(SEED_LOCK):
-        await _upsert_seed(db, clock, seed)
+        await _upsert_seed(db, clock, seed, acd_adapter)
 
 
-async def _upsert_seed(db: Database, clock: Clock, seed: Seed) -> None:
+async def _upsert_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
     for profile in seed.profiles:
-        await run_with_retry(db.uow, agents.upsert_profile, clock, profile_from_seed(profile))
+        await run_with_retry(
+            db.uow,
+            agents.upsert_profile,
+            clock,
+            profile_from_seed(profile),
+            acd_adapter=acd_adapter,
+        )
     for queue in seed.queues:
         await run_with_retry(
             db.uow,
@@ -79,6 +87,7 @@ async def _upsert_seed(db: Database, clock: Clock, seed: Seed) -> None:
             skills=agent.skills,
             profile=agent.profile,
             capacity={Channel(ch): n for ch, n in agent.capacity.items()},
+            acd_adapter=acd_adapter,
         )
 
 
@@ -107,7 +116,7 @@ def create_app(
         if settings.migrate_on_start:
             await db.migrate()
         if settings.seed_file is not None:
-            await apply_seed(db, clock, load_seed(settings.seed_file))
+            await apply_seed(db, clock, load_seed(settings.seed_file), settings.routing_acd)
         for name in settings.adapters_using_dev_secret():
             log.warning("development_secret_in_use", adapter=name)
         client = httpx.AsyncClient(
@@ -126,6 +135,10 @@ def create_app(
             max_attempts=settings.relay_max_attempts,
             base_backoff_seconds=settings.relay_base_backoff_seconds,
             lease_seconds=settings.relay_lease_seconds,
+            send_timeout_seconds=max(
+                a.timeout_seconds
+                for a in (*settings.acd_adapters.values(), *settings.crm_adapters.values())
+            ),
         )
         db.on_outbox_commit = relay.wake
         app.state.container = Container(settings, db, clock, registry, relay, client)
@@ -150,9 +163,14 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    install_openapi(
+        app,
+        settings.not_ready_reasons,
+        {"crm": sorted(settings.crm_adapters), "acd": sorted(settings.acd_adapters)},
+    )
     app.include_router(events.router)
     app.include_router(operators.router)
     app.include_router(inbox.router)
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the last resort catches the others too
     return app

@@ -192,7 +192,7 @@ async def test_echo_of_a_mirrored_change_does_not_flap(harness: Harness) -> None
             occurred_at=start + timedelta(seconds=offset),
         )
         assert response.json()["status"] == "applied"
-    await h.drain()
+        await h.drain()  # sent before the next change, which would otherwise supersede it
     mirrored = [m for m in h.acd.of_type("agent.state") if m["data"]["agent_id"] == "acd-005"]
     assert [m["data"]["state"] for m in mirrored] == ["not_ready", "ready"]
 

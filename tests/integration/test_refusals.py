@@ -90,14 +90,14 @@ BAD_REQUESTS = {
         "crm",
         _body("interaction.created", {**CREATE, "queue": "nowhere"}),
         422,
-        "validation_error",
+        "unknown_queue",
         "unknown queue 'nowhere'",
     ),
     "queue_of_other_channel": (
         "crm",
         _body("interaction.created", {**CREATE, "queue": "support-email"}),
         422,
-        "validation_error",
+        "queue_channel_mismatch",
         "takes email interactions",
     ),
     "priority_out_of_range": (

@@ -47,6 +47,7 @@ async def assert_history_replays(h: Harness, agent_id: str) -> None:
 
 async def test_a_call_beyond_voice_capacity_is_recorded_and_released(h: Harness) -> None:
     assert (await call(h, "voice.started", "acd-009", "a"))["status"] == "applied"
+    await h.drain()  # sent before the next change, which would otherwise supersede it
     second = await call(h, "voice.started", "acd-009", "b")
     assert second["status"] == "applied"
     view = await agent(h, "agent-009")

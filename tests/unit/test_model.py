@@ -86,7 +86,7 @@ def test_receive_starts_in_received_with_the_queue_skills_merged_and_one_history
 def test_receive_refuses_a_queue_of_another_channel() -> None:
     with pytest.raises(ValidationFailed, match="support-chat") as caught:
         received(channel=Channel.EMAIL, queue=CHAT_QUEUE)
-    assert caught.value.code == "validation_error"
+    assert caught.value.code == "queue_channel_mismatch"
 
 
 def test_receive_refuses_voice_even_in_a_voice_shaped_queue() -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from harmony.cli import openapi_document
+from harmony.config import Settings
+from harmony.main import create_app
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 
@@ -22,7 +25,7 @@ def test_every_route_documents_its_errors() -> None:
     events = spec["paths"]["/v1/crm/{adapter}/events"]["post"]
     assert {"202", "400", "401", "404", "409", "413", "415", "422"} <= set(events["responses"])
     body = events["requestBody"]["content"]["application/json"]["schema"]
-    assert body["properties"]["type"]["enum"] == [
+    assert list(body["discriminator"]["mapping"]) == [
         "interaction.created",
         "interaction.accepted",
         "interaction.completed",
@@ -30,3 +33,48 @@ def test_every_route_documents_its_errors() -> None:
         "agent.logged_out",
         "agent.state_changed",
     ]
+    agents = spec["paths"]["/v1/agents"]["get"]["responses"]
+    assert {"200", "400", "404", "422"} <= set(agents)
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_every_error_is_documented_as_the_apps_error_body() -> None:
+    spec = openapi_document()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) < 400:
+                    continue
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
+            if operation.get("parameters") or operation.get("requestBody"):
+                assert "422" in operation["responses"], (path, method)
+
+
+def test_event_data_is_described_per_type_with_the_signature_headers() -> None:
+    spec = openapi_document()
+    events = spec["paths"]["/v1/acd/{adapter}/events"]["post"]
+    headers = {p["name"] for p in events["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    mapping = events["requestBody"]["content"]["application/json"]["schema"]["discriminator"]
+    selected = _resolve(spec, {"$ref": mapping["mapping"]["agent.selected"]})
+    assert selected["properties"]["type"]["const"] == "agent.selected"
+    data = _resolve(spec, selected["properties"]["data"])
+    assert set(data["required"]) == {"request_id", "agent_id"}
+    assert data["properties"]["agent_id"]["pattern"] == "^[^\\x00]*$"
+
+
+def test_capacities_and_reasons_are_as_tight_as_validation() -> None:
+    app = create_app(Settings(migrate_on_start=False, not_ready_reasons=("lunch", "other")))
+    spec = app.openapi()
+    capacities = spec["components"]["schemas"]["ChannelCapacities"]["properties"]
+    voice = capacities["voice"]["anyOf"][0]
+    assert (voice["minimum"], voice["maximum"]) == (0, 1)
+    state = spec["components"]["schemas"]["AgentStateIn"]["properties"]["reason"]
+    assert state["anyOf"][0]["enum"] == ["lunch", "other"]

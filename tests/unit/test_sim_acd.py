@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from harmony.adapters.generic_http.protocol import (
+    AGENT_CAPACITY,
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -751,3 +752,47 @@ async def test_voice_traffic_calls_only_agents_ready_on_voice() -> None:
     assert len({d["call_id"] for d in started}) == len(started)
     assert agent_json(current, "a1")["peak_load"]["voice"] == 1
     assert current["voice_errors"] == []
+
+
+async def test_an_agent_state_older_than_the_last_applied_sequence_is_not_applied() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", []), ready=()) as client:
+        newer = {**agent_state("a1", "chat", "not_ready", "break"), "sequence": 5}
+        older = {**agent_state("a1", "chat", "ready"), "sequence": 4}
+        other_channel = {**agent_state("a1", "email", "ready"), "sequence": 3}
+        assert (await send(client, AGENT_STATE, newer)).json() == {"status": "accepted"}
+        assert (await send(client, AGENT_STATE, older)).json() == {"status": "stale"}
+        # Each channel keeps its own last sequence: the email mirror overtook nothing there.
+        assert (await send(client, AGENT_STATE, other_channel)).json() == {"status": "accepted"}
+        current = await wait_until(client, lambda s: s["echoes_sent"] >= 2)
+
+    assert agent_json(current, "a1")["state"] == {
+        "voice": "logged_out",
+        "chat": "not_ready",
+        "email": "ready",
+    }
+    assert [d["state"] for d in harmony.data(AGENT_STATE_CHANGED)] == ["not_ready", "ready"]
+
+
+async def test_agent_capacity_from_harmony_changes_the_acds_selection() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", [], chat=1)) as client:
+        wider = {
+            "agent_id": "a1",
+            "profile": "wider",
+            "capacity": {"voice": 1, "chat": 2, "email": 1},
+            "blocks": {"voice": ["chat", "email"], "chat": [], "email": []},
+            "wrap_up_seconds": {"voice": 0, "chat": 0, "email": 0},
+            "sequence": 7,
+        }
+        assert (await send(client, AGENT_CAPACITY, wider)).json() == {"status": "accepted"}
+        older = {**wider, "capacity": {"voice": 1, "chat": 1, "email": 1}, "sequence": 6}
+        assert (await send(client, AGENT_CAPACITY, older)).json() == {"status": "stale"}
+        ghost = await send(client, AGENT_CAPACITY, {**wider, "agent_id": "ghost"})
+        assert ghost.json() == {"status": "ignored"}
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        await send(client, ROUTING_REQUESTED, routing("r2"))
+        current = await wait_until(client, lambda s: len(harmony.selected()) == 2)
+
+    assert harmony.selected() == {"r1": "a1", "r2": "a1"}
+    assert agent_json(current, "a1")["capacity"] == {"voice": 1, "chat": 2, "email": 1}

@@ -538,3 +538,16 @@ async def test_simulate_agent_state_reports_the_change_and_returns_harmonys_answ
     # Shown on the channels Harmony said it applied the change to.
     assert {ch: b["state"] for ch, b in bar["crm-2"].items()} == {"chat": "ready", "email": "ready"}
     assert "crm-9" not in bar
+
+
+async def test_the_media_bar_ignores_an_agent_state_older_than_the_last_applied() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, seed=AGENTS_SEED, login_agents=False) as client:
+        newer = {**harmony_state("crm-1", "chat", "not_ready"), "reason": "break", "sequence": 9}
+        older = {**harmony_state("crm-1", "chat"), "sequence": 8}
+        assert (await send(client, AGENT_STATE, newer)).json() == {"status": "accepted"}
+        assert (await send(client, AGENT_STATE, older)).json() == {"status": "stale"}
+        current = await state(client)
+
+    assert current["media_bar"]["crm-1"]["chat"]["state"] == "not_ready"
+    assert current["media_bar"]["crm-1"]["chat"]["reason"] == "break"

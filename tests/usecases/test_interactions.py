@@ -33,6 +33,15 @@ async def message(world: World, interaction_id: str, message_type: str) -> Outbo
     return record.message
 
 
+async def claimed(world: World, message: OutboundMessage) -> str:
+    """Claim ``message`` as a relay would; its claim token."""
+    async with world.store.uow() as uow:
+        entries = await uow.outbox.claim_due(world.clock.now(), 10_000, 30, "test")
+        await uow.commit()
+    [entry] = [e for e in entries if e.message.id == message.id]
+    return entry.claim_token
+
+
 async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     """Create a chat and have the ACD pick ``acd_agent_id``; returns the interaction id."""
     outcome = await world.create(external_id)
@@ -43,7 +52,9 @@ async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -
 async def delivered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     interaction_id = await offered(world, external_id, acd_agent_id)
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
     return interaction_id
 
 
@@ -162,7 +173,7 @@ async def test_an_unknown_queue_stores_nothing_and_the_event_can_be_retried(
     with pytest.raises(ValidationFailed, match=r"data\.queue") as caught:
         await world.create("mail-1", Channel.EMAIL, event_id="evt-1", queue="sales-email")
 
-    assert caught.value.code == "validation_error"
+    assert caught.value.code == "unknown_queue"
     assert await world.store.dump() == before
     assert await world.events_seen() == []  # the inbox claim was rolled back with the rest
 
@@ -503,7 +514,9 @@ async def test_a_delivery_ack_moves_offered_to_delivered(world: World) -> None:
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
     world.clock.advance(2)
 
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
 
     interaction = await world.interaction(interaction_id)
     assert interaction.state == S.DELIVERED
@@ -521,7 +534,9 @@ async def test_a_routing_request_ack_only_marks_the_message_sent(world: World) -
     routing = await message(world, created.interaction_id, ROUTING_REQUESTED)
     history = await world.store.history(created.interaction_id)
 
-    await interactions.message_sent(world.store.uow(), world.clock, routing)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, routing, claim_token=await claimed(world, routing)
+    )
 
     assert (await world.interaction(created.interaction_id)).state == S.ROUTING
     assert await world.store.history(created.interaction_id) == history
@@ -534,7 +549,9 @@ async def test_a_delivery_ack_after_acceptance_is_only_noted(world: World) -> No
     await world.accept("chat-1")
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_sent(world.store.uow(), world.clock, deliver)
+    await interactions.message_sent(
+        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
+    )
 
     assert (await world.interaction(interaction_id)).state == S.ACCEPTED
     last = (await world.store.history(interaction_id))[-1]
@@ -550,7 +567,13 @@ async def test_a_lost_delivery_fails_releases_and_tells_the_acd(world: World) ->
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
     request_id = await world.request_id(interaction_id)
 
-    await interactions.message_failed(world.store.uow(), world.clock, deliver, "HTTP 404 no agent")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        deliver,
+        "HTTP 404 no agent",
+        claim_token=await claimed(world, deliver),
+    )
 
     interaction = await world.interaction(interaction_id)
     assert interaction.state == S.FAILED
@@ -579,7 +602,11 @@ async def test_a_lost_routing_request_fails_the_interaction(world: World) -> Non
     routing = await message(world, created.interaction_id, ROUTING_REQUESTED)
 
     await interactions.message_failed(
-        world.store.uow(), world.clock, routing, "HTTP 400 bad skills"
+        world.store.uow(),
+        world.clock,
+        routing,
+        "HTTP 400 bad skills",
+        claim_token=await claimed(world, routing),
     )
 
     interaction = await world.interaction(created.interaction_id)
@@ -593,7 +620,13 @@ async def test_a_lost_routing_request_after_selection_is_only_noted(world: World
     interaction_id = await offered(world, "chat-1")
     routing = await message(world, interaction_id, ROUTING_REQUESTED)
 
-    await interactions.message_failed(world.store.uow(), world.clock, routing, "gave up")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        routing,
+        "gave up",
+        claim_token=await claimed(world, routing),
+    )
 
     assert (await world.interaction(interaction_id)).state == S.OFFERED
     assert await world.load("agent-1") == 1
@@ -606,7 +639,13 @@ async def test_a_lost_delivery_after_acceptance_keeps_the_agent(world: World) ->
     await world.accept("chat-1")
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_failed(world.store.uow(), world.clock, deliver, "late 500")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        deliver,
+        "late 500",
+        claim_token=await claimed(world, deliver),
+    )
 
     assert (await world.interaction(interaction_id)).state == S.ACCEPTED
     assert await world.load("agent-1") == 1
@@ -618,7 +657,13 @@ async def test_a_lost_work_ended_is_only_noted(world: World) -> None:
     await world.complete("chat-1")
     ended = await message(world, interaction_id, WORK_ENDED)
 
-    await interactions.message_failed(world.store.uow(), world.clock, ended, "acd down")
+    await interactions.message_failed(
+        world.store.uow(),
+        world.clock,
+        ended,
+        "acd down",
+        claim_token=await claimed(world, ended),
+    )
 
     assert (await world.interaction(interaction_id)).state == S.COMPLETED
     assert (await world.store.history(interaction_id))[-1].event == "message_lost"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy.exc
 
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, InvalidCursor
 from harmony.routing.agent_state import AgentStateEntry, Presence
 from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
 from harmony.routing.model import Channel, ChannelStatus, InteractionState
@@ -76,8 +76,8 @@ async def test_claim_due_leases_and_counts_attempts(world: World) -> None:
     created = await world.create("chat-1")
     start = world.clock.now()
     async with world.store.uow() as uow:
-        [entry] = await uow.outbox.claim_due(start, limit=10, lease_seconds=30)
-        assert await uow.outbox.claim_due(start, limit=10, lease_seconds=30) == []
+        [entry] = await uow.outbox.claim_due(start, limit=10, lease_seconds=30, claimer="test")
+        assert await uow.outbox.claim_due(start, limit=10, lease_seconds=30, claimer="test") == []
         await uow.commit()
     assert entry.attempts == entry.message.attempts == 1
     assert entry.message.interaction_id == created.interaction_id
@@ -85,7 +85,7 @@ async def test_claim_due_leases_and_counts_attempts(world: World) -> None:
     assert (record.attempts, record.next_attempt_at) == (1, start + timedelta(seconds=30))
     async with world.store.uow() as uow:
         later = start + timedelta(seconds=30)
-        [again] = await uow.outbox.claim_due(later, limit=10, lease_seconds=30)
+        [again] = await uow.outbox.claim_due(later, limit=10, lease_seconds=30, claimer="test")
         assert again.attempts == 2
         assert await uow.outbox.pending_count() == 1
 
@@ -106,7 +106,7 @@ async def test_search_pages_oldest_first_with_a_cursor(world: World) -> None:
             if cursor is None:
                 break
         [stat_chat, stat_mail] = await uow.queues.stats()
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(InvalidCursor):
             await uow.interactions.search(InteractionFilter(), 2, "garbage!")
     assert seen == ids
     assert mail.interaction_id not in seen
@@ -137,7 +137,7 @@ async def test_agent_search_filters_and_pages_by_id(world: World) -> None:
         assert first.next_cursor is not None
         rest = await uow.agents.search(AgentFilter(skills=("support",)), now, 2, first.next_cursor)
         nobody = await uow.agents.search(AgentFilter(skills=("support", "french")), now, 2, None)
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(InvalidCursor):
             await uow.agents.search(AgentFilter(), now, 2, "_w")  # not UTF-8 inside
     assert [a.id for a in busy.items] == ["agent-1"]
     assert [a.id for a in not_ready.items] == ["agent-2"]

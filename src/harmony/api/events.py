@@ -1,7 +1,8 @@
 """Inbound webhooks and callbacks: ``/v1/crm/{adapter}/events`` and ``/v1/acd/{adapter}/events``.
 
 The router is generic: look the adapter up (404), let it check the content type (415), verify
-the signature (401) and parse the body into a command (400 unreadable, 422 invalid); then the
+the signature (400 when the body is not UTF-8, 401) and parse the body into a command (400
+unreadable or not strict JSON, 422 invalid); then the
 inbox stores the event and ``harmony.routing.commands`` applies it. A refused event changes
 nothing but its inbox row, kept so an operator can see why and re-drive it.
 """
@@ -9,16 +10,17 @@ nothing but its inbox row, kept so an operator can see why and re-drive it.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 
 from harmony.adapters.base import SignatureError
 from harmony.adapters.generic_http.inbound import ACD_EVENTS, CRM_EVENTS
-from harmony.adapters.generic_http.protocol import Envelope
 from harmony.api.deps import Container, container
-from harmony.api.schemas import AgentEventAccepted, ErrorBody, EventAccepted
+from harmony.api.openapi import event_request
+from harmony.api.plumbing import errors
+from harmony.api.schemas import AgentEventAccepted, EventAccepted
 from harmony.config import Settings
 from harmony.errors import Unauthorized
 from harmony.routing import commands
@@ -28,21 +30,7 @@ from harmony.routing.messages import TargetKind
 router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)
-}
-
-
-def _event_body(types: list[str]) -> dict[str, Any]:
-    schema = Envelope.model_json_schema()
-    schema["properties"]["type"]["enum"] = types
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-            "description": "A signed event envelope (docs/protocol.md); Standard Webhooks headers.",
-        }
-    }
+ERRORS = errors(400, 401, 404, 409, 413, 415, 422)
 
 
 def policy_of(settings: Settings) -> commands.Policy:
@@ -100,7 +88,7 @@ def _event_route(kind: TargetKind, event_types: list[str], summary: str) -> None
         status_code=202,
         response_model=EventAccepted | AgentEventAccepted,
         responses=ERRORS,
-        openapi_extra=_event_body(event_types),
+        openapi_extra=event_request(event_types),
         summary=summary,
     )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from harmony.api.deps import Container, container
+from harmony.api.plumbing import StrictJsonRoute, errors
 from harmony.api.schemas import (
     AgentHistoryPage,
     AgentIn,
@@ -14,8 +15,6 @@ from harmony.api.schemas import (
     AgentPage,
     AgentStateEntryOut,
     AgentStateIn,
-    AnyChannel,
-    ErrorBody,
     Health,
     HistoryOut,
     InteractionDetail,
@@ -26,32 +25,41 @@ from harmony.api.schemas import (
     QueueIn,
     QueueOut,
     Readiness,
-    RoutableChannel,
 )
 from harmony.errors import HarmonyError, NotFound
+from harmony.inputs import AnyChannel, Name, RoutableChannel, Skill, Text
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Presence, Profile
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.routing.ports import AgentFilter, InteractionFilter
 from harmony.routing.retry import run_with_retry
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 Wired = Annotated[Container, Depends(container)]
-NamePath = Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
-PUT_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 409, 413, 422)
-}
+AgentId = Annotated[Text, Path(min_length=1, max_length=100)]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=500,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="`next_cursor` of the previous page, unchanged (400 `invalid_cursor` else)",
+    ),
+]
 
 
-@router.get("/v1/interactions", response_model=InteractionPage, tags=["interactions"])
+@router.get(
+    "/v1/interactions",
+    response_model=InteractionPage,
+    responses=errors(400, 422),
+    tags=["interactions"],
+)
 async def list_interactions(
     wired: Wired,
     state: Annotated[InteractionState | None, Query()] = None,
     channel: Annotated[RoutableChannel | None, Query()] = None,
-    queue: Annotated[str | None, Query(max_length=100)] = None,
+    queue: Annotated[Name | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Cursor = None,
 ) -> InteractionPage:
     """Interactions oldest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     flt = InteractionFilter(state=state, channel=Channel(channel) if channel else None, queue=queue)
@@ -65,11 +73,11 @@ async def list_interactions(
 @router.get(
     "/v1/interactions/{interaction_id}",
     response_model=InteractionDetail,
-    responses=NOT_FOUND,
+    responses=errors(404, 422),
     tags=["interactions"],
 )
 async def get_interaction(
-    wired: Wired, interaction_id: Annotated[str, Path(max_length=36)]
+    wired: Wired, interaction_id: Annotated[Text, Path(min_length=1, max_length=36)]
 ) -> InteractionDetail:
     """One interaction with its full history, oldest entry first."""
     async with wired.db.reader() as uow:
@@ -82,7 +90,9 @@ async def get_interaction(
     )
 
 
-@router.get("/v1/agents", response_model=AgentPage, tags=["agents"])
+@router.get(
+    "/v1/agents", response_model=AgentPage, responses=errors(400, 404, 422), tags=["agents"]
+)
 async def list_agents(
     wired: Wired,
     presence: Annotated[Presence | None, Query()] = None,
@@ -90,13 +100,15 @@ async def list_agents(
     state: Annotated[
         ChannelStatus | None, Query(description="channel state; with `channel`, on that channel")
     ] = None,
-    skill: Annotated[list[str] | None, Query(description="repeat for several")] = None,
-    queue: Annotated[
-        str | None, Query(max_length=100, description="has the queue's skills")
+    skill: Annotated[
+        list[Skill] | None, Query(max_length=20, description="repeat for several")
     ] = None,
-    profile: Annotated[str | None, Query(max_length=100)] = None,
+    queue: Annotated[
+        Name | None, Query(description="has the queue's skills (404 `unknown_queue` if none)")
+    ] = None,
+    profile: Annotated[Name | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Cursor = None,
 ) -> AgentPage:
     """Agents by id, with each channel's state, load and capacity; filters combine with AND."""
     now = wired.clock.now()
@@ -118,8 +130,10 @@ async def list_agents(
     return AgentPage(items=[AgentOut.of(a, now) for a in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/v1/agents/{agent_id}", response_model=AgentOut, responses=NOT_FOUND, tags=["agents"])
-async def get_agent(wired: Wired, agent_id: Annotated[str, Path(max_length=100)]) -> AgentOut:
+@router.get(
+    "/v1/agents/{agent_id}", response_model=AgentOut, responses=errors(404, 422), tags=["agents"]
+)
+async def get_agent(wired: Wired, agent_id: AgentId) -> AgentOut:
     """One agent: each channel's state, reason, since when, load, capacity and wrap-up."""
     async with wired.db.reader() as uow:
         agent = await uow.agents.get(agent_id)
@@ -128,8 +142,13 @@ async def get_agent(wired: Wired, agent_id: Annotated[str, Path(max_length=100)]
     return AgentOut.of(agent, wired.clock.now())
 
 
-@router.put("/v1/agents/{agent_id}", response_model=AgentOut, responses=PUT_ERRORS, tags=["agents"])
-async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: AgentIn) -> AgentOut:
+@router.put(
+    "/v1/agents/{agent_id}",
+    response_model=AgentOut,
+    responses=errors(400, 409, 413, 422),
+    tags=["agents"],
+)
+async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: AgentIn) -> AgentOut:
     """Create or update an agent. Capacity may not drop below the load the agent holds now."""
     agent = await run_with_retry(
         wired.db.uow,
@@ -142,7 +161,8 @@ async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: Agen
         skills=body.skills,
         profile=body.profile,
         crm_adapter=body.crm_adapter,
-        capacity={Channel(ch): n for ch, n in body.capacity.items()},
+        capacity={Channel(ch): n for ch, n in body.capacity.given().items()},
+        acd_adapter=wired.settings.routing_acd,
     )
     return AgentOut.of(agent, wired.clock.now())
 
@@ -150,12 +170,10 @@ async def put_agent(wired: Wired, agent_id: Annotated[str, NamePath], body: Agen
 @router.put(
     "/v1/agents/{agent_id}/state",
     response_model=AgentOut,
-    responses={**PUT_ERRORS, **NOT_FOUND},
+    responses=errors(400, 404, 409, 413, 422),
     tags=["agents"],
 )
-async def put_agent_state(
-    wired: Wired, agent_id: Annotated[str, Path(max_length=100)], body: AgentStateIn
-) -> AgentOut:
+async def put_agent_state(wired: Wired, agent_id: AgentId, body: AgentStateIn) -> AgentOut:
     """Supervisor override of one channel. 409 names the rule when it is not allowed: only the
     agent logs in; no logout while holding work; no ready without capacity."""
     await run_with_retry(
@@ -180,14 +198,14 @@ async def put_agent_state(
 @router.get(
     "/v1/agents/{agent_id}/history",
     response_model=AgentHistoryPage,
-    responses=NOT_FOUND,
+    responses=errors(400, 404, 422),
     tags=["agents"],
 )
 async def agent_history(
     wired: Wired,
-    agent_id: Annotated[str, Path(max_length=100)],
+    agent_id: AgentId,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Cursor = None,
 ) -> AgentHistoryPage:
     """The agent's append-only state history, oldest first: every change with its source."""
     async with wired.db.reader() as uow:
@@ -206,11 +224,22 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
         return [ProfileOut.of(p) for p in await uow.profiles.all()]
 
 
-@router.put("/v1/profiles/{name}", response_model=ProfileOut, responses=PUT_ERRORS, tags=["agents"])
-async def put_profile(wired: Wired, name: Annotated[str, NamePath], body: ProfileIn) -> ProfileOut:
+@router.put(
+    "/v1/profiles/{name}",
+    response_model=ProfileOut,
+    responses=errors(400, 409, 413, 422),
+    tags=["agents"],
+)
+async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
-    profile = Profile.from_names(name, body.capacity, body.wrap_up_seconds, body.blocks)
-    await run_with_retry(wired.db.uow, agents.upsert_profile, wired.clock, profile)
+    profile = Profile.from_names(name, body.capacity.given(), body.wrap_up_seconds, body.blocks)
+    await run_with_retry(
+        wired.db.uow,
+        agents.upsert_profile,
+        wired.clock,
+        profile,
+        acd_adapter=wired.settings.routing_acd,
+    )
     return ProfileOut.of(profile)
 
 
@@ -223,8 +252,10 @@ async def list_queues(wired: Wired) -> list[QueueOut]:
     return [QueueOut.of(s, now) for s in stats]
 
 
-@router.put("/v1/queues/{name}", response_model=QueueOut, responses=PUT_ERRORS, tags=["queues"])
-async def put_queue(wired: Wired, name: Annotated[str, NamePath], body: QueueIn) -> QueueOut:
+@router.put(
+    "/v1/queues/{name}", response_model=QueueOut, responses=errors(400, 413, 422), tags=["queues"]
+)
+async def put_queue(wired: Wired, name: Annotated[Name, Path()], body: QueueIn) -> QueueOut:
     """Create or replace a queue definition."""
     await run_with_retry(
         wired.db.uow,
@@ -247,9 +278,7 @@ class NotReady(HarmonyError):
     code = "not_ready"
 
 
-@router.get(
-    "/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}}, tags=["health"]
-)
+@router.get("/readyz", response_model=Readiness, responses=errors(503), tags=["health"])
 async def readyz(wired: Wired) -> Readiness:
     """The database answers; reports how many outbound messages wait to be relayed."""
     try:

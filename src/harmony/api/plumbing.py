@@ -1,25 +1,102 @@
-"""Request plumbing: request ids, the body-size limit, and one error shape for every failure."""
+"""Request plumbing: request ids, the body-size limit, strict JSON, and one error shape for
+every failure, including the last-resort 500."""
 
 from __future__ import annotations
 
-import json
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from harmony.errors import BadRequest, HarmonyError
+from harmony.api.schemas import ErrorBody
+from harmony.errors import HarmonyError
+from harmony.inputs import describe_validation, parse_json
 
 log = structlog.get_logger("harmony.api")
 
+__all__ = [
+    "BodyLimitMiddleware",
+    "RequestIdMiddleware",
+    "StrictJsonRoute",
+    "error_response",
+    "errors",
+    "install_error_handlers",
+    "parse_json",
+]
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+def _printable(text: str, limit: int = 2000) -> str:
+    # Details quote the input; a lone surrogate in it would make the answer itself unencodable.
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The one error body: ``{"error", "detail"}``, plus ``request_id`` on 5xx answers."""
+    body: dict[str, str] = {"error": code, "detail": _printable(detail)}
+    if status >= 500:
+        body["request_id"] = request_id or structlog.contextvars.get_contextvars().get(
+            "request_id", ""
+        )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each with the error body."""
+    return {status: {"model": ErrorBody, "description": _MEANING[status]} for status in statuses}
+
+
+_MEANING = {
+    400: "the body is not strict UTF-8 JSON (`malformed_json`) or the cursor is not one this "
+    "API returned (`invalid_cursor`)",
+    401: "signature missing, stale or wrong (`invalid_signature`)",
+    404: "names something Harmony does not hold (`unknown_...`)",
+    409: "valid, but not in the current state (the code names the rule)",
+    413: "body over 256 KiB (`body_too_large`)",
+    415: "content type is not application/json (`unsupported_media_type`)",
+    422: "a field is missing, of the wrong type or out of range (`validation_error`, naming the "
+    "field), or names a queue, profile or reason Harmony does not hold",
+    503: "the database does not answer (`not_ready`)",
+}
+
+
+class StrictJsonRoute(APIRoute):
+    """A route whose JSON body is parsed strictly (``harmony.inputs.parse_json``) before
+    FastAPI validates it: no NaN, no 5,000-digit integers, no 10,000-level nesting."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def strict_handler(request: Request) -> Response:
+            strict = _StrictJsonRequest(request.scope, request.receive)
+            content_type = strict.headers.get("content-type", "")
+            if content_type.split(";")[0].strip().lower() == "application/json":
+                await strict.json()  # raises BadRequest here, outside FastAPI's generic 400
+            return await handler(strict)
+
+        return strict_handler
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_strict_json"):
+            self._strict_json = parse_json(await self.body())
+        return self._strict_json
 
 
 class BodyTooLarge(Exception):
@@ -77,7 +154,9 @@ class BodyLimitMiddleware:
 
 
 class RequestIdMiddleware:
-    """Bind a request id (the caller's ``x-request-id`` or a new one) to every log line."""
+    """Bind a request id (the caller's ``x-request-id`` or a new one) to every log line, and
+    be the last resort: any exception that escapes the app or a middleware inside this one is
+    logged with its traceback and answered ``500 {"error": "internal", ...}``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,24 +165,45 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given[:100] if given else uuid.uuid4().hex
+        request_id = _request_id(scope)
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                log.exception(
+                    "unhandled_error",
+                    method=scope.get("method"),
+                    path=_printable(str(scope.get("path", "")), 200),
+                    error=type(exc).__name__,
+                )
+                if started:  # the answer is half sent: all that is left is to end it
+                    return
+                response = error_response(
+                    500,
+                    "internal",
+                    "an unexpected error; it is logged with this request id",
+                    request_id=request_id,
+                )
+                await response(scope, receive, send_with_id)
 
 
-def _describe_validation(errors: list[Any]) -> str:
-    parts = []
-    for error in errors:
-        location = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",))
-        parts.append(f"{location}: {error.get('msg', 'invalid')}" if location else error["msg"])
-    return "; ".join(parts) or "invalid request"
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")[:100]
+            # Echoed in a header and in log lines: printable ASCII only.
+            if given and given.isascii() and given.isprintable():
+                return given
+    return uuid.uuid4().hex
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -120,26 +220,14 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "request body is not valid JSON")
-        return error_response(422, "validation_error", _describe_validation(errors))
+        return error_response(422, "validation_error", describe_validation(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
         return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            headers=dict(exc.headers or {}),  # 405 carries Allow
         )
-
-
-def describe_pydantic_errors(errors: list[Any], prefix: str) -> str:
-    """Same wording as request validation, for bodies the event routes parse themselves."""
-    return _describe_validation(
-        [{**e, "loc": (prefix, *e.get("loc", ()))} if prefix else e for e in errors]
-    )
-
-
-def parse_json(body: bytes) -> Any:
-    """Parse JSON or raise the 400 the protocol promises."""
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from exc

@@ -1,4 +1,5 @@
-"""Request and response bodies. Validation of everything that comes from outside lives here."""
+"""The operator API's request and response bodies; field rules live in ``harmony.inputs``, event
+data in ``harmony.adapters.generic_http.data``."""
 
 from __future__ import annotations
 
@@ -7,50 +8,29 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harmony.inputs import (
+    JSON_INTEGER,
+    AnyChannel,
+    InboundModel,
+    Name,
+    NotReadyReason,
+    PeerAgentId,
+    RoutableChannel,
+    Skill,
+    Text,
+    WrapUpSeconds,
+)
 from harmony.routing.agent_state import AgentStateEntry, Profile, presence
-from harmony.routing.model import DEFAULT_PROFILE, Agent, ChannelState, HistoryEntry, Interaction
+from harmony.routing.model import (
+    DEFAULT_PROFILE,
+    MAX_CAPACITY,
+    Agent,
+    Channel,
+    ChannelState,
+    HistoryEntry,
+    Interaction,
+)
 from harmony.routing.ports import QueueStats
-
-Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:@-]+$")]
-Skill = Annotated[str, Field(min_length=1, max_length=100)]
-RoutableChannel = Literal["chat", "email"]
-AnyChannel = Literal["voice", "chat", "email"]
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-# --- inbound event data (docs/protocol.md) ---------------------------------------------------
-
-
-class InteractionCreatedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
-    channel: RoutableChannel
-    queue: Name
-    priority: int = Field(default=0, ge=0, le=100)
-    skills: list[Skill] = Field(default_factory=list, max_length=50)
-    customer: dict[str, Any] = Field(default_factory=dict)
-    subject: str | None = Field(default=None, max_length=1000)
-
-
-class InteractionAcceptedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
-    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
-
-
-class InteractionCompletedData(_In):
-    external_id: str = Field(min_length=1, max_length=200)
-
-
-class AgentSelectedData(_In):
-    request_id: str = Field(min_length=1, max_length=64)
-    agent_id: str = Field(min_length=1, max_length=200)
-
-
-class RequestQueuedData(_In):
-    request_id: str = Field(min_length=1, max_length=64)
-    position: int | None = Field(default=None, ge=1)
 
 
 class EventAccepted(BaseModel):
@@ -59,17 +39,34 @@ class EventAccepted(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: str
+    """Every error Harmony answers; ``request_id`` is set on 5xx answers (also the
+    ``x-request-id`` header) so that the log line can be found."""
+
+    error: str = Field(description="a stable code: validation_error, unknown_agent, ...")
+    detail: str = Field(description="what is wrong, naming the field")
+    request_id: str | None = None
 
 
 # --- operators -------------------------------------------------------------------------------
 
 
-class QueueIn(_In):
+class QueueIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     channel: RoutableChannel
     skills: list[Skill] = Field(default_factory=list, max_length=50)
+
+
+class ChannelCapacities(InboundModel):
+    """How many interactions at once, per channel (voice is one call at a time)."""
+
+    model_config = ConfigDict(extra="forbid")
+    voice: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.VOICE]), JSON_INTEGER] | None = None
+    chat: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.CHAT]), JSON_INTEGER] | None = None
+    email: Annotated[int, Field(ge=0, le=MAX_CAPACITY[Channel.EMAIL]), JSON_INTEGER] | None = None
+
+    def given(self) -> dict[str, int]:
+        """The channels given, by name."""
+        return {name: n for name, n in self.model_dump().items() if n is not None}
 
 
 class QueueOut(BaseModel):
@@ -93,16 +90,17 @@ class QueueOut(BaseModel):
         )
 
 
-class AgentIn(_In):
+class AgentIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(default="", max_length=200)
-    crm_agent_id: str = Field(min_length=1, max_length=200)
-    acd_agent_id: str = Field(min_length=1, max_length=200)
+    name: Annotated[Text, Field(max_length=200)] = ""
+    crm_agent_id: PeerAgentId
+    acd_agent_id: PeerAgentId
     crm_adapter: Name = "generic"
     skills: list[Skill] = Field(default_factory=list, max_length=100)
     profile: Name = DEFAULT_PROFILE
-    capacity: dict[AnyChannel, int] = Field(
-        default_factory=dict, description="per-channel overrides of the profile's capacity"
+    capacity: ChannelCapacities = Field(
+        default_factory=ChannelCapacities,
+        description="per-channel overrides of the profile's capacity",
     )
 
 
@@ -171,13 +169,13 @@ class AgentPage(BaseModel):
     next_cursor: str | None
 
 
-class AgentStateIn(_In):
+class AgentStateIn(InboundModel):
     """A supervisor's override of one channel's state."""
 
     model_config = ConfigDict(extra="forbid")
     channel: AnyChannel
     state: Literal["logged_out", "not_ready", "ready"]
-    reason: str | None = Field(default=None, min_length=1, max_length=64)
+    reason: NotReadyReason | None = None
 
 
 class AgentStateEntryOut(BaseModel):
@@ -219,13 +217,11 @@ class AgentHistoryPage(BaseModel):
     next_cursor: str | None
 
 
-class ProfileIn(_In):
+class ProfileIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
-    capacity: dict[AnyChannel, Annotated[int, Field(ge=0, le=20)]]
-    wrap_up_seconds: dict[AnyChannel, Annotated[int, Field(ge=0, le=3600)]] = Field(
-        default_factory=dict
-    )
-    blocks: dict[AnyChannel, list[AnyChannel]] = Field(
+    capacity: ChannelCapacities
+    wrap_up_seconds: dict[AnyChannel, WrapUpSeconds] = Field(default_factory=dict)
+    blocks: dict[AnyChannel, Annotated[list[AnyChannel], Field(max_length=3)]] = Field(
         default_factory=dict,
         description="work on the key channel blocks offers on the listed channels",
     )
@@ -240,47 +236,6 @@ class ProfileOut(BaseModel):
     @classmethod
     def of(cls, p: Profile) -> ProfileOut:
         return cls(name=p.name, **p.as_names())
-
-
-# --- agent events (docs/protocol.md) ----------------------------------------------------------
-
-StateName = Literal["logged_out", "not_ready", "ready"]
-
-
-class _AgentEvent(_In):
-    agent_id: str = Field(min_length=1, max_length=200)
-    sequence: int | None = Field(default=None, ge=0)
-
-
-class AgentLoggedInData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
-    state: Literal["not_ready", "ready"] = "not_ready"
-    reason: str | None = Field(default=None, max_length=64)
-
-
-class AgentLoggedOutData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
-
-
-class AgentStateChangedData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
-    state: StateName
-    reason: str | None = Field(default=None, max_length=64)
-    echo_of: str | None = Field(default=None, max_length=128)
-
-
-class AgentLoginFailedData(_AgentEvent):
-    channels: list[AnyChannel] | None = Field(default=None, min_length=1)
-    reason: str = Field(default="refused", max_length=200)
-
-
-class VoiceStartedData(_AgentEvent):
-    call_id: str = Field(min_length=1, max_length=128)
-
-
-class VoiceEndedData(_AgentEvent):
-    call_id: str = Field(min_length=1, max_length=128)
-    wrap_up_seconds: int | None = Field(default=None, ge=0, le=3600)
 
 
 class AgentEventAccepted(BaseModel):

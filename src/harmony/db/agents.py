@@ -6,7 +6,6 @@ channels, their skills), and every filter is evaluated in the database.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -26,6 +25,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from harmony.db.cursor import (
+    agent_cursor,
+    history_cursor,
+    read_agent_cursor,
+    read_history_cursor,
+)
 from harmony.db.dialect import insert_for
 from harmony.db.tables import (
     agent_channels,
@@ -42,17 +47,6 @@ from harmony.routing.agent_state import AgentStateEntry, Presence, Profile, Stat
 from harmony.routing.messages import TargetKind
 from harmony.routing.model import Agent, Channel, ChannelState, ChannelStatus
 from harmony.routing.ports import AgentFilter, Page, VoiceCall
-
-
-def _encode(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("cursor: not a cursor this API returned") from exc
 
 
 def _channel_state(row: Any) -> ChannelState:
@@ -162,7 +156,7 @@ class SqlAgents:
         """Filters become EXISTS subqueries on the channel and skill indexes."""
         conditions: list[Any] = []
         if cursor is not None:
-            conditions.append(agents.c.id > _decode(cursor))
+            conditions.append(agents.c.id > read_agent_cursor(cursor))
         if flt.profile is not None:
             conditions.append(agents.c.profile == flt.profile)
         if flt.channel is not None or flt.status is not None:
@@ -182,7 +176,7 @@ class SqlAgents:
             conditions.append(_presence_condition(flt.presence, now))
         found = await self._load(and_(agents.c.id.is_not(None), *conditions), limit=limit + 1)
         items = found[:limit]
-        next_cursor = _encode(items[-1].id) if len(found) > limit else None
+        next_cursor = agent_cursor(items[-1].id) if len(found) > limit else None
         return Page(items, next_cursor)
 
     async def upsert(
@@ -202,7 +196,9 @@ class SqlAgents:
             )
         ).first()
         if profile_row is None:
-            raise ValidationFailed(f"profile: unknown profile '{agent.profile}'")
+            raise ValidationFailed(
+                f"profile: unknown profile '{agent.profile}'", code="unknown_profile"
+            )
         profile = _profile(profile_row)
         await self._refuse_taken_ids(agent)
         values = {
@@ -401,10 +397,7 @@ class SqlAgents:
         """Keyset on the history id, oldest first."""
         query = select(agent_state_history).where(agent_state_history.c.agent_id == agent_id)
         if cursor is not None:
-            after = _decode(cursor)
-            if not after.isdigit():
-                raise ValidationFailed("cursor: not a cursor this API returned")
-            query = query.where(agent_state_history.c.id > int(after))
+            query = query.where(agent_state_history.c.id > read_history_cursor(cursor))
         rows = (
             await self._conn.execute(query.order_by(agent_state_history.c.id).limit(limit + 1))
         ).all()
@@ -427,7 +420,7 @@ class SqlAgents:
             )
             for row in rows[:limit]
         ]
-        next_cursor = _encode(str(rows[limit - 1].id)) if len(rows) > limit else None
+        next_cursor = history_cursor(rows[limit - 1].id) if len(rows) > limit else None
         return Page(items, next_cursor)
 
     async def last_sequence(self, agent_id: str, source: str) -> int | None:

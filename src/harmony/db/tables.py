@@ -230,15 +230,34 @@ outbox = Table(
     Column("type", String(64), nullable=False),
     Column("interaction_id", String(36), nullable=False),
     Column("payload", JSON, nullable=False),
-    Column("status", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("next_attempt_at", UtcDateTime, nullable=False),
     Column("sent_at", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
-    CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
+    # Fencing: set by each claim; an outcome is recorded only where the row still carries it.
+    Column("claim_token", String(64), nullable=True),
+    Column("claimed_by", String(200), nullable=True),
+    # Messages sharing an ordering key go out one at a time in ordering_seq order.
+    Column("ordering_key", String(200), nullable=True),
+    Column("ordering_seq", BigInteger, nullable=True),
+    # A newer message with the same supersede key replaces this one while it is unsent.
+    Column("supersede_key", String(250), nullable=True),
+    CheckConstraint("status IN ('pending', 'sent', 'dead', 'superseded')", name="status"),
     CheckConstraint("target_kind IN ('acd', 'crm')", name="target_kind"),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_outbox_ordering_key_ordering_seq", "ordering_key", "ordering_seq"),
+    Index("ix_outbox_supersede_key", "supersede_key"),
+)
+
+# The last ordering_seq given out per ordering key; bumped in the transaction that writes the
+# message, so a key's sequence follows the order its transactions commit in.
+outbox_sequences = Table(
+    "outbox_sequences",
+    metadata,
+    Column("ordering_key", String(200), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
 )
 
 agent_state_history = Table(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -15,15 +14,18 @@ from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
+from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import insert_for, is_transient, sqlstate
 from harmony.db.tables import (
+    agent_mirrors,
     inbox,
     interaction_history,
     interactions,
     outbox,
+    outbox_sequences,
     queues,
 )
-from harmony.errors import Conflict, TryAgain, ValidationFailed
+from harmony.errors import Conflict, TryAgain
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
@@ -192,7 +194,7 @@ class SqlInteractions:
         if flt.queue is not None:
             query = query.where(interactions.c.queue == flt.queue)
         if cursor is not None:
-            after_at, after_id = decode_cursor(cursor)
+            after_at, after_id = read_interaction_cursor(cursor)
             query = query.where(
                 or_(
                     interactions.c.received_at > after_at,
@@ -205,7 +207,7 @@ class SqlInteractions:
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
-            next_cursor = encode_cursor(last.received_at, last.id)
+            next_cursor = interaction_cursor(last.received_at, last.id)
         return Page(items, next_cursor)
 
     async def history(self, interaction_id: str) -> list[HistoryEntry]:
@@ -227,25 +229,6 @@ class SqlInteractions:
             )
             for row in rows
         ]
-
-
-def encode_cursor(at: datetime, interaction_id: str) -> str:
-    """An opaque cursor for keyset pagination."""
-    raw = json.dumps([at.isoformat(), interaction_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Reverse ``encode_cursor``; ValidationFailed for anything it did not produce."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at_text, interaction_id = json.loads(raw)
-        at = datetime.fromisoformat(at_text)
-        if at.tzinfo is None or not isinstance(interaction_id, str):
-            raise ValueError("bad cursor")
-    except (ValueError, TypeError) as exc:
-        raise ValidationFailed("cursor: not a cursor this API returned") from exc
-    return at, interaction_id
 
 
 class SqlQueues:
@@ -400,14 +383,36 @@ class SqlInbox:
 
 
 class SqlOutbox:
-    """Promised outbound messages; leased by pushing ``next_attempt_at`` forward."""
+    """Promised outbound messages.
+
+    A claim leases a row by pushing ``next_attempt_at`` to the end of the lease and stamping it
+    with a fresh claim token; every outcome is written only ``WHERE claim_token = <the one
+    claimed>`` while the row is pending, so a relay whose lease was taken over cannot overwrite
+    the outcome of the relay that holds it.
+    """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self.added = 0
 
+    async def next_sequence(self, ordering_key: str) -> int:
+        """The next number for ``ordering_key``; the counter row stays locked until commit, so
+        numbers follow the order in which the transactions using them commit."""
+        statement = (
+            insert_for(self._conn, outbox_sequences)
+            .values(ordering_key=ordering_key, sequence=1)
+            .on_conflict_do_update(
+                index_elements=[outbox_sequences.c.ordering_key],
+                set_={"sequence": outbox_sequences.c.sequence + 1},
+            )
+            .returning(outbox_sequences.c.sequence)
+        )
+        return int((await self._conn.execute(statement)).scalar_one())
+
     async def add(self, message: OutboundMessage, at: datetime) -> None:
-        """Store the message, due now."""
+        """Store the message, due now; an unsent older message it supersedes is retired."""
+        if message.supersede_key is not None:
+            await self._supersede(message, at)
         await self._conn.execute(
             insert(outbox).values(
                 id=message.id,
@@ -420,30 +425,78 @@ class SqlOutbox:
                 attempts=0,
                 created_at=at,
                 next_attempt_at=at,
+                ordering_key=message.ordering_key,
+                ordering_seq=message.sequence,
+                supersede_key=message.supersede_key,
             )
         )
         self.added += 1
 
-    async def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[OutboxEntry]:
-        """Lease due rows; on PostgreSQL rows other relays hold are skipped, not waited for."""
+    async def _supersede(self, message: OutboundMessage, at: datetime) -> None:
+        # Only rows no relay holds: one being sent keeps going, and the newer one follows it.
+        retired = (
+            (
+                await self._conn.execute(
+                    update(outbox)
+                    .where(outbox.c.supersede_key == message.supersede_key)
+                    .where(outbox.c.status == "pending")
+                    .where(outbox.c.claim_token.is_(None))
+                    .values(
+                        status="superseded",
+                        next_attempt_at=at,
+                        last_error=f"superseded by {message.id}",
+                    )
+                    .returning(outbox.c.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if retired:
+            # Never sent, so never echoed back: nothing to recognise.
+            await self._conn.execute(delete(agent_mirrors).where(agent_mirrors.c.id.in_(retired)))
+
+    async def claim_due(
+        self, now: datetime, limit: int, lease_seconds: float, claimer: str
+    ) -> list[OutboxEntry]:
+        """Lease due rows under a new claim token, counting the attempt.
+
+        A row whose ordering key has an earlier pending row (unsent, or in flight) waits for it.
+        On PostgreSQL rows other relays are claiming are skipped, not waited for.
+        """
+        earlier = outbox.alias("earlier")
         query = (
             select(outbox)
             .where(outbox.c.status == "pending")
             .where(outbox.c.next_attempt_at <= now)
-            .order_by(outbox.c.next_attempt_at, outbox.c.created_at)
+            .where(
+                or_(
+                    outbox.c.ordering_key.is_(None),
+                    ~select(earlier.c.id)
+                    .where(earlier.c.ordering_key == outbox.c.ordering_key)
+                    .where(earlier.c.status == "pending")
+                    .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
+                    .exists(),
+                )
+            )
+            .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
             .limit(limit)
         )
         if self._conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+            query = query.with_for_update(skip_locked=True, of=outbox)
         rows = (await self._conn.execute(query)).all()
         if not rows:
             return []
+        token = uuid.uuid4().hex
+        lease_until = now + timedelta(seconds=lease_seconds)
         await self._conn.execute(
             update(outbox)
             .where(outbox.c.id.in_([row.id for row in rows]))
             .values(
                 attempts=outbox.c.attempts + 1,
-                next_attempt_at=now + timedelta(seconds=lease_seconds),
+                next_attempt_at=lease_until,
+                claim_token=token,
+                claimed_by=claimer[:200],
             )
         )
         return [
@@ -456,36 +509,60 @@ class SqlOutbox:
                     payload=dict(row.payload),
                     id=row.id,
                     attempts=row.attempts + 1,
+                    ordering_key=row.ordering_key,
+                    sequence=row.ordering_seq,
+                    supersede_key=row.supersede_key,
                 ),
                 attempts=row.attempts + 1,
                 created_at=row.created_at,
+                claim_token=token,
+                lease_until=lease_until,
+                last_error=row.last_error,
             )
             for row in rows
         ]
 
-    async def mark_sent(self, message_id: str, at: datetime) -> None:
-        """Acknowledged by the receiver."""
-        await self._conn.execute(
+    def _held(self, message_id: str, claim_token: str) -> Any:
+        return (
             update(outbox)
             .where(outbox.c.id == message_id)
-            .values(status="sent", sent_at=at, last_error=None)
+            .where(outbox.c.claim_token == claim_token)
+            .where(outbox.c.status == "pending")
         )
 
-    async def mark_retry(self, message_id: str, next_attempt_at: datetime, error: str) -> None:
-        """Try again at ``next_attempt_at``."""
-        await self._conn.execute(
-            update(outbox)
-            .where(outbox.c.id == message_id)
-            .values(next_attempt_at=next_attempt_at, last_error=error[:2000])
+    async def renew(self, message_id: str, claim_token: str, lease_until: datetime) -> bool:
+        """Extend a lease still held; False if the claim was lost."""
+        result = await self._conn.execute(
+            self._held(message_id, claim_token).values(next_attempt_at=lease_until)
         )
+        return bool(result.rowcount == 1)
 
-    async def mark_dead(self, message_id: str, at: datetime, error: str) -> None:
-        """Given up on."""
-        await self._conn.execute(
-            update(outbox)
-            .where(outbox.c.id == message_id)
-            .values(status="dead", sent_at=None, last_error=error[:2000], next_attempt_at=at)
+    async def mark_sent(self, message_id: str, claim_token: str, at: datetime) -> bool:
+        """Acknowledged by the receiver; False (nothing written) if the claim was lost."""
+        result = await self._conn.execute(
+            self._held(message_id, claim_token).values(status="sent", sent_at=at, last_error=None)
         )
+        return bool(result.rowcount == 1)
+
+    async def mark_retry(
+        self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        """Release the claim and try again at ``next_attempt_at``; False if the claim was lost."""
+        result = await self._conn.execute(
+            self._held(message_id, claim_token).values(
+                next_attempt_at=next_attempt_at, last_error=error[:2000], claim_token=None
+            )
+        )
+        return bool(result.rowcount == 1)
+
+    async def mark_dead(self, message_id: str, claim_token: str, at: datetime, error: str) -> bool:
+        """Given up on; False (nothing written) if the claim was lost."""
+        result = await self._conn.execute(
+            self._held(message_id, claim_token).values(
+                status="dead", sent_at=None, last_error=error[:2000], next_attempt_at=at
+            )
+        )
+        return bool(result.rowcount == 1)
 
     async def pending_count(self) -> int:
         """Messages still to send."""

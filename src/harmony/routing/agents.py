@@ -27,7 +27,7 @@ from harmony.routing.agent_state import (
     operator_refusal,
     presence,
 )
-from harmony.routing.messages import AGENT_STATE, OutboundMessage, TargetKind
+from harmony.routing.messages import AGENT_CAPACITY, AGENT_STATE, OutboundMessage, TargetKind
 from harmony.routing.model import (
     Agent,
     Channel,
@@ -35,7 +35,7 @@ from harmony.routing.model import (
     ChannelStatus,
     validate_capacity,
 )
-from harmony.routing.ports import Clock, UnitOfWork, VoiceCall
+from harmony.routing.ports import AgentFilter, Clock, UnitOfWork, VoiceCall
 
 # How long after Harmony mirrors a change a matching report from that side counts as its echo.
 ECHO_WINDOW = timedelta(seconds=60)
@@ -111,11 +111,27 @@ async def profile_of(uow: UnitOfWork, agent: Agent) -> Profile:
     return await uow.profiles.get(agent.profile) or default_profile()
 
 
+def mirror_ordering_key(agent_id: str, target: TargetKind, target_name: str) -> str:
+    """Mirrors of one agent to one peer share a sequence and go out one at a time, in order."""
+    return f"agent:{agent_id}>{target.value}:{target_name}"
+
+
 def mirror_message(
-    agent: Agent, channel: Channel, target: TargetKind, target_name: str, now: datetime
+    agent: Agent,
+    channel: Channel,
+    target: TargetKind,
+    target_name: str,
+    now: datetime,
+    sequence: int,
 ) -> OutboundMessage:
-    """``agent.state`` for one channel, addressed with the target's own agent id."""
+    """``agent.state`` for one channel, addressed with the target's own agent id.
+
+    ``changed_at`` is when Harmony applied the change and ``sequence`` its place among this
+    agent's mirrors to this target: a peer applies a mirror only if its sequence is newer than
+    the last it applied. A newer mirror of the same channel supersedes an unsent older one.
+    """
     state = agent.capacity_on(channel)
+    ordering_key = mirror_ordering_key(agent.id, target, target_name)
     return OutboundMessage(
         target_kind=target,
         target=target_name,
@@ -131,7 +147,12 @@ def mirror_message(
             "busy": state.busy(now),
             "wrap_up_until": state.wrap_up_until.isoformat() if state.wrap_up_until else None,
             "presence": presence(agent.channels.values(), now).value,
+            "changed_at": now.isoformat(),
+            "sequence": sequence,
         },
+        ordering_key=ordering_key,
+        sequence=sequence,
+        supersede_key=f"{ordering_key}/{AGENT_STATE}/{channel.value}",
     )
 
 
@@ -145,11 +166,61 @@ async def mirror(
     """Tell each target the channel's state now, and remember it to recognise the echo."""
     state = agent.capacity_on(channel)
     for kind, name in targets:
-        message = mirror_message(agent, channel, kind, name, now)
+        sequence = await uow.outbox.next_sequence(mirror_ordering_key(agent.id, kind, name))
+        message = mirror_message(agent, channel, kind, name, now, sequence)
         await uow.outbox.add(message, now)
         await uow.agents.add_mirror(
             message.id, agent.id, channel, kind, state.status, state.reason, now
         )
+
+
+def selection_rules(agent: Agent, profile: Profile) -> dict[str, object]:
+    """What the ACD needs to choose this agent right: its capacity per channel (the agent's own
+    override or its profile's) and its profile's cross-channel blocks and wrap-up."""
+    return {
+        "profile": profile.name,
+        "capacity": {c.value: agent.capacity_on(c).capacity for c in Channel},
+        "blocks": {c.value: sorted(b.value for b in profile.blocks.get(c, ())) for c in Channel},
+        "wrap_up_seconds": {c.value: profile.wrap_up_seconds.get(c, 0) for c in Channel},
+    }
+
+
+async def mirror_capacity(
+    uow: UnitOfWork, agent: Agent, profile: Profile, acd_adapter: str, now: datetime
+) -> None:
+    """Tell the ACD the agent's capacities and rules (``agent.capacity``), in sequence with the
+    agent's ``agent.state`` mirrors; it supersedes an unsent older one."""
+    ordering_key = mirror_ordering_key(agent.id, TargetKind.ACD, acd_adapter)
+    sequence = await uow.outbox.next_sequence(ordering_key)
+    message = OutboundMessage(
+        target_kind=TargetKind.ACD,
+        target=acd_adapter,
+        type=AGENT_CAPACITY,
+        interaction_id="",
+        payload={
+            "agent_id": agent.acd_agent_id,
+            **selection_rules(agent, profile),
+            "changed_at": now.isoformat(),
+            "sequence": sequence,
+        },
+        ordering_key=ordering_key,
+        sequence=sequence,
+        supersede_key=f"{ordering_key}/{AGENT_CAPACITY}",
+    )
+    await uow.outbox.add(message, now)
+
+
+async def _mirror_profile_members(
+    uow: UnitOfWork, profile: Profile, acd_adapter: str, now: datetime
+) -> None:
+    cursor: str | None = None
+    while True:
+        page = await uow.agents.search(AgentFilter(profile=profile.name), now, 500, cursor)
+        for agent in page.items:
+            await mirror_capacity(uow, agent, profile, acd_adapter, now)
+        cursor = page.next_cursor
+        if cursor is None:
+            return
 
 
 def mirror_targets(
@@ -285,7 +356,9 @@ async def report_state(
         channels = _channels_for(agent, report)
         unknown = [c for c in channels if c not in agent.channels]
         if unknown:
-            raise ValidationFailed(f"data.channels: agent has no channel {unknown[0].value}")
+            raise ValidationFailed(
+                f"data.channels: agent has no channel {unknown[0].value}", code="unknown_channel"
+            )
         if reporter.kind is None:
             for channel in channels:
                 refusal = operator_refusal(agent.channels[channel], report.status)
@@ -489,11 +562,18 @@ async def voice_ended(
     )
 
 
-async def upsert_profile(uow: UnitOfWork, clock: Clock, profile: Profile) -> None:
-    """Create or replace a profile; its agents' capacities follow unless overridden."""
+async def upsert_profile(
+    uow: UnitOfWork, clock: Clock, profile: Profile, *, acd_adapter: str | None = None
+) -> None:
+    """Create or replace a profile; its agents' capacities follow unless overridden.
+
+    When a stored profile changes, each of its agents' new capacities and rules are mirrored to
+    ``acd_adapter`` (``agent.capacity``); ``None`` tells no ACD.
+    """
     for channel, wanted in profile.capacity.items():
         validate_capacity({channel: wanted})
     async with uow:
+        before = await uow.profiles.get(profile.name)
         changed = await uow.profiles.upsert(profile)
         now = clock.now()
         await uow.agents.append_history(
@@ -510,4 +590,17 @@ async def upsert_profile(uow: UnitOfWork, clock: Clock, profile: Profile) -> Non
                 for agent_id, state in changed
             ]
         )
+        if acd_adapter is not None and before is not None and _rules(before) != _rules(profile):
+            await _mirror_profile_members(uow, profile, acd_adapter, now)
         await uow.commit()
+
+
+def _rules(profile: Profile) -> tuple[object, ...]:
+    return tuple(
+        (
+            profile.capacity.get(c, 0),
+            profile.wrap_up_seconds.get(c, 0),
+            sorted(profile.blocks.get(c, ())),
+        )
+        for c in Channel
+    )

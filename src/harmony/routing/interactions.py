@@ -19,7 +19,7 @@ from harmony.routing.agent_state import (
     entry_for,
     offer_refusal,
 )
-from harmony.routing.agents import OPERATOR, profile_of
+from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -155,7 +155,7 @@ async def receive_interaction(
             return duplicate
         queue = await uow.queues.get(new.queue)
         if queue is None:
-            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'")
+            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'", code="unknown_queue")
         now = clock.now()
         interaction = Interaction.receive(
             interaction_id=str(uuid.uuid4()),
@@ -421,11 +421,17 @@ async def queue_request(
         return Outcome(interaction.id)
 
 
-async def message_sent(uow: UnitOfWork, clock: Clock, message: OutboundMessage) -> None:
-    """The receiver acknowledged an outbound message: apply what that confirms."""
+async def message_sent(
+    uow: UnitOfWork, clock: Clock, message: OutboundMessage, *, claim_token: str
+) -> bool:
+    """The receiver acknowledged an outbound message: apply what that confirms.
+
+    Only for the claim that sent it: False, with nothing changed, if that claim was lost.
+    """
     async with uow:
         now = clock.now()
-        await uow.outbox.mark_sent(message.id, now)
+        if not await uow.outbox.mark_sent(message.id, claim_token, now):
+            return False
         if message.type == INTERACTION_DELIVER:
             interaction = await uow.interactions.get(message.interaction_id, for_update=True)
             if interaction is not None:
@@ -437,24 +443,29 @@ async def message_sent(uow: UnitOfWork, clock: Clock, message: OutboundMessage) 
                     interaction.note("delivery_acknowledged", now, cause, {})
                 await uow.interactions.save(interaction)
         await uow.commit()
+        return True
 
 
 async def message_failed(
-    uow: UnitOfWork, clock: Clock, message: OutboundMessage, error: str
-) -> None:
+    uow: UnitOfWork, clock: Clock, message: OutboundMessage, error: str, *, claim_token: str
+) -> bool:
     """An outbound message will never be delivered: fail the interaction it was for.
 
     A failed delivery gives the agent's reserved capacity back and tells the ACD the work ended.
+    Only for the claim that tried it: False, with nothing changed, if that claim was lost (the
+    relay now holding the message decides its fate).
     """
     async with uow:
         now = clock.now()
-        await uow.outbox.mark_dead(message.id, now, error)
+        if not await uow.outbox.mark_dead(message.id, claim_token, now, error):
+            return False
         interaction = await uow.interactions.get(message.interaction_id, for_update=True)
         if interaction is not None:
             cause = f"{message.type} to {message.target_kind}:{message.target} failed: {error}"
             await _fail_after_lost_message(uow, interaction, message, cause, now)
             await uow.interactions.save(interaction)
         await uow.commit()
+        return True
 
 
 async def _fail_after_lost_message(
@@ -501,10 +512,13 @@ async def upsert_agent(
     profile: str = DEFAULT_PROFILE,
     crm_adapter: str = "generic",
     capacity: dict[Channel, int] | None = None,
+    acd_adapter: str | None = None,
 ) -> Agent:
     """Create or update an agent; states and loads are kept, loads never exceed capacities.
 
-    ``capacity`` overrides the profile's capacity on the channels it names.
+    ``capacity`` overrides the profile's capacity on the channels it names. A new agent, or one
+    whose capacities or profile changed, is mirrored to ``acd_adapter`` (``agent.capacity``);
+    ``None`` tells no ACD.
     """
     overrides = capacity or {}
     validate_capacity(overrides)
@@ -520,7 +534,8 @@ async def upsert_agent(
     )
     async with uow:
         if await uow.profiles.get(profile) is None:
-            raise ValidationFailed(f"profile: unknown profile '{profile}'")
+            raise ValidationFailed(f"profile: unknown profile '{profile}'", code="unknown_profile")
+        before = await uow.agents.get(agent_id)
         changed = await uow.agents.upsert(agent, overrides)
         now = clock.now()
         await uow.agents.append_history(
@@ -538,8 +553,10 @@ async def upsert_agent(
             ]
         )
         stored = await uow.agents.get(agent_id)
+        assert stored is not None
+        if acd_adapter is not None and (before is None or before.profile != profile or changed):
+            await mirror_capacity(uow, stored, await profile_of(uow, stored), acd_adapter, now)
         await uow.commit()
-    assert stored is not None
     return stored
 
 

@@ -17,6 +17,8 @@ WORK_ENDED = "work.ended"
 INTERACTION_DELIVER = "interaction.deliver"
 # Harmony -> ACD and CRM: one agent channel's state, so both sides show the same.
 AGENT_STATE = "agent.state"
+# Harmony -> ACD: an agent's capacities and cross-channel rules, after a profile or agent change.
+AGENT_CAPACITY = "agent.capacity"
 
 
 class TargetKind(StrEnum):
@@ -26,7 +28,12 @@ class TargetKind(StrEnum):
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """One promised message to one adapter."""
+    """One promised message to one adapter.
+
+    Messages with the same ``ordering_key`` are sent one at a time in ``sequence`` order (the
+    relay never has two of them in flight); a message with a ``supersede_key`` replaces an unsent
+    older one with the same key, which is then never sent.
+    """
 
     target_kind: TargetKind
     target: str
@@ -35,12 +42,22 @@ class OutboundMessage:
     payload: dict[str, Any]
     id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
     attempts: int = 0
+    ordering_key: str | None = None
+    sequence: int | None = None
+    supersede_key: str | None = None
 
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """An outbox row as the relay sees it after claiming it."""
+    """An outbox row as the relay sees it after claiming it.
+
+    ``claim_token`` fences the claim: an outcome is recorded only while the row still carries
+    it. ``lease_until`` is when another relay may claim the row again.
+    """
 
     message: OutboundMessage
     attempts: int
     created_at: datetime
+    claim_token: str
+    lease_until: datetime
+    last_error: str | None = None

@@ -120,7 +120,8 @@ class Interaction:
             raise ValidationFailed(f"channel '{channel}' is not routed by Harmony (chat or email)")
         if queue.channel != channel:
             raise ValidationFailed(
-                f"queue '{queue.name}' takes {queue.channel} interactions, not {channel}"
+                f"queue '{queue.name}' takes {queue.channel} interactions, not {channel}",
+                code="queue_channel_mismatch",
             )
         required = sorted(set(queue.skills) | set(skills))
         interaction = cls(

@@ -308,23 +308,42 @@ class Inbox(Protocol):
 
 
 class Outbox(Protocol):
+    """Promised messages. A claim carries a token; outcomes are fenced by it: each ``mark_*``
+    writes only while the row is still pending under that token and returns False otherwise
+    (the claim expired and another relay took the row), changing nothing."""
+
     async def add(self, message: OutboundMessage, at: datetime) -> None:
-        """Promise to send ``message``; it becomes due at once."""
+        """Promise to send ``message``; it becomes due at once. An unsent, unclaimed message
+        with the same ``supersede_key`` is superseded: it will never be sent."""
         ...
 
-    async def claim_due(self, now: datetime, limit: int, lease_seconds: float) -> list[OutboxEntry]:
-        """Lease up to ``limit`` due messages so no other relay sends them meanwhile."""
+    async def next_sequence(self, ordering_key: str) -> int:
+        """The next sequence number for messages with ``ordering_key`` (1, 2, ...), in the
+        order of the transactions that take them."""
         ...
 
-    async def mark_sent(self, message_id: str, at: datetime) -> None:
+    async def claim_due(
+        self, now: datetime, limit: int, lease_seconds: float, claimer: str
+    ) -> list[OutboxEntry]:
+        """Lease up to ``limit`` due messages under a new claim token, so no other relay sends
+        them meanwhile; a message waits while an earlier one with its ordering key is unsent."""
+        ...
+
+    async def renew(self, message_id: str, claim_token: str, lease_until: datetime) -> bool:
+        """Extend a lease still held under ``claim_token``."""
+        ...
+
+    async def mark_sent(self, message_id: str, claim_token: str, at: datetime) -> bool:
         """The receiver acknowledged the message."""
         ...
 
-    async def mark_retry(self, message_id: str, next_attempt_at: datetime, error: str) -> None:
-        """The attempt failed but may succeed later."""
+    async def mark_retry(
+        self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        """The attempt failed but may succeed later: release the claim until then."""
         ...
 
-    async def mark_dead(self, message_id: str, at: datetime, error: str) -> None:
+    async def mark_dead(self, message_id: str, claim_token: str, at: datetime, error: str) -> bool:
         """The message will never be sent."""
         ...
 

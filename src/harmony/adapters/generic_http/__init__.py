@@ -9,6 +9,7 @@ from harmony.adapters.generic_http.adapter import GenericHttpAdapter
 from harmony.adapters.generic_http.inbound import ACD_EVENTS, CRM_EVENTS
 from harmony.config import AdapterSettings
 from harmony.routing.messages import (
+    AGENT_CAPACITY,
     AGENT_STATE,
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -22,13 +23,14 @@ __all__ = ["GenericHttpAdapter", "create_acd", "create_crm"]
 def create_acd(
     name: str, settings: AdapterSettings, client: httpx.AsyncClient
 ) -> GenericHttpAdapter:
-    """An ACD adapter sending ``routing.requested``, ``work.ended`` and ``agent.state``."""
+    """An ACD adapter sending ``routing.requested``, ``work.ended``, ``agent.state`` and
+    ``agent.capacity``."""
     return GenericHttpAdapter(
         TargetKind.ACD,
         name,
         settings,
         client,
-        accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE}),
+        accepts=frozenset({ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY}),
         events=ACD_EVENTS,
     )
 

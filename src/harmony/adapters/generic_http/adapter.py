@@ -12,10 +12,11 @@ from harmony.adapters.base import (
     raise_for_status,
     transport_errors,
 )
-from harmony.adapters.generic_http.inbound import EventType, decode_body, read_event
+from harmony.adapters.generic_http.inbound import EventType, read_event
 from harmony.adapters.generic_http.protocol import envelope, post_event
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import AdapterSettings
+from harmony.inputs import require_utf8
 from harmony.routing.agents import Reporter
 from harmony.routing.commands import InboundEvent
 from harmony.routing.messages import OutboundMessage, TargetKind
@@ -52,13 +53,15 @@ class GenericHttpAdapter:
             )
 
     def verify_inbound(self, body: bytes, headers: dict[str, str]) -> None:
-        """Check the Standard Webhooks signature with this adapter's secret."""
+        """Check the Standard Webhooks signature with this adapter's secret; a body that is not
+        UTF-8 is refused first (400), since the signature is computed over text."""
+        require_utf8(body)
         self._signer.verify(body, headers)
 
     def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> InboundEvent:
         """One signed envelope; its id must equal the ``webhook-id`` header that was signed."""
         return read_event(
-            decode_body(body), self._events, self._sender, headers.get("webhook-id", "")
+            require_utf8(body), self._events, self._sender, headers.get("webhook-id", "")
         )
 
     def parse_stored(self, payload: str) -> InboundEvent:

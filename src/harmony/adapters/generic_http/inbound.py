@@ -13,6 +13,19 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from harmony.adapters.generic_http.data import (
+    AgentLoggedInData,
+    AgentLoggedOutData,
+    AgentLoginFailedData,
+    AgentSelectedData,
+    AgentStateChangedData,
+    InteractionAcceptedData,
+    InteractionCompletedData,
+    InteractionCreatedData,
+    RequestQueuedData,
+    VoiceEndedData,
+    VoiceStartedData,
+)
 from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_IN,
     AGENT_LOGGED_OUT,
@@ -27,21 +40,8 @@ from harmony.adapters.generic_http.protocol import (
     VOICE_STARTED,
     Envelope,
 )
-from harmony.api.plumbing import describe_pydantic_errors, parse_json
-from harmony.api.schemas import (
-    AgentLoggedInData,
-    AgentLoggedOutData,
-    AgentLoginFailedData,
-    AgentSelectedData,
-    AgentStateChangedData,
-    InteractionAcceptedData,
-    InteractionCompletedData,
-    InteractionCreatedData,
-    RequestQueuedData,
-    VoiceEndedData,
-    VoiceStartedData,
-)
-from harmony.errors import BadRequest, ValidationFailed
+from harmony.errors import ValidationFailed
+from harmony.inputs import describe_pydantic_errors, parse_json
 from harmony.routing.agents import Reporter, StateReport
 from harmony.routing.commands import (
     AcceptInteraction,
@@ -223,11 +223,3 @@ def read_event(
         payload=payload,
         command=event_type.to_command(data, envelope, sender),
     )
-
-
-def decode_body(body: bytes) -> str:
-    """The body as text: the protocol's bodies are UTF-8 JSON, so anything else is a 400."""
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from exc

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
+from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
 from harmony.routing.messages import (
+    AGENT_CAPACITY,
     AGENT_STATE,
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -23,6 +25,7 @@ from harmony.routing.messages import (
 )
 
 __all__ = [
+    "AGENT_CAPACITY",
     "AGENT_LOGGED_IN",
     "AGENT_LOGGED_OUT",
     "AGENT_LOGIN_FAILED",
@@ -62,18 +65,19 @@ REQUEST_QUEUED = "request.queued"
 AGENT_LOGIN_FAILED = "agent.login_failed"
 VOICE_STARTED = "voice.started"
 VOICE_ENDED = "voice.ended"
-# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE
+# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY
 # Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE
 
 
 class Envelope(BaseModel):
     """One event as it travels over HTTP."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
-    id: str = Field(min_length=1, max_length=128)
-    type: str = Field(min_length=1, max_length=64)
-    occurred_at: AwareDatetime
+    # Visible ASCII: it travels as the webhook-id header too.
+    id: Annotated[str, Field(pattern=r"^[!-~]{1,128}$")]
+    type: Annotated[Text, Field(min_length=1, max_length=64)]
+    occurred_at: PeerTime
     data: dict[str, Any]
 
 

@@ -59,6 +59,28 @@ class AgentStateMessage(BaseModel):
     busy: bool = False
     wrap_up_until: AwareDatetime | None = None
     presence: str | None = None
+    # When Harmony applied the change, and its place among this agent's mirrors to this peer:
+    # a receiver applies only a sequence newer than the last it applied (absent: apply).
+    changed_at: AwareDatetime | None = None
+    sequence: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class SequenceGuard:
+    """The last sequence applied per key (an agent and channel): refuses what is not newer, so a
+    mirror that overtook another one does not undo it."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+
+    def admit(self, key: tuple[str, str], sequence: int | None) -> bool:
+        """True, recording ``sequence``, if it is newer than the last admitted for ``key``."""
+        if sequence is None:
+            return True
+        last = self._last.get(key)
+        if last is not None and sequence <= last:
+            return False
+        self._last[key] = sequence
+        return True
 
 
 class EventError(Exception):

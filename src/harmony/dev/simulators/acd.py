@@ -1,10 +1,13 @@
 """The ACD simulator: a longest-idle, skills-based agent selector speaking the generic protocol.
 
-Harmony sends ``routing.requested``, ``work.ended`` and ``agent.state`` to ``POST /events``; the
-simulator answers 202 at once and reports its decisions later as signed ``agent.selected`` /
-``request.queued`` callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as a real ACD would.
-Agents come from the same seed file Harmony is provisioned with, so both sides agree on ids,
-skills, capacity and the profile's wrap-up and cross-channel rules.
+Harmony sends ``routing.requested``, ``work.ended``, ``agent.state`` and ``agent.capacity`` to
+``POST /events``; the simulator answers 202 at once and reports its decisions later as signed
+``agent.selected`` / ``request.queued`` callbacks to ``{harmony_url}/v1/acd/{adapter}/events``, as
+a real ACD would. Agents come from the same seed file Harmony is provisioned with, so both sides
+agree on ids, skills, capacity and the profile's wrap-up and cross-channel rules; a later change
+of capacity or rules reaches it as ``agent.capacity``. ``agent.state`` and ``agent.capacity`` are
+applied only when their ``sequence`` is newer than the last applied (per agent and channel, and
+per agent for capacity), so a message that overtook another does not undo it.
 
 Every agent starts logged out on every channel. It becomes selectable on a channel once Harmony
 reports it ready there (``agent.state``, which the simulator echoes back as
@@ -36,6 +39,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.protocol import (
+    AGENT_CAPACITY,
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
@@ -51,7 +55,9 @@ from harmony.dev.simulators._common import (
     READY,
     AgentStateMessage,
     Answer,
+    ChannelName,
     EventError,
+    SequenceGuard,
     SimConfig,
     SimulatorBase,
     read_body,
@@ -123,10 +129,26 @@ class WorkEnded(BaseModel):
     wrap_up_seconds: int = Field(default=0, ge=0, le=3600)
 
 
+class AgentCapacity(BaseModel):
+    """``data`` of ``agent.capacity``: an agent's capacities and its profile's rules, sent by
+    Harmony when a profile or the agent changes; applied only if its sequence is newer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    agent_id: str = Field(min_length=1, max_length=200)
+    profile: str | None = Field(default=None, max_length=100)
+    capacity: dict[ChannelName, int] = Field(default_factory=dict)
+    blocks: dict[ChannelName, list[ChannelName]] | None = None
+    wrap_up_seconds: dict[ChannelName, int] | None = None
+    changed_at: AwareDatetime | None = None
+    sequence: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
     ROUTING_REQUESTED: RoutingRequested,
     WORK_ENDED: WorkEnded,
     AGENT_STATE: AgentStateMessage,
+    AGENT_CAPACITY: AgentCapacity,
 }
 
 
@@ -332,6 +354,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         self._refusals = 0
         self._unmatched_work_ended = 0
         self._unknown_agent_state = 0
+        self._applied_sequences = SequenceGuard()
         self._echoes_sent = 0
         self._voice_started = 0
         self._voice_ended = 0
@@ -358,6 +381,8 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 status = self._on_work_ended(data)
             elif isinstance(data, AgentStateMessage):
                 status = self._on_agent_state(message, data)
+            elif isinstance(data, AgentCapacity):
+                status = self._on_agent_capacity(data)
             else:  # read_event only lets known types through
                 raise AssertionError(f"unhandled event data {type(data).__name__}")
             self._seen_ids.add(message.id)
@@ -417,6 +442,9 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             log.warning("acd_sim.agent_state_unknown_agent", agent_id=data.agent_id)
             return "ignored"
         channel = data.channel
+        if not self._applied_sequences.admit((agent.agent_id, channel), data.sequence):
+            log.info("acd_sim.agent_state_stale", agent_id=agent.agent_id, channel=channel)
+            return "stale"
         before = (agent.state.get(channel, LOGGED_OUT), agent.reason.get(channel))
         if before == (data.state, data.reason):
             return "unchanged"
@@ -431,6 +459,29 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         # Like a real ACD publishing the change to its subscribers, Harmony among them; echo_of
         # lets Harmony recognise its own change rather than apply it a second time.
         self._spawn(self._send_echo(agent.agent_id, channel, data.state, data.reason, message.id))
+        return "accepted"
+
+    def _on_agent_capacity(self, data: AgentCapacity) -> str:
+        """Choose by the capacities and rules Harmony now holds for the agent."""
+        agent = self._agents_by_id.get(data.agent_id)
+        if agent is None:
+            self._unknown_agent_state += 1
+            log.warning("acd_sim.agent_capacity_unknown_agent", agent_id=data.agent_id)
+            return "ignored"
+        if not self._applied_sequences.admit((agent.agent_id, AGENT_CAPACITY), data.sequence):
+            log.info("acd_sim.agent_capacity_stale", agent_id=agent.agent_id)
+            return "stale"
+        agent.capacity.update({ch: max(n, 0) for ch, n in data.capacity.items()})
+        if data.blocks is not None:
+            agent.blocks = {ch: frozenset(bs) for ch, bs in data.blocks.items()}
+        if data.wrap_up_seconds is not None:
+            agent.wrap_up_seconds = {ch: n for ch, n in data.wrap_up_seconds.items()}
+        log.info(
+            "acd_sim.agent_capacity",
+            agent_id=agent.agent_id,
+            profile=data.profile,
+            capacity=dict(agent.capacity),
+        )
         return "accepted"
 
     # -- capacity bookkeeping (lock held)

@@ -52,6 +52,7 @@ from harmony.dev.simulators._common import (
     Answer,
     ChannelName,
     EventError,
+    SequenceGuard,
     SimConfig,
     SimulatorBase,
     StateName,
@@ -160,6 +161,7 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         self._mixed_turn = itertools.count()
         self._numbers = itertools.count(1)
         self._seen_ids: set[str] = set()
+        self._applied_sequences = SequenceGuard()
         self._in_progress: set[str] = set()
         self._created: dict[str, dict[str, Any]] = {}
         self._deliveries: dict[str, dict[str, Any]] = {}
@@ -454,6 +456,9 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         if message.id in self._seen_ids:
             return {"status": "duplicate"}
         self._seen_ids.add(message.id)
+        if not self._applied_sequences.admit((data.agent_id, data.channel), data.sequence):
+            log.info("crm_sim.media_bar_stale", agent_id=data.agent_id, channel=data.channel)
+            return {"status": "stale"}
         bar = self._bar(data.agent_id, data.channel)
         bar.update(
             state=data.state,
