@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -25,68 +22,74 @@ from harmony.main import create_app
 from harmony.routing.agent_state import AgentStateEntry, StateOutcome, replay
 from harmony.routing.model import Channel, ChannelStatus
 from harmony.seed import load_seed
+from tests.databases import (
+    PG_ADMIN_DSN,
+    built_sqlite_template,
+    drop_templates,
+    fresh_postgres_database,
+    postgres_template,
+    require_postgres_or_skip,
+    sqlite_copy,
+)
+
+__all__ = ["PG_ADMIN_DSN", "fresh_postgres_database", "require_postgres_or_skip"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed.json"
-PG_ADMIN_DSN = os.environ.get("HARMONY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 ACD_URL = "http://acd.test"
 CRM_URL = "http://crm.test"
 
 
-async def _pg_reachable() -> str | None:
-    try:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    await conn.close()
-    return None
-
-
-def require_postgres_or_skip(reason: str) -> None:
-    """With CI=true PostgreSQL is mandatory: fail, never skip."""
-    message = f"PostgreSQL at {PG_ADMIN_DSN} unreachable ({reason})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + "; CI=true makes PostgreSQL tests mandatory")
-    pytest.skip(message)
-
-
-@contextlib.asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database, dropped on exit; its SQLAlchemy URL is yielded."""
-    problem = await _pg_reachable()
-    if problem:
-        require_postgres_or_skip(problem)
-    name = f"harmony_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    drop_templates()
 
 
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one test."""
+    """A fresh PostgreSQL database at Alembic's head for one test."""
     async with fresh_postgres_database() as url:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+async def empty_postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database with no tables, for one test."""
+    async with fresh_postgres_database(empty=True) as url:
+        yield url
+
+
+BOTH_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BOTH_DATABASES)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database."""
+    """Each test using it runs once on a SQLite file and once on a fresh PostgreSQL database,
+    both already at Alembic's head (copies of the session's migrated templates).
+
+    Under the ``harness`` fixture it is the harness's database: a copy of one where the
+    harness's app has started once (seed applied, every agent logged in, relay drained)."""
+    started = "harness" in request.fixturenames
+    if request.param == "sqlite":
+        template = await built_sqlite_template(HARNESS, start_harness_once) if started else None
+        url = sqlite_copy(tmp_path, template)
+        if started:
+            STARTED_ON.add(url)
+        yield url
+        return
+    template = await postgres_template(HARNESS, start_harness_once) if started else None
+    async with fresh_postgres_database(template=template) as url:
+        if started:
+            STARTED_ON.add(url)
+        yield url
+
+
+@pytest.fixture(params=BOTH_DATABASES)
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Like ``database_url``, but with no tables: for tests of the migrations themselves."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/harmony.db"
         return
-    async with fresh_postgres_database() as url:
+    async with fresh_postgres_database(empty=True) as url:
         yield url
 
 
@@ -131,14 +134,14 @@ class HostRouter(httpx.AsyncBaseTransport):
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    return Settings(
-        database_url=database_url,
-        seed_file=SEED,
-        acd_adapters={"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
-        crm_adapters={"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
-        relay_base_backoff_seconds=0.01,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "seed_file": SEED,
+        "acd_adapters": {"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
+        "crm_adapters": {"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
+        "relay_base_backoff_seconds": 0.01,
+    }
+    return Settings(**{**values, **overrides})
 
 
 def replay_history(agent_id: str, lines: list[dict[str, Any]]) -> dict[Channel, Any]:
@@ -235,21 +238,49 @@ class Harness:
         raise AssertionError(f"no routing request sent for {interaction_id}")
 
 
-@pytest.fixture
-async def harness(database_url: str) -> AsyncIterator[Harness]:
+HARNESS = "harness"
+# Databases copied from the harness's template: its app has started on them already.
+STARTED_ON: set[str] = set()
+
+
+@contextlib.asynccontextmanager
+async def running_harness(settings: Settings) -> AsyncIterator[Harness]:
+    """The app with recording peers and the relay drained by hand."""
     acd, crm = RecordingPeer(), RecordingPeer()
     transport = HostRouter({"acd.test": acd.app(), "crm.test": crm.app()})
     clock = ShiftedClock()
-    app = create_app(make_settings(database_url), clock=clock, transport=transport, run_relay=False)
+    app = create_app(settings, clock=clock, transport=transport, run_relay=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://harmony") as c,
     ):
-        harness = Harness(app, c, acd, crm, clock)
+        yield Harness(app, c, acd, crm, clock)
+
+
+async def start_harness_once(database_url: str) -> None:
+    """What every harness test starts from, done once per session into a template database:
+    migrate, apply the seed, every seeded agent logs in, the relay tells the peers."""
+    async with running_harness(make_settings(database_url)) as harness:
         await harness.login_everyone()
         await harness.drain()
-        acd.received.clear()
-        acd.headers.clear()
-        crm.received.clear()
-        crm.headers.clear()
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    """The app with recording peers, every seeded agent logged in, the relay drained by hand.
+
+    Normally on a copy of a database it already started on once (migrated, seeded, logins
+    mirrored), so it starts without migrating or seeding again. On a database from elsewhere
+    (a module that overrides ``database_url``) it does all of that first."""
+    if database_url in STARTED_ON:
+        settings = make_settings(database_url, migrate_on_start=False, seed_file=None)
+        async with running_harness(settings) as harness:
+            yield harness
+        return
+    async with running_harness(make_settings(database_url)) as harness:
+        await harness.login_everyone()
+        await harness.drain()
+        for peer in (harness.acd, harness.crm):
+            peer.received.clear()
+            peer.headers.clear()
         yield harness

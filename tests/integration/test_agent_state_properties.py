@@ -13,6 +13,7 @@ sequence is sent), so the model needs no notion of staleness and none is ever re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
@@ -22,9 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from harmony.adapters.generic_http.protocol import encode, envelope
 from harmony.adapters.generic_http.signing import Signer
@@ -38,6 +46,7 @@ from tests.conftest import (
     make_settings,
     replay_history,
 )
+from tests.databases import fresh_postgres_database, sqlite_copy
 
 AGENTS = ["a1", "a2", "a3"]
 CHANNELS = ["voice", "chat", "email"]
@@ -80,6 +89,11 @@ def could_take(view: dict[str, Any], channel: str, now: datetime) -> bool:
 
 
 class AgentStateMachine(RuleBasedStateMachine):
+    """Runs on a copy of the migrated SQLite template, or on a PostgreSQL database cloned from
+    the migrated template (``database="postgres"``)."""
+
+    database = "sqlite"
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
@@ -88,8 +102,19 @@ class AgentStateMachine(RuleBasedStateMachine):
         seed_file.write_text(json.dumps(SEED))
         self.acd, self.crm = RecordingPeer(), RecordingPeer()
         self.clock = ShiftedClock()
-        config = make_settings(f"sqlite+aiosqlite:///{self.tmp}/h.db")
-        config = config.model_copy(update={"seed_file": seed_file})
+        self.postgres: contextlib.AbstractAsyncContextManager[str] | None = None
+        if self.database == "postgres":
+            self.postgres = fresh_postgres_database()
+            try:
+                url = self.run(self.postgres.__aenter__())
+            except BaseException:
+                self.loop.close()
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+        else:
+            url = sqlite_copy(self.tmp)
+        # The copy is at Alembic's head already; the seed is this machine's own.
+        config = make_settings(url, seed_file=seed_file, migrate_on_start=False)
         self.app = create_app(
             config,
             clock=self.clock,
@@ -112,6 +137,8 @@ class AgentStateMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.run(self.client.aclose())
         self.run(self.lifespan.__aexit__(None, None, None))
+        if self.postgres is not None:
+            self.run(self.postgres.__aexit__(None, None, None))
         self.loop.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -284,10 +311,31 @@ def _tmpdir() -> str:
     return tempfile.mkdtemp(prefix="harmony-prop-")
 
 
-AgentStateMachine.TestCase.settings = settings(
-    max_examples=15,
-    stateful_step_count=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-test_agent_state_machine = AgentStateMachine.TestCase
+class AgentStateMachineOnPostgres(AgentStateMachine):
+    database = "postgres"
+
+
+def test_agent_state_machine_on_sqlite() -> None:
+    run_state_machine_as_test(
+        AgentStateMachine,
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+@pytest.mark.postgres
+def test_agent_state_machine_on_postgres() -> None:
+    """Fewer examples: each one clones a database (row locks and constraints are PostgreSQL's)."""
+    run_state_machine_as_test(
+        AgentStateMachineOnPostgres,
+        settings=settings(
+            max_examples=4,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

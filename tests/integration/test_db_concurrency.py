@@ -30,10 +30,8 @@ from tests.conftest import ROOT, SEED, Harness, replay_history
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def database_url(postgres_url: str) -> str:
-    """The ``harness`` of this module runs on PostgreSQL only: concurrency is the point."""
-    return postgres_url
+# The ``harness`` of this module runs on PostgreSQL only: concurrency is the point.
+ON_POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
 
 def _no_server_errors(responses: list[httpx.Response]) -> None:
@@ -63,6 +61,7 @@ def _profile_body(chat: int) -> dict[str, Any]:
     }
 
 
+@ON_POSTGRES_ONLY
 async def test_state_changes_interleaved_with_profile_changes_neither_deadlock_nor_fail(
     harness: Harness,
 ) -> None:
@@ -104,6 +103,7 @@ async def test_state_changes_interleaved_with_profile_changes_neither_deadlock_n
             ), (agent_id, name)
 
 
+@ON_POSTGRES_ONLY
 async def test_selections_completions_and_profile_changes_interleaved(harness: Harness) -> None:
     """Interaction, then agent, then channel on every path: offers and completions on the
     profile's agents while the profile changes capacities."""
@@ -143,6 +143,7 @@ async def test_selections_completions_and_profile_changes_interleaved(harness: H
         assert (chat["load"], chat["capacity"]) == (0, 3)
 
 
+@ON_POSTGRES_ONLY
 async def test_concurrent_first_puts_of_an_agent_a_queue_and_a_profile(harness: Harness) -> None:
     h = harness
     agent_body = {
@@ -177,6 +178,7 @@ async def test_concurrent_first_puts_of_an_agent_a_queue_and_a_profile(harness: 
     assert sorted(line["channel"] for line in lines) == ["chat", "email", "voice"]
 
 
+@ON_POSTGRES_ONLY
 async def test_a_crm_agent_id_taken_concurrently_is_a_conflict_not_an_error(
     harness: Harness,
 ) -> None:
@@ -238,13 +240,13 @@ async def _start_replica(url: str) -> tuple[int, str]:
     return proc.returncode, output.decode(errors="replace")
 
 
-async def test_two_replicas_start_together_on_an_empty_database(postgres_url: str) -> None:
+async def test_two_replicas_start_together_on_an_empty_database(empty_postgres_url: str) -> None:
     """Two processes migrate at start and apply the seed on one empty database, together:
     both come up, and the schema and the seed are there once."""
-    results = await asyncio.gather(*(_start_replica(postgres_url) for _ in range(3)))
+    results = await asyncio.gather(*(_start_replica(empty_postgres_url) for _ in range(3)))
     for code, output in results:
         assert code == 0, output[-3000:]
-    db = Database(postgres_url, SystemClock().now)
+    db = Database(empty_postgres_url, SystemClock().now)
     try:
         async with db.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()

@@ -23,8 +23,8 @@ def _downgrade_to_base(connection: Connection) -> None:
     command.downgrade(cfg, "base")
 
 
-async def test_head_matches_the_tables_and_downgrades_cleanly(database_url: str) -> None:
-    db = Database(database_url, SystemClock().now)
+async def test_head_matches_the_tables_and_downgrades_cleanly(empty_database_url: str) -> None:
+    db = Database(empty_database_url, SystemClock().now)
     try:
         await db.migrate()
         async with db.engine.connect() as conn:

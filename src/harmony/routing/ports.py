@@ -1,4 +1,4 @@
-"""The ports the routing core needs. ``harmony.db`` and ``harmony.testing`` implement them."""
+"""The ports the routing core needs, implemented by ``harmony.db`` and the adapters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fixtures for the unit tests: an in-memory Harmony with two queues and three agents.
+"""Fixtures for the use-case tests: Harmony's use cases on the real SQL unit of work (a copy of
+a SQLite file migrated and seeded once per session), with two queues and three agents.
 
 Every agent follows the built-in default profile (voice blocks chat and email, chat blocks
 email, no wrap-up) with its own chat and email capacity, and is logged in and ready on every
@@ -7,16 +8,22 @@ channel it has capacity on.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from harmony.db.tables import outbox
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
 from harmony.routing.model import Channel, ChannelStatus, Interaction, Queue
-from harmony.testing import FakeClock, InboxRecord, InMemoryStore, OutboxRecord
+from harmony.testing import FakeClock
+from tests.databases import built_sqlite_template, sqlite_copy
+from tests.sql_store import InboxRow, OutboxRow, SqlStore
 
 CRM = "generic"
 ACD = "generic"
@@ -35,9 +42,10 @@ AGENTS: tuple[tuple[str, str, str, dict[Channel, int]], ...] = (
 
 @dataclass
 class World:
-    """An in-memory store and clock with shortcuts for the CRM's and ACD's events."""
+    """The SQL store and a fake clock, with shortcuts for the CRM's and ACD's events and for
+    reading back what they stored."""
 
-    store: InMemoryStore
+    store: SqlStore
     clock: FakeClock
     event_prefix: str = "evt"
     _events: int = 0
@@ -46,9 +54,9 @@ class World:
         self._events += 1
         return f"{self.event_prefix}-{self._events}"
 
-    def events_seen(self) -> list[InboxRecord]:
+    async def events_seen(self) -> list[InboxRow]:
         """The inbox, without the events the seed applied."""
-        return [r for r in self.store.inbox() if not r.event_id.startswith("seed-")]
+        return [r for r in await self.store.inbox() if not r.event_id.startswith("seed-")]
 
     async def create(
         self,
@@ -73,13 +81,13 @@ class World:
             ),
         )
 
-    def interaction(self, interaction_id: str) -> Interaction:
-        found = self.store.interaction(interaction_id)
+    async def interaction(self, interaction_id: str) -> Interaction:
+        found = await self.store.interaction(interaction_id)
         assert found is not None, f"no interaction {interaction_id}"
         return found
 
-    def request_id(self, interaction_id: str) -> str:
-        [routing] = self.store.outbox(type=ROUTING_REQUESTED, interaction_id=interaction_id)
+    async def request_id(self, interaction_id: str) -> str:
+        [routing] = await self.store.outbox(type=ROUTING_REQUESTED, interaction_id=interaction_id)
         return str(routing.message.payload["request_id"])
 
     async def select(
@@ -90,7 +98,7 @@ class World:
             self.clock,
             acd_adapter=ACD,
             event_id=event_id or self.event_id(),
-            request_id=self.request_id(interaction_id),
+            request_id=await self.request_id(interaction_id),
             acd_agent_id=acd_agent_id,
         )
 
@@ -117,13 +125,13 @@ class World:
             external_id=external_id,
         )
 
-    def load(self, agent_id: str, channel: Channel = Channel.CHAT) -> int:
-        agent = self.store.agent(agent_id)
+    async def load(self, agent_id: str, channel: Channel = Channel.CHAT) -> int:
+        agent = await self.store.agent(agent_id)
         assert agent is not None
         return agent.capacity_on(channel).load
 
-    def outbox_of(self, interaction_id: str, message_type: str) -> list[OutboxRecord]:
-        return self.store.outbox(type=message_type, interaction_id=interaction_id)
+    async def outbox_of(self, interaction_id: str, message_type: str) -> list[OutboxRow]:
+        return await self.store.outbox(type=message_type, interaction_id=interaction_id)
 
     async def report(
         self,
@@ -147,19 +155,17 @@ class World:
         )
 
 
-async def settle_outbox(store: InMemoryStore, clock: FakeClock) -> None:
-    """Mark every due outbox message sent, as if a relay had delivered them."""
-    while True:
-        async with store.uow() as uow:
-            entries = await uow.outbox.claim_due(clock.now(), 10_000, 0, "settle")
-            for entry in entries:
-                await uow.outbox.mark_sent(entry.message.id, entry.claim_token, clock.now())
-            await uow.commit()
-        if not entries:
-            return
+async def settle_outbox(store: SqlStore, clock: FakeClock) -> None:
+    """Mark every pending outbox message sent, as if a relay had delivered them."""
+    async with store.db.engine.begin() as conn:
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.status == "pending")
+            .values(status="sent", sent_at=clock.now())
+        )
 
 
-async def seed(store: InMemoryStore, clock: FakeClock) -> None:
+async def seed(store: SqlStore, clock: FakeClock) -> None:
     """Add the standard queues and agents through the use cases, and log the agents in ready."""
     world = World(store, clock, event_prefix="seed")
     for queue in QUEUES:
@@ -179,18 +185,32 @@ async def seed(store: InMemoryStore, clock: FakeClock) -> None:
     await settle_outbox(store, clock)  # the ACD has heard of the logins already
 
 
+async def seeded_template() -> Path:
+    """The migrated SQLite file with ``seed`` applied, made once per session: the seed's clock
+    is a fresh FakeClock, the same start as every test's, so a copy is as good as seeding."""
+
+    async def build(url: str) -> None:
+        store = SqlStore(url, FakeClock().now)
+        try:
+            await seed(store, FakeClock())
+        finally:
+            await store.close()
+
+    return await built_sqlite_template("world", build)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-async def store(clock: FakeClock) -> InMemoryStore:
-    seeded = InMemoryStore()
-    await seed(seeded, clock)
-    return seeded
+async def store(clock: FakeClock, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    seeded = SqlStore(sqlite_copy(tmp_path, await seeded_template()), clock.now)
+    yield seeded
+    await seeded.close()
 
 
 @pytest.fixture
-def world(store: InMemoryStore, clock: FakeClock) -> World:
+def world(store: SqlStore, clock: FakeClock) -> World:
     return World(store, clock)
