@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -33,6 +34,15 @@ from tests.databases import (
 )
 
 __all__ = ["PG_ADMIN_DSN", "fresh_postgres_database", "require_postgres_or_skip"]
+
+# structlog's default renderer formats exceptions with rich when it is installed (schemathesis
+# brings it), printing every frame's locals: seconds per logged traceback. Plain ones suffice.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed.json"
