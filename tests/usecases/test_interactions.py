@@ -42,6 +42,20 @@ async def claimed(world: World, message: OutboundMessage) -> str:
     return entry.claim_token
 
 
+async def relay_sent(world: World, message: OutboundMessage) -> bool:
+    """Claim ``message`` and record its delivery, as a relay would."""
+    return await interactions.message_sent(
+        world.store.uow(), world.clock, message, claim_token=await claimed(world, message)
+    )
+
+
+async def relay_failed(world: World, message: OutboundMessage, error: str) -> bool:
+    """Claim ``message`` and record that it will never be delivered, as a relay would."""
+    return await interactions.message_failed(
+        world.store.uow(), world.clock, message, error, claim_token=await claimed(world, message)
+    )
+
+
 async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     """Create a chat and have the ACD pick ``acd_agent_id``; returns the interaction id."""
     outcome = await world.create(external_id)
@@ -52,9 +66,7 @@ async def offered(world: World, external_id: str, acd_agent_id: str = "acd-1") -
 async def delivered(world: World, external_id: str, acd_agent_id: str = "acd-1") -> str:
     interaction_id = await offered(world, external_id, acd_agent_id)
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
-    await interactions.message_sent(
-        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
-    )
+    await relay_sent(world, deliver)
     return interaction_id
 
 
@@ -514,9 +526,7 @@ async def test_a_delivery_ack_moves_offered_to_delivered(world: World) -> None:
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
     world.clock.advance(2)
 
-    await interactions.message_sent(
-        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
-    )
+    await relay_sent(world, deliver)
 
     interaction = await world.interaction(interaction_id)
     assert interaction.state == S.DELIVERED
@@ -534,9 +544,7 @@ async def test_a_routing_request_ack_only_marks_the_message_sent(world: World) -
     routing = await message(world, created.interaction_id, ROUTING_REQUESTED)
     history = await world.store.history(created.interaction_id)
 
-    await interactions.message_sent(
-        world.store.uow(), world.clock, routing, claim_token=await claimed(world, routing)
-    )
+    await relay_sent(world, routing)
 
     assert (await world.interaction(created.interaction_id)).state == S.ROUTING
     assert await world.store.history(created.interaction_id) == history
@@ -549,9 +557,7 @@ async def test_a_delivery_ack_after_acceptance_is_only_noted(world: World) -> No
     await world.accept("chat-1")
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_sent(
-        world.store.uow(), world.clock, deliver, claim_token=await claimed(world, deliver)
-    )
+    await relay_sent(world, deliver)
 
     assert (await world.interaction(interaction_id)).state == S.ACCEPTED
     last = (await world.store.history(interaction_id))[-1]
@@ -567,13 +573,7 @@ async def test_a_lost_delivery_fails_releases_and_tells_the_acd(world: World) ->
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
     request_id = await world.request_id(interaction_id)
 
-    await interactions.message_failed(
-        world.store.uow(),
-        world.clock,
-        deliver,
-        "HTTP 404 no agent",
-        claim_token=await claimed(world, deliver),
-    )
+    await relay_failed(world, deliver, "HTTP 404 no agent")
 
     interaction = await world.interaction(interaction_id)
     assert interaction.state == S.FAILED
@@ -601,13 +601,7 @@ async def test_a_lost_routing_request_fails_the_interaction(world: World) -> Non
     created = await world.create("chat-1")
     routing = await message(world, created.interaction_id, ROUTING_REQUESTED)
 
-    await interactions.message_failed(
-        world.store.uow(),
-        world.clock,
-        routing,
-        "HTTP 400 bad skills",
-        claim_token=await claimed(world, routing),
-    )
+    await relay_failed(world, routing, "HTTP 400 bad skills")
 
     interaction = await world.interaction(created.interaction_id)
     assert interaction.state == S.FAILED
@@ -620,13 +614,7 @@ async def test_a_lost_routing_request_after_selection_is_only_noted(world: World
     interaction_id = await offered(world, "chat-1")
     routing = await message(world, interaction_id, ROUTING_REQUESTED)
 
-    await interactions.message_failed(
-        world.store.uow(),
-        world.clock,
-        routing,
-        "gave up",
-        claim_token=await claimed(world, routing),
-    )
+    await relay_failed(world, routing, "gave up")
 
     assert (await world.interaction(interaction_id)).state == S.OFFERED
     assert await world.load("agent-1") == 1
@@ -639,13 +627,7 @@ async def test_a_lost_delivery_after_acceptance_keeps_the_agent(world: World) ->
     await world.accept("chat-1")
     deliver = await message(world, interaction_id, INTERACTION_DELIVER)
 
-    await interactions.message_failed(
-        world.store.uow(),
-        world.clock,
-        deliver,
-        "late 500",
-        claim_token=await claimed(world, deliver),
-    )
+    await relay_failed(world, deliver, "late 500")
 
     assert (await world.interaction(interaction_id)).state == S.ACCEPTED
     assert await world.load("agent-1") == 1
@@ -657,13 +639,7 @@ async def test_a_lost_work_ended_is_only_noted(world: World) -> None:
     await world.complete("chat-1")
     ended = await message(world, interaction_id, WORK_ENDED)
 
-    await interactions.message_failed(
-        world.store.uow(),
-        world.clock,
-        ended,
-        "acd down",
-        claim_token=await claimed(world, ended),
-    )
+    await relay_failed(world, ended, "acd down")
 
     assert (await world.interaction(interaction_id)).state == S.COMPLETED
     assert (await world.store.history(interaction_id))[-1].event == "message_lost"
