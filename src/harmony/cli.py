@@ -196,7 +196,7 @@ def cmd_sim_crm(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from harmony.dev.devstack import StackPorts, free_port, run_demo
+    from harmony.dev.devstack import StackPorts, free_ports, run_demo
 
     seed = _seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="harmony-demo-") as tmp:
@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides["database_url"] = f"sqlite+aiosqlite:///{tmp}/demo.db"
         settings = _settings(**overrides)
         configure_logging(args.log_level, settings.log_format)
-        ports = StackPorts(free_port(), free_port(), free_port())
+        ports = StackPorts(*free_ports(3))
         report = asyncio.run(run_demo(settings, seed, args.count, args.timeout, ports))
     print(report.summary())
     return 0 if report.ok else 1

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harmony.dev.devstack import DemoReport, Stack, free_port, verify_loop
+from harmony.dev.devstack import DemoReport, Stack, free_ports, verify_loop
 from tests.conftest import SEED
 
 HARMONY = str(Path(sys.executable).parent / "harmony")
@@ -59,7 +59,7 @@ def _tail_logs(logs: Path) -> str:
 @contextlib.asynccontextmanager
 async def real_stack(database_url: str, logs: Path, *acd_args: str) -> AsyncIterator[Stack]:
     """Harmony, sim-acd and sim-crm as three processes; the CRM logs every agent in."""
-    h_port, acd_port, crm_port = free_port(), free_port(), free_port()
+    h_port, acd_port, crm_port = free_ports(3)
     stack = Stack(
         f"http://127.0.0.1:{h_port}", f"http://127.0.0.1:{acd_port}", f"http://127.0.0.1:{crm_port}"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harmony.config import Settings
-from harmony.dev.devstack import StackPorts, free_port, run_demo
+from harmony.dev.devstack import StackPorts, free_ports, run_demo
 from harmony.seed import load_seed
 from tests.conftest import SEED
 
@@ -14,7 +14,7 @@ async def test_demo_reports_harmonys_legs_apart_from_the_wait(tmp_path: Path) ->
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/demo.db", seed_file=SEED)
     seed = load_seed(SEED)
     count = 3 * len(seed.agents)
-    ports = StackPorts(free_port(), free_port(), free_port())
+    ports = StackPorts(*free_ports(3))
 
     report = await run_demo(settings, seed, count, 120.0, ports)
 

@@ -32,12 +32,16 @@ from harmony.seed import Seed
 log = structlog.get_logger("harmony.dev.devstack")
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on loopback that nobody listens on right now.
+
+    The sockets are held open together, so the system cannot hand the same port out twice.
+    """
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class StackStartFailed(RuntimeError):
