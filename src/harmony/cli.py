@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from harmony import __version__
-from harmony.config import DEFAULT_SQLITE_URL, DEV_SECRET, Settings
+from harmony.config import DEFAULT_SQLITE_URL, DEV_SECRET, DefaultSettings, Settings
 from harmony.logging import configure_logging
 from harmony.seed import Seed, load_seed
 
@@ -143,10 +143,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def openapi_document() -> dict[str, object]:
-    """The OpenAPI document of the app as configured by default."""
+    """The OpenAPI document of the app as configured by default, whatever the environment."""
     from harmony.main import create_app
 
-    return create_app(Settings(migrate_on_start=False)).openapi()
+    return create_app(DefaultSettings(migrate_on_start=False)).openapi()
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from harmony.errors import ValidationFailed
+from harmony.inputs import AdapterName
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 
 # Only for a laptop: `harmony serve` warns loudly when a configured adapter still uses it.
@@ -60,10 +62,10 @@ class Settings(BaseSettings):
     seed_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-    crm_adapters: dict[str, AdapterSettings] = Field(
+    crm_adapters: dict[AdapterName, AdapterSettings] = Field(
         default_factory=lambda: {"generic": AdapterSettings(url=HttpUrl("http://127.0.0.1:8102"))}
     )
-    acd_adapters: dict[str, AdapterSettings] = Field(
+    acd_adapters: dict[AdapterName, AdapterSettings] = Field(
         default_factory=lambda: {"generic": AdapterSettings(url=HttpUrl("http://127.0.0.1:8101"))}
     )
     routing_acd: str = "generic"
@@ -108,6 +110,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    def crm_adapter_for_agent(self, given: str | None) -> str:
+        """The CRM adapter an agent's work goes to: ``given`` if configured, else (none given)
+        the only CRM configured, else ``generic``. An agent bound to an adapter that does not
+        exist would have every delivery refused, so that is a 422 ``unknown_adapter``."""
+        if given is None:
+            given = next(iter(self.crm_adapters)) if len(self.crm_adapters) == 1 else "generic"
+        if given not in self.crm_adapters:
+            raise ValidationFailed(
+                f"crm_adapter: '{given}' is not a configured CRM adapter "
+                f"({', '.join(sorted(self.crm_adapters))})",
+                code="unknown_adapter",
+            )
+        return given
+
     def adapters_using_dev_secret(self) -> list[str]:
         """Names of adapters still signing with the published development secret."""
         return [
@@ -116,3 +132,19 @@ class Settings(BaseSettings):
             for name, adapter in table.items()
             if adapter.secret == DEV_SECRET
         ]
+
+
+class DefaultSettings(Settings):
+    """Settings from their defaults and the arguments alone, never the environment: for what
+    must not depend on the machine it is made on, such as the committed OpenAPI document."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

@@ -7,6 +7,7 @@
     ├── NotFound                      404 (code names the thing: unknown_interaction, ...)
     ├── Conflict                      409 (code names the rule: invalid_transition, ...)
     ├── Unauthorized                  401 invalid_signature
+    ├── UnsupportedMediaType          415 unsupported_media_type
     └── TryAgain                      503 try_again (contention outlasted the retries)
 
 The API's single exception handler turns these into ``{"error": code, "detail": ...}``; any
@@ -80,3 +81,10 @@ class TryAgain(HarmonyError):
 
     status_code = 503
     code = "try_again"
+
+
+class UnsupportedMediaType(HarmonyError):
+    """A request's content type is not one its reader takes (application/json here)."""
+
+    status_code = 415
+    code = "unsupported_media_type"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,7 @@ from pydantic_core import CoreSchema
 from harmony.errors import BadRequest
 
 __all__ = [
+    "ADAPTER_NAME_PATTERN",
     "EARLIEST",
     "INT64_MAX",
     "JSON_INTEGER",
@@ -38,6 +40,7 @@ __all__ = [
     "NAME_PATTERN",
     "NOT_READY_REASON_MARK",
     "NO_NUL_PATTERN",
+    "AdapterName",
     "AnyChannel",
     "CallId",
     "ExternalId",
@@ -109,6 +112,17 @@ JSON_INTEGER = BeforeValidator(_refuse_non_numbers)
 JSON Schema means it (before the bounds, pydantic would leave them out of the JSON Schema)."""
 
 
+# RFC 3339's date-time, as the schema's ``format: date-time`` means it; pydantic alone would also
+# take Unix seconds, a space for the "T" and times without seconds.
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    if not isinstance(value, str) or RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T09:00:00Z")
+    return value
+
+
 def _check_peer_time(value: datetime) -> datetime:
     # The wall-clock year alone: within 2000-2099 no offset can push astimezone() out of range.
     if not EARLIEST.year <= value.year < LATEST.year:
@@ -127,7 +141,12 @@ class _PeerTimeInSchema:
         return json_schema
 
 
-PeerTime = Annotated[AwareDatetime, AfterValidator(_check_peer_time), _PeerTimeInSchema()]
+PeerTime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_check_peer_time),
+    _PeerTimeInSchema(),
+]
 """A timestamp a peer reports: RFC 3339 with an offset, in the years 2000-2099."""
 
 
@@ -149,6 +168,8 @@ def check_json_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH, text: bool 
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise ValueError("numbers must be finite (no NaN or Infinity)")
+            if abs(item) > INT64_MAX:
+                raise ValueError("numbers must lie within ±2^63")
         elif isinstance(item, dict | list):
             if depth > max_depth:
                 raise ValueError(f"must not nest deeper than {max_depth} levels")
@@ -289,6 +310,9 @@ def describe_pydantic_errors(errors: list[Any], prefix: str) -> str:
 
 # --- field types shared by the operator API and the adapters' event data ------------------
 
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN)]
+"""A configured CRM or ACD adapter's name: it appears in URLs and in 64-character columns."""
 NAME_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 Skill = Annotated[Text, Field(min_length=1, max_length=100)]

@@ -49,18 +49,24 @@ def build_registry(settings: Settings, client: httpx.AsyncClient) -> AdapterRegi
     return registry
 
 
-async def apply_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
+async def apply_seed(db: Database, clock: Clock, seed: Seed, settings: Settings) -> None:
     """Upsert the seed's profiles, queues and agents (states and loads are kept); what changed
-    for the ACD's choice is mirrored to ``acd_adapter``.
+    for the ACD's choice is mirrored to the routing ACD. An agent naming a CRM adapter that is
+    not configured stops the start (ValidationFailed), before anything is written.
 
     Every replica applies the seed at its start: they take turns (an advisory lock on
     PostgreSQL), so the second finds everything in place and changes nothing.
     """
+    crm_adapters = {
+        agent.id: settings.crm_adapter_for_agent(agent.crm_adapter) for agent in seed.agents
+    }
     async with db.exclusively(SEED_LOCK):
-        await _upsert_seed(db, clock, seed, acd_adapter)
+        await _upsert_seed(db, clock, seed, settings.routing_acd, crm_adapters)
 
 
-async def _upsert_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str) -> None:
+async def _upsert_seed(
+    db: Database, clock: Clock, seed: Seed, acd_adapter: str, crm_adapters: dict[str, str]
+) -> None:
     for profile in seed.profiles:
         await run_with_retry(
             db.uow,
@@ -86,6 +92,7 @@ async def _upsert_seed(db: Database, clock: Clock, seed: Seed, acd_adapter: str)
             acd_agent_id=agent.acd_agent_id,
             skills=agent.skills,
             profile=agent.profile,
+            crm_adapter=crm_adapters[agent.id],
             capacity={Channel(ch): n for ch, n in agent.capacity.items()},
             acd_adapter=acd_adapter,
         )
@@ -116,7 +123,7 @@ def create_app(
         if settings.migrate_on_start:
             await db.migrate()
         if settings.seed_file is not None:
-            await apply_seed(db, clock, load_seed(settings.seed_file), settings.routing_acd)
+            await apply_seed(db, clock, load_seed(settings.seed_file), settings)
         for name in settings.adapters_using_dev_secret():
             log.warning("development_secret_in_use", adapter=name)
         client = httpx.AsyncClient(

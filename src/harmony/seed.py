@@ -41,6 +41,8 @@ class SeedAgent(BaseModel):
     name: str = Field(default="", max_length=200)
     crm_agent_id: str = Field(min_length=1, max_length=200)
     acd_agent_id: str = Field(min_length=1, max_length=200)
+    # The agent's CRM adapter; default: the only one configured, else "generic".
+    crm_adapter: str | None = Field(default=None, max_length=64)
     skills: list[str] = Field(default_factory=list)
     profile: str = "default"
     capacity: dict[str, int] = Field(default_factory=dict)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import httpx
 
-from harmony.errors import HarmonyError, NotFound
+from harmony.errors import NotFound
 from harmony.routing.commands import InboundEvent
 from harmony.routing.messages import OutboundMessage, TargetKind
 
@@ -76,13 +76,6 @@ def transport_errors(what: str) -> Iterator[None]:
         raise TransientAdapterError(f"{what}: timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:
         raise TransientAdapterError(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-class UnsupportedMediaType(HarmonyError):
-    """An inbound request's content type is not one its adapter reads."""
-
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 class Adapter(Protocol):

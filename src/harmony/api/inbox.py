@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
+from harmony.adapters.generic_http.protocol import EVENT_ID_PATTERN
 from harmony.api.deps import Container, container
 from harmony.api.events import answer, policy_of
 from harmony.api.plumbing import errors
@@ -34,7 +35,7 @@ SourcePath = Annotated[
 ]
 EventIdPath = Annotated[
     str,
-    Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$", description="the envelope id"),
+    Path(pattern=EVENT_ID_PATTERN, description="the envelope id"),
 ]
 
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import models_json_schema
 
-from harmony.adapters.generic_http.data import EVENT_DATA
-from harmony.adapters.generic_http.protocol import Envelope
+from harmony.adapters.generic_http.inbound import EVENT_DATA
+from harmony.adapters.generic_http.protocol import EVENT_ID_PATTERN, Envelope
 from harmony.inputs import JSON_VALUE_SCHEMA, NOT_READY_REASON_MARK
 
 __all__ = ["event_request", "install_openapi"]
@@ -29,7 +29,7 @@ SIGNATURE_HEADERS: list[dict[str, Any]] = [
         "in": "header",
         "required": True,
         "description": "Standard Webhooks message id: must equal the envelope `id`",
-        "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
+        "schema": {"type": "string", "pattern": EVENT_ID_PATTERN, "not": {"enum": [".", ".."]}},
     },
     {
         "name": "webhook-timestamp",

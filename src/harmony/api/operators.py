@@ -145,7 +145,7 @@ async def get_agent(wired: Wired, agent_id: AgentId) -> AgentOut:
 @router.put(
     "/v1/agents/{agent_id}",
     response_model=AgentOut,
-    responses=errors(400, 409, 413, 422, 503),
+    responses=errors(400, 409, 413, 415, 422, 503),
     tags=["agents"],
 )
 async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: AgentIn) -> AgentOut:
@@ -160,7 +160,7 @@ async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: Agent
         acd_agent_id=body.acd_agent_id,
         skills=body.skills,
         profile=body.profile,
-        crm_adapter=body.crm_adapter,
+        crm_adapter=wired.settings.crm_adapter_for_agent(body.crm_adapter),
         capacity={Channel(ch): n for ch, n in body.capacity.given().items()},
         acd_adapter=wired.settings.routing_acd,
     )
@@ -170,7 +170,7 @@ async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: Agent
 @router.put(
     "/v1/agents/{agent_id}/state",
     response_model=AgentOut,
-    responses=errors(400, 404, 409, 413, 422, 503),
+    responses=errors(400, 404, 409, 413, 415, 422, 503),
     tags=["agents"],
 )
 async def put_agent_state(wired: Wired, agent_id: AgentId, body: AgentStateIn) -> AgentOut:
@@ -227,7 +227,7 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 @router.put(
     "/v1/profiles/{name}",
     response_model=ProfileOut,
-    responses=errors(400, 409, 413, 422, 503),
+    responses=errors(400, 409, 413, 415, 422, 503),
     tags=["agents"],
 )
 async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: ProfileIn) -> ProfileOut:
@@ -255,7 +255,7 @@ async def list_queues(wired: Wired) -> list[QueueOut]:
 @router.put(
     "/v1/queues/{name}",
     response_model=QueueOut,
-    responses=errors(400, 413, 422, 503),
+    responses=errors(400, 413, 415, 422, 503),
     tags=["queues"],
 )
 async def put_queue(wired: Wired, name: Annotated[Name, Path()], body: QueueIn) -> QueueOut:

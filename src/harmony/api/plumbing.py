@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harmony.api.schemas import ErrorBody
-from harmony.errors import HarmonyError
+from harmony.errors import HarmonyError, UnsupportedMediaType
 from harmony.inputs import describe_validation, parse_json
 
 log = structlog.get_logger("harmony.api")
@@ -28,7 +28,6 @@ __all__ = [
     "error_response",
     "errors",
     "install_error_handlers",
-    "parse_json",
 ]
 
 
@@ -86,8 +85,11 @@ class StrictJsonRoute(APIRoute):
         async def strict_handler(request: Request) -> Response:
             strict = _StrictJsonRequest(request.scope, request.receive)
             content_type = strict.headers.get("content-type", "")
-            if content_type.split(";")[0].strip().lower() == "application/json":
-                await strict.json()  # raises BadRequest here, outside FastAPI's generic 400
+            if content_type.split(";")[0].strip().lower() != "application/json":
+                raise UnsupportedMediaType(
+                    f"content-type must be application/json, not '{content_type[:100]}'"
+                )
+            await strict.json()  # raises BadRequest here, outside FastAPI's generic 400
             return await handler(strict)
 
         return strict_handler

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harmony.inputs import (
     JSON_INTEGER,
+    AdapterName,
     AnyChannel,
     InboundModel,
     Name,
@@ -95,7 +96,11 @@ class AgentIn(InboundModel):
     name: Annotated[Text, Field(max_length=200)] = ""
     crm_agent_id: PeerAgentId
     acd_agent_id: PeerAgentId
-    crm_adapter: Name = "generic"
+    crm_adapter: AdapterName | None = Field(
+        default=None,
+        description="a configured CRM adapter (422 `unknown_adapter`); default: the only one "
+        "configured, else `generic`",
+    )
     skills: list[Skill] = Field(default_factory=list, max_length=100)
     profile: Name = DEFAULT_PROFILE
     capacity: ChannelCapacities = Field(

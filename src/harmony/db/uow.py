@@ -42,7 +42,8 @@ log = structlog.get_logger("harmony.db")
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
-log = structlog.get_logger("harmony.interactions")
+# Interaction state changes are the INFO story of a run: their own logger name.
+state_log = structlog.get_logger("harmony.interactions")
 
 
 def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
@@ -675,7 +676,7 @@ class SqlUnitOfWork:
         await self._conn.commit()
         # The one INFO line per interaction state change, written once the change is durable.
         for change in self.interactions.state_changes:
-            log.info(
+            state_log.info(
                 "interaction_state_changed",
                 interaction_id=change.interaction_id,
                 history_event=change.event,

@@ -281,9 +281,15 @@ async def apply_recorded(
     """Dispatch a command whose event the inbox holds; a refusal is written on its row."""
     try:
         return await dispatch(command, uows, clock, policy)
-    except HarmonyError as exc:
+    except Exception as exc:
+        # An unexpected error is recorded too: a row left pending looks like work in flight.
+        reason = (
+            f"{exc.code}: {exc.detail}"
+            if isinstance(exc, HarmonyError)
+            else f"internal: {type(exc).__name__}"
+        )
         async with uows() as uow:
-            await uow.inbox.mark_failed(source, event_id, f"{exc.code}: {exc.detail}", clock.now())
+            await uow.inbox.mark_failed(source, event_id, reason, clock.now())
             await uow.commit()
         raise
 

@@ -8,7 +8,6 @@ import httpx
 
 from harmony.adapters.base import (
     PermanentAdapterError,
-    UnsupportedMediaType,
     raise_for_status,
     transport_errors,
 )
@@ -16,6 +15,7 @@ from harmony.adapters.generic_http.inbound import EventType, read_event
 from harmony.adapters.generic_http.protocol import envelope, post_event
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import AdapterSettings
+from harmony.errors import UnsupportedMediaType
 from harmony.inputs import require_utf8
 from harmony.routing.agents import Reporter
 from harmony.routing.commands import InboundEvent

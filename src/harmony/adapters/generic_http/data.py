@@ -101,16 +101,3 @@ class VoiceEndedData(_AgentEvent):
 
 
 # The data model of each inbound event type (docs/protocol.md).
-EVENT_DATA: dict[str, type[InboundModel]] = {
-    "interaction.created": InteractionCreatedData,
-    "interaction.accepted": InteractionAcceptedData,
-    "interaction.completed": InteractionCompletedData,
-    "agent.logged_in": AgentLoggedInData,
-    "agent.logged_out": AgentLoggedOutData,
-    "agent.state_changed": AgentStateChangedData,
-    "agent.selected": AgentSelectedData,
-    "request.queued": RequestQueuedData,
-    "agent.login_failed": AgentLoginFailedData,
-    "voice.started": VoiceStartedData,
-    "voice.ended": VoiceEndedData,
-}

@@ -223,3 +223,9 @@ def read_event(
         payload=payload,
         command=event_type.to_command(data, envelope, sender),
     )
+
+
+# The data model of each inbound event type, for the OpenAPI document.
+EVENT_DATA: Mapping[str, type[BaseModel]] = {
+    event_type: kind.data for event_type, kind in {**CRM_EVENTS, **ACD_EVENTS}.items()
+}

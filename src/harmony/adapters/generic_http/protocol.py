@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
 from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
@@ -69,13 +69,26 @@ VOICE_ENDED = "voice.ended"
 # Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE
 
 
+# Visible ASCII without "/": it travels as the webhook-id header and as a path segment of
+# /v1/inbox/{source}/{event_id}, where "." and ".." would be normalised away.
+EVENT_ID_PATTERN = r"^[!-.0-~]{1,128}$"
+
+
+def _addressable(event_id: str) -> str:
+    if event_id in (".", ".."):
+        raise ValueError("must not be '.' or '..'")
+    return event_id
+
+
+EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN), AfterValidator(_addressable)]
+
+
 class Envelope(BaseModel):
     """One event as it travels over HTTP."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra=unknown_fields_are_json_values)
 
-    # Visible ASCII: it travels as the webhook-id header too.
-    id: Annotated[str, Field(pattern=r"^[!-~]{1,128}$")]
+    id: EventId
     type: Annotated[Text, Field(min_length=1, max_length=64)]
     occurred_at: PeerTime
     data: dict[str, Any]
