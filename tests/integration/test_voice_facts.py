@@ -160,3 +160,19 @@ async def test_a_direct_dial_to_a_chat_only_agent_blocks_chat(h: Harness) -> Non
     assert voice_of(await agent(h, "agent-011")) == (0, 0, False)
     assert (await select(h, chat, "acd-011")).status_code == 202
     await assert_history_replays(h, "agent-011")
+
+
+async def test_an_end_naming_another_agent_than_the_calls_frees_neither(h: Harness) -> None:
+    await call(h, "voice.started", "acd-009", "held-by-9")
+    await call(h, "voice.started", "acd-010", "own-of-10")
+
+    answer = await call(h, "voice.ended", "acd-010", "held-by-9")
+
+    assert answer["status"] == "ignored_stale"
+    assert voice_of(await agent(h, "agent-009"))[0] == 1
+    assert voice_of(await agent(h, "agent-010"))[0] == 1
+    last = (await history(h, "agent-010"))[-1]
+    assert last["detail"] == {"call_id": "held-by-9", "held_by": "agent-009"}
+    # The call's own end still frees its holder.
+    assert (await call(h, "voice.ended", "acd-009", "held-by-9"))["status"] == "applied"
+    assert voice_of(await agent(h, "agent-009"))[0] == 0

@@ -534,6 +534,11 @@ async def voice_ended(
                 )
             change.record(voice, StateOutcome.STALE, call_id=call_id)
             return
+        if call.agent_id != agent.id:
+            # Another agent holds this call: freeing this agent's voice would let it be offered
+            # work while on its own call, and leave the holder busy for ever.
+            change.record(voice, StateOutcome.STALE, call_id=call_id, held_by=call.agent_id)
+            return
         profile = await profile_of(uow, agent)
         seconds = (
             wrap_up_seconds
