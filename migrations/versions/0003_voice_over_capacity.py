@@ -28,7 +28,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The calls themselves stay in voice_calls; only the count beyond capacity goes.
+    # Without the column, calls beyond capacity count in the load as far as capacity allows, so
+    # the end of one call does not free a channel another call still holds.
+    op.execute(
+        "UPDATE agent_channels SET load = CASE WHEN load + overflow > capacity "
+        "THEN capacity ELSE load + overflow END WHERE overflow > 0"
+    )
     with op.batch_alter_table("agent_channels", schema=None) as batch_op:
         batch_op.drop_constraint(
             batch_op.f("ck_agent_channels_overflow_not_negative"), type_="check"

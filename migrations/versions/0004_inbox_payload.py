@@ -32,6 +32,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Before this revision a row meant "applied": a pending or failed one would make the
+    # sender's retry a duplicate that is never applied.
+    op.execute("DELETE FROM inbox WHERE status <> 'applied'")
     with op.batch_alter_table("inbox", schema=None) as batch_op:
         batch_op.drop_index("ix_inbox_received_at")
         batch_op.drop_constraint(batch_op.f("ck_inbox_status"), type_="check")

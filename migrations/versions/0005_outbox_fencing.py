@@ -41,10 +41,30 @@ def upgrade() -> None:
         batch_op.create_check_constraint(
             "status", "status IN ('pending', 'sent', 'dead', 'superseded')"
         )
+        # Status in the middle: the claim asks for an earlier *pending* row of the same key,
+        # which must not walk the key's whole sent history.
         batch_op.create_index(
-            "ix_outbox_ordering_key_ordering_seq", ["ordering_key", "ordering_seq"], unique=False
+            "ix_outbox_ordering_key_status_ordering_seq",
+            ["ordering_key", "status", "ordering_seq"],
+            unique=False,
         )
         batch_op.create_index("ix_outbox_supersede_key", ["supersede_key"], unique=False)
+    # Mirrors still unsent from before this revision join their agent's order (ahead of every
+    # new one, at sequence 0) and can be superseded, so an old state cannot land after a newer.
+    key = "'agent:' || m.agent_id || '>' || outbox.target_kind || ':' || outbox.target"
+    op.execute(
+        f"""
+        UPDATE outbox SET
+            ordering_key = (SELECT {key} FROM agent_mirrors m WHERE m.id = outbox.id),
+            ordering_seq = 0,
+            supersede_key = (
+                SELECT {key} || '/agent.state/' || m.channel
+                FROM agent_mirrors m WHERE m.id = outbox.id
+            )
+        WHERE status = 'pending' AND type = 'agent.state'
+          AND EXISTS (SELECT 1 FROM agent_mirrors m WHERE m.id = outbox.id)
+        """
+    )
 
 
 def downgrade() -> None:
@@ -52,7 +72,7 @@ def downgrade() -> None:
     op.execute("UPDATE outbox SET status = 'dead' WHERE status = 'superseded'")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_supersede_key")
-        batch_op.drop_index("ix_outbox_ordering_key_ordering_seq")
+        batch_op.drop_index("ix_outbox_ordering_key_status_ordering_seq")
         batch_op.drop_constraint("status", type_="check")
         batch_op.alter_column(
             "status",

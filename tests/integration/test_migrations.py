@@ -40,3 +40,41 @@ async def test_head_matches_the_tables_and_downgrades_cleanly(empty_database_url
         await db.migrate()  # a second upgrade at head is a no-op
     finally:
         await db.dispose()
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+
+
+async def test_a_mirror_unsent_at_upgrade_joins_its_agents_order(empty_database_url: str) -> None:
+    """A pending agent.state from before 0005 must be ordered and supersedable like new ones,
+    or it could reach the peer after a newer state."""
+    db = Database(empty_database_url, SystemClock().now)
+    now = "2026-01-01 00:00:00"
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_upgrade, "0004_inbox_payload")
+            for statement in (
+                "INSERT INTO agents (id, name, crm_adapter, crm_agent_id, acd_agent_id, profile,"
+                f" login_failures, created_at, updated_at) VALUES ('a-1', 'A', 'generic', 'c-1',"
+                f" 'x-1', 'default', 0, '{now}', '{now}')",
+                "INSERT INTO outbox (id, target_kind, target, type, interaction_id, payload,"
+                " status, attempts, created_at, next_attempt_at) VALUES ('msg-old', 'acd',"
+                f" 'generic', 'agent.state', '', '{{}}', 'pending', 1, '{now}', '{now}')",
+                "INSERT INTO agent_mirrors (id, agent_id, channel, target_kind, status, sent_at)"
+                f" VALUES ('msg-old', 'a-1', 'chat', 'acd', 'ready', '{now}')",
+            ):
+                await conn.exec_driver_sql(statement)
+        await db.migrate()
+        async with db.engine.connect() as conn:
+            row = (
+                await conn.exec_driver_sql(
+                    "SELECT ordering_key, ordering_seq, supersede_key FROM outbox"
+                    " WHERE id = 'msg-old'"
+                )
+            ).one()
+    finally:
+        await db.dispose()
+    assert tuple(row) == ("agent:a-1>acd:generic", 0, "agent:a-1>acd:generic/agent.state/chat")

@@ -247,7 +247,7 @@ outbox = Table(
     CheckConstraint("status IN ('pending', 'sent', 'dead', 'superseded')", name="status"),
     CheckConstraint("target_kind IN ('acd', 'crm')", name="target_kind"),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
-    Index("ix_outbox_ordering_key_ordering_seq", "ordering_key", "ordering_seq"),
+    Index("ix_outbox_ordering_key_status_ordering_seq", "ordering_key", "status", "ordering_seq"),
     Index("ix_outbox_supersede_key", "supersede_key"),
 )
 
