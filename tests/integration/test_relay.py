@@ -5,6 +5,7 @@ Time only moves when a test moves it, so "not before it is due" is checked exact
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
     WORK_ENDED,
+    OutboundMessage,
 )
 from harmony.routing.messages import TargetKind as K
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
@@ -522,3 +524,37 @@ async def test_a_lease_that_would_run_out_during_a_send_is_renewed_first(world: 
     assert [m.interaction_id for m in slow.sent] == [first, second]
     rows = await world.rows(ROUTING_REQUESTED)
     assert [(r.status, r.attempts, r.claimed_by) for r in rows] == [("sent", 1, relay.name)] * 2
+
+
+class SilentAdapter(FakeAdapter):
+    """A peer that accepts the connection and never answers."""
+
+    async def send(self, message: OutboundMessage) -> None:
+        """Record the attempt, then wait for ever."""
+        self.attempts.append(message)
+        await asyncio.Event().wait()
+
+
+async def test_a_send_that_never_ends_is_cut_at_the_send_deadline(world: World) -> None:
+    silent = SilentAdapter(K.ACD)
+    registry = AdapterRegistry()
+    registry.register(silent)
+    registry.register(world.crm)
+    await world.create("chat-silent")
+    relay = Relay(
+        world.db.uow,
+        registry,
+        world.clock,
+        max_attempts=MAX_ATTEMPTS,
+        base_backoff_seconds=BASE_BACKOFF,
+        lease_seconds=LEASE,
+        send_timeout_seconds=0.05,
+    )
+
+    # The outer bound only keeps a broken relay from hanging the suite.
+    assert await asyncio.wait_for(relay.run_once(), 30) == 1
+
+    row = await world.only(ROUTING_REQUESTED)
+    assert row.status == "pending"
+    assert "no answer within 0.05 s" in (row.last_error or "")
+    assert len(silent.attempts) == 1

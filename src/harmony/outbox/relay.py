@@ -146,7 +146,16 @@ class Relay:
                     return
                 entry = held
                 adapter = self._registry.get(message.target_kind, message.target)
-                await adapter.send(message)
+                # One deadline for the whole send: an adapter's own timeouts may be per phase,
+                # and a send that outlives the lease would race the replica that claims it next.
+                try:
+                    async with asyncio.timeout(self._send_timeout.total_seconds()):
+                        await adapter.send(message)
+                except TimeoutError as exc:
+                    raise TransientAdapterError(
+                        f"{message.type} to {message.target_kind}:{message.target}: no answer "
+                        f"within {self._send_timeout.total_seconds():g} s"
+                    ) from exc
         except TransientAdapterError as exc:
             await self._retry_or_give_up(entry, str(exc), exc.retry_after)
             return
