@@ -26,6 +26,7 @@ from harmony.routing.ports import UnitOfWork
 from harmony.routing.retry import RetryPolicy, run_with_retry
 from harmony.seed import load_seed
 from tests.conftest import ROOT, SEED, Harness, replay_history
+from tests.integration.test_agent_state import history
 
 pytestmark = pytest.mark.postgres
 
@@ -37,20 +38,6 @@ ON_POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgres"], indirec
 def _no_server_errors(responses: list[httpx.Response]) -> None:
     failed = [(r.status_code, r.text) for r in responses if r.status_code >= 500]
     assert failed == [], failed
-
-
-async def _history(h: Harness, agent_id: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000}
-        if cursor:
-            params["cursor"] = cursor
-        page = (await h.client.get(f"/v1/agents/{agent_id}/history", params=params)).json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items
 
 
 def _profile_body(chat: int) -> dict[str, Any]:
@@ -93,7 +80,7 @@ async def test_state_changes_interleaved_with_profile_changes_neither_deadlock_n
         )
         assert view["channels"]["chat"]["capacity"] == final_chat
         # The history, replayed in order, leads to exactly what is stored.
-        replayed = replay_history(agent_id, await _history(h, agent_id))
+        replayed = replay_history(agent_id, await history(h, agent_id))
         for name, channel in view["channels"].items():
             derived = replayed[Channel(name)]
             assert (derived.status.value, derived.load, derived.capacity) == (
@@ -174,7 +161,7 @@ async def test_concurrent_first_puts_of_an_agent_a_queue_and_a_profile(harness: 
     assert (queue.channel, queue.skills) == (Channel.EMAIL, ["vip"])
     assert profile.capacity[Channel.CHAT] == 5
     # Created once: one line per channel, the repeats changed nothing.
-    lines = await _history(h, "agent-new")
+    lines = await history(h, "agent-new")
     assert sorted(line["channel"] for line in lines) == ["chat", "email", "voice"]
 
 
