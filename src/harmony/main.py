@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, insta
 from harmony.clock import SystemClock
 from harmony.config import Settings
 from harmony.db.engine import SEED_LOCK, Database
+from harmony.outbox.housekeeping import Housekeeper
 from harmony.outbox.relay import Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Profile
@@ -113,7 +115,8 @@ def create_app(
     run_relay: bool = True,
 ) -> FastAPI:
     """Build the application. ``transport`` replaces the network for outbound calls in tests;
-    ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``)."""
+    ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``)
+    and housekeeping to ``container.housekeeper.run_once()``."""
     settings = settings or Settings()
     clock = clock or SystemClock()
 
@@ -148,15 +151,21 @@ def create_app(
             ),
         )
         db.on_outbox_commit = relay.wake
-        app.state.container = Container(settings, db, clock, registry, relay, client)
-        relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if run_relay else None
+        housekeeper = Housekeeper(
+            db.uow, clock, inbox_retention=timedelta(days=settings.inbox_retention_days)
+        )
+        app.state.container = Container(settings, db, clock, registry, relay, client, housekeeper)
+        tasks = []
+        if run_relay:
+            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+            tasks.append(asyncio.create_task(housekeeper.run(), name="housekeeping"))
         log.info("harmony_started", database=db.engine.dialect.name, relay=run_relay)
         try:
             yield
         finally:
             relay.stop()
-            if relay_task is not None:
-                await relay_task
+            housekeeper.stop()
+            await asyncio.gather(*tasks)
             await client.aclose()
             await db.dispose()
 

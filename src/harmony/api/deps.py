@@ -10,6 +10,7 @@ from fastapi import Request
 from harmony.adapters.base import AdapterRegistry
 from harmony.config import Settings
 from harmony.db.engine import Database
+from harmony.outbox.housekeeping import Housekeeper
 from harmony.outbox.relay import Relay
 from harmony.routing.ports import Clock
 
@@ -24,9 +25,11 @@ class Container:
     registry: AdapterRegistry
     relay: Relay
     http: httpx.AsyncClient
+    housekeeper: Housekeeper
 
 
-def container(request: Request) -> Container:
-    """FastAPI dependency: the running application's container."""
+async def container(request: Request) -> Container:
+    """FastAPI dependency: the running application's container (async, so FastAPI does not
+    hand every request to a worker thread for it)."""
     wired: Container = request.app.state.container
     return wired

@@ -31,5 +31,10 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A deadlock or serialization failure: nothing was stored and a retry may succeed."""
+    """A deadlock, a serialization failure or a connection found dead: a retry on a fresh
+    connection may succeed. Pooled connections are not pinged before use (a round trip per
+    transaction), so a connection that died while idle shows up here instead, once; SQLAlchemy
+    has then invalidated the pool's older connections too."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
     return sqlstate(exc) in TRANSIENT_SQLSTATES

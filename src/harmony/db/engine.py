@@ -24,6 +24,8 @@ REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 # take turns to migrate and to apply the seed instead of racing through the same DDL and rows.
 MIGRATION_LOCK = 0x4861726D6F6E7901  # "Harmony" + 1
 SEED_LOCK = 0x4861726D6F6E7902
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
 
 
 def migrations_dir() -> Path:
@@ -58,7 +60,13 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs three round trips (BEGIN, ";", ROLLBACK) per checkout; a connection
+    # found dead is reported as transient instead (dialect.is_transient) and the use case runs
+    # again on a fresh one. Overflow connections are closed when returned, so a pool too small
+    # for the relay's and the API's concurrency would reconnect on every burst.
+    return create_async_engine(
+        url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=False
+    )
 
 
 class Database:

@@ -35,7 +35,14 @@ from harmony.routing.model import (
     InteractionState,
     Queue,
 )
-from harmony.routing.ports import InboxEntry, InboxStatus, InteractionFilter, Page, QueueStats
+from harmony.routing.ports import (
+    InboxEntry,
+    InboxStatus,
+    InteractionFilter,
+    Page,
+    QueueStats,
+    ReceivedEvent,
+)
 
 log = structlog.get_logger("harmony.db")
 
@@ -286,61 +293,68 @@ class SqlQueues:
 class SqlInbox:
     """Incoming events with their verified payloads, unique on (source, event id)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, received: ReceivedEvent | None) -> None:
         self._conn = conn
+        self._received = received
 
     def _row(self, source: str, event_id: str) -> Any:
         return and_(inbox.c.source == source, inbox.c.event_id == event_id)
 
-    async def record(
-        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
-    ) -> None:
-        """INSERT ... ON CONFLICT DO NOTHING: a redelivery keeps the first delivery's row."""
-        await self._conn.execute(
-            _upsert_ignoring(self._conn, inbox),
-            {
-                "source": source,
-                "event_id": event_id,
-                "event_type": event_type,
-                "received_at": at,
-                "payload": payload,
-                "status": InboxStatus.PENDING.value,
-            },
+    def _payload_of(self, source: str, event_id: str) -> str | None:
+        received = self._received
+        if received is not None and (received.source, received.event_id) == (source, event_id):
+            return received.payload
+        return None
+
+    def _store(self, values: dict[str, Any], changes: dict[str, Any]) -> Any:
+        """INSERT the row, or apply ``changes`` to a stored one not applied yet: one statement,
+        so a claim costs one round trip and takes the row lock first (the lock order's 1)."""
+        statement = insert_for(self._conn, inbox).values(**values)
+        return statement.on_conflict_do_update(
+            index_elements=[inbox.c.source, inbox.c.event_id],
+            set_={**changes, "payload": func.coalesce(inbox.c.payload, statement.excluded.payload)},
+            where=inbox.c.status != InboxStatus.APPLIED.value,
         )
 
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
-        """Flip a stored row to applied, or insert one applied (a use case run without
-        ``record``). On PostgreSQL a concurrent claim blocks on the row lock, then finds it
-        applied; if this transaction rolls back instead, the waiting claim takes it."""
-        flipped = await self._conn.execute(
-            update(inbox)
-            .where(self._row(source, event_id))
-            .where(inbox.c.status != InboxStatus.APPLIED.value)
-            .values(status=InboxStatus.APPLIED.value, handled_at=at, error=None)
-        )
-        if flipped.rowcount == 1:
-            return True
-        inserted = await self._conn.execute(
-            _upsert_ignoring(self._conn, inbox),
-            {
-                "source": source,
-                "event_id": event_id,
-                "event_type": event_type,
-                "received_at": at,
-                "status": InboxStatus.APPLIED.value,
-                "handled_at": at,
-            },
-        )
-        return bool(inserted.rowcount == 1)
+        """Store the event applied, or flip a refused one to applied; False if it was applied
+        before. On PostgreSQL a concurrent claim blocks on the row until this transaction ends,
+        then finds it applied; if this transaction rolls back instead, the waiting claim takes
+        it."""
+        applied = {"status": InboxStatus.APPLIED.value, "handled_at": at, "error": None}
+        values = {
+            "source": source,
+            "event_id": event_id,
+            "event_type": event_type,
+            "received_at": at,
+            "payload": self._payload_of(source, event_id),
+            **applied,
+        }
+        result = await self._conn.execute(self._store(values, applied))
+        return bool(result.rowcount == 1)
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
-        """Write the refusal on a row not applied meanwhile (by a concurrent delivery)."""
-        await self._conn.execute(
-            update(inbox)
-            .where(self._row(source, event_id))
-            .where(inbox.c.status != InboxStatus.APPLIED.value)
-            .values(status=InboxStatus.FAILED.value, handled_at=at, error=error[:2000])
-        )
+        """Write the refusal on a row not applied meanwhile (by a concurrent delivery); the
+        event being received is stored with it, since its own transaction rolled back."""
+        failed = {"status": InboxStatus.FAILED.value, "handled_at": at, "error": error[:2000]}
+        received = self._received
+        if received is None or (received.source, received.event_id) != (source, event_id):
+            await self._conn.execute(
+                update(inbox)
+                .where(self._row(source, event_id))
+                .where(inbox.c.status != InboxStatus.APPLIED.value)
+                .values(**failed)
+            )
+            return
+        values = {
+            "source": source,
+            "event_id": event_id,
+            "event_type": received.event_type,
+            "received_at": at,
+            "payload": received.payload,
+            **failed,
+        }
+        await self._conn.execute(self._store(values, failed))
 
     async def get(self, source: str, event_id: str) -> InboxEntry | None:
         """One stored event."""
@@ -575,6 +589,17 @@ class SqlOutbox:
         return int(count or 0)
 
 
+def _raise_try_again_if_transient(exc: BaseException) -> None:
+    if not is_transient(exc):
+        return
+    code = sqlstate(exc) or "connection lost"
+    log.warning("transaction_aborted_for_retry", sqlstate=code)
+    raise TryAgain(
+        f"the database aborted the transaction ({code}); try again (the same event id is "
+        "recognised, so a retry never applies it twice)"
+    ) from exc
+
+
 class SqlUnitOfWork:
     """One database transaction exposing the repositories.
 
@@ -623,6 +648,12 @@ class SqlUnitOfWork:
         self._on_outbox_commit = on_outbox_commit
         self._conn: AsyncConnection | None = None
         self._holds_lock = False
+        self._received: ReceivedEvent | None = None
+
+    def receiving(self, event: ReceivedEvent) -> Self:
+        """Note the event this unit of work applies (its payload goes into its inbox row)."""
+        self._received = event
+        return self
 
     async def __aenter__(self) -> Self:
         if self._write_lock is not None:
@@ -631,14 +662,15 @@ class SqlUnitOfWork:
         try:
             self._conn = await self._engine.connect()
             await self._conn.begin()
-        except BaseException:
+        except BaseException as exc:
             await self._cleanup()
+            _raise_try_again_if_transient(exc)
             raise
         self.interactions = SqlInteractions(self._conn)
         self.agents = SqlAgents(self._conn, self._now)
         self.profiles = SqlProfiles(self._conn, self._now)
         self.queues = SqlQueues(self._conn, self._now)
-        self.inbox = SqlInbox(self._conn)
+        self.inbox = SqlInbox(self._conn, self._received)
         self.outbox = SqlOutbox(self._conn)
         return self
 
@@ -653,12 +685,8 @@ class SqlUnitOfWork:
                 await self._conn.rollback()
         finally:
             await self._cleanup()
-        if exc is not None and is_transient(exc):
-            log.warning("transaction_aborted_for_retry", sqlstate=sqlstate(exc))
-            raise TryAgain(
-                f"the database aborted a concurrent transaction ({sqlstate(exc)}); "
-                "nothing was stored, try again"
-            ) from exc
+        if exc is not None:
+            _raise_try_again_if_transient(exc)
 
     async def _cleanup(self) -> None:
         try:

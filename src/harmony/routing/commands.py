@@ -25,7 +25,13 @@ from harmony.routing import agents, interactions
 from harmony.routing.agents import AgentOutcome, Reporter, StateReport
 from harmony.routing.interactions import NewInteraction, Outcome
 from harmony.routing.model import Channel
-from harmony.routing.ports import Clock, InboxStatus, UnitOfWorkFactory
+from harmony.routing.ports import (
+    Clock,
+    InboxStatus,
+    ReceivedEvent,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from harmony.routing.retry import DEFAULT_RETRY
 
 # --- commands --------------------------------------------------------------------------------
@@ -145,8 +151,8 @@ Command = (
 )
 Result = Outcome | AgentOutcome
 
-# Rows a write removes at most, so pruning keeps pace with arrivals without a long delete.
-PRUNE_BATCH = 100
+# Rows one pruning transaction removes at most, so it never holds many locks for long.
+PRUNE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -256,18 +262,34 @@ async def dispatch(
 async def receive(
     event: InboundEvent, uows: UnitOfWorkFactory, clock: Clock, policy: Policy
 ) -> Result:
-    """Store a verified event in the inbox, apply it, and note a refusal for a later re-drive.
+    """Apply a verified event; its inbox row (with the payload) is written by the use case's
+    claim in the same transaction, or with the refusal if the use case refuses it.
 
-    The payload is committed before the use case runs, so an event whose application fails
-    (an unknown queue, an agent not yet configured) stays inspectable and can be re-driven.
+    Either way the event stays inspectable and, once a refusal's cause is fixed, re-drivable.
     A delivery already applied is answered as a duplicate by the use case's inbox claim.
     """
-    async with uows() as uow:
-        now = clock.now()
-        await uow.inbox.record(event.source, event.event_id, event.type, event.payload, now)
-        await uow.inbox.prune(now - policy.inbox_retention, PRUNE_BATCH)
-        await uow.commit()
-    return await apply_recorded(event.source, event.event_id, event.command, uows, clock, policy)
+    received = ReceivedEvent(event.source, event.event_id, event.type, event.payload)
+
+    def receiving() -> UnitOfWork:
+        return uows().receiving(received)
+
+    return await apply_recorded(
+        event.source, event.event_id, event.command, receiving, clock, policy
+    )
+
+
+async def prune_inbox(uows: UnitOfWorkFactory, clock: Clock, retention: timedelta) -> int:
+    """Forget events received longer than ``retention`` ago, in short batches; how many went.
+
+    Run by housekeeping, not by each event: on every event the query cost a round trip."""
+    pruned = 0
+    while True:
+        async with uows() as uow:
+            removed = await uow.inbox.prune(clock.now() - retention, PRUNE_BATCH)
+            await uow.commit()
+        pruned += removed
+        if removed < PRUNE_BATCH:
+            return pruned
 
 
 async def apply_recorded(

@@ -272,22 +272,29 @@ class InboxEntry:
     payload: str | None
 
 
-class Inbox(Protocol):
-    async def record(
-        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
-    ) -> None:
-        """Store a verified event and its payload, pending; a stored one is left as it is."""
-        ...
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """A verified event a unit of work applies: what its inbox row keeps besides the outcome."""
 
+    source: str
+    event_id: str
+    event_type: str
+    payload: str
+
+
+class Inbox(Protocol):
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
         """Mark an incoming event applied in this unit of work; False if it was applied before.
 
-        A concurrent claim of the same event waits for this one's transaction, then sees it.
+        One write: the row is stored (with the payload of the event the unit of work is
+        ``receiving``) or a refused one flipped to applied. A concurrent claim of the same event
+        waits for this one's transaction, then sees it.
         """
         ...
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
-        """Note why applying a stored event was refused, unless it has been applied since."""
+        """Note why applying an event was refused, unless it has been applied since; the event
+        the unit of work is ``receiving`` is stored with its payload if the inbox lacks it."""
         ...
 
     async def get(self, source: str, event_id: str) -> InboxEntry | None:
@@ -390,6 +397,11 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None:
         """Make everything done in this unit of work durable at once."""
+        ...
+
+    def receiving(self, event: ReceivedEvent) -> Self:
+        """Say which verified event this unit of work applies, before it begins: the inbox
+        writes its payload in the same statement as the claim (or the refusal)."""
         ...
 
 
