@@ -12,10 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     and_,
+    bindparam,
     case,
     delete,
     exists,
+    func,
     insert,
     not_,
     or_,
@@ -88,12 +91,101 @@ def _presence_condition(presence: Presence, now: datetime) -> Any:
     return and_(logged_in, not_(busy), not_(wrapping), not_(ready))
 
 
+# Skills as one JSON array per agent, so one agent loads in one statement.
+_SKILLS_ARRAY = {"postgresql": func.json_agg, "sqlite": func.json_group_array}
+
+
+def _one_agent(dialect: str, key: str, for_update: bool) -> Any:
+    skills = (
+        select(_SKILLS_ARRAY[dialect](agent_skills.c.skill, type_=JSON))
+        .where(agent_skills.c.agent_id == agents.c.id)
+        .scalar_subquery()
+        .label("skills")
+    )
+    statement = (
+        select(
+            agents,
+            *(agent_channels.c[name] for name in _CHANNEL_COLUMNS),
+            skills,
+            profiles.c.capacity.label("profile_capacity"),
+            profiles.c.wrap_up_seconds.label("profile_wrap_up_seconds"),
+            profiles.c.blocks.label("profile_blocks"),
+        )
+        .select_from(
+            agents.outerjoin(agent_channels, agent_channels.c.agent_id == agents.c.id).join(
+                profiles, profiles.c.name == agents.c.profile
+            )
+        )
+        .where(agents.c[key] == bindparam("b_key"))
+        .order_by(agent_channels.c.channel)
+    )
+    # The agent row only: its channels are changed only by whoever holds it (the lock order).
+    return statement.with_for_update(of=agents) if for_update else statement
+
+
+_CHANNEL_COLUMNS = (
+    "channel",
+    "capacity",
+    "load",
+    "overflow",
+    "status",
+    "reason",
+    "since",
+    "source_at",
+    "wrap_up_until",
+)
+# Built once (building a statement costs more CPU than running it), by dialect, lookup key and
+# whether the agent row is locked.
+_ONE_AGENT = {
+    (dialect, key, for_update): _one_agent(dialect, key, for_update)
+    for dialect in _SKILLS_ARRAY
+    for key in ("id", "acd_agent_id", "crm_agent_id")
+    for for_update in (False, True)
+}
+
+
+def _reserve(require_ready: bool) -> Any:
+    statement = (
+        update(agent_channels)
+        .where(agent_channels.c.agent_id == bindparam("b_agent_id"))
+        .where(agent_channels.c.channel == bindparam("b_channel"))
+        .where(agent_channels.c.load + agent_channels.c.overflow < agent_channels.c.capacity)
+        .values(load=agent_channels.c.load + 1)
+    )
+    if require_ready:
+        statement = statement.where(agent_channels.c.status == ChannelStatus.READY.value)
+    return statement
+
+
+_RESERVE = {require_ready: _reserve(require_ready) for require_ready in (False, True)}
+_OVERFLOWING = agent_channels.c.overflow > 0
+# A unit held beyond capacity goes first, so ``load`` stays what capacity allows.
+_RELEASE = (
+    update(agent_channels)
+    .where(agent_channels.c.agent_id == bindparam("b_agent_id"))
+    .where(agent_channels.c.channel == bindparam("b_channel"))
+    .where(agent_channels.c.load + agent_channels.c.overflow > 0)
+    .values(
+        overflow=case(
+            (_OVERFLOWING, agent_channels.c.overflow - 1), else_=agent_channels.c.overflow
+        ),
+        load=case((_OVERFLOWING, agent_channels.c.load), else_=agent_channels.c.load - 1),
+        wrap_up_until=func.coalesce(bindparam("b_wrap_up_until"), agent_channels.c.wrap_up_until),
+    )
+)
+_INSERT_HISTORY = insert(agent_state_history)
+_PROFILE_BY_NAME = select(profiles).where(profiles.c.name == bindparam("b_name"))
+
+
 class SqlAgents:
     """Agents in SQL; ``for_update`` takes a row lock on PostgreSQL."""
 
-    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, conn: AsyncConnection, now: Callable[[], datetime], profiles_read: dict[str, Profile]
+    ) -> None:
         self._conn = conn
         self._now = now
+        self._profiles_read = profiles_read
 
     async def _load(
         self, condition: Any, *, for_update: bool = False, limit: int | None = None
@@ -134,21 +226,46 @@ class SqlAgents:
             for row in agent_rows
         ]
 
-    async def _one(self, condition: Any, for_update: bool) -> Agent | None:
-        found = await self._load(condition, for_update=for_update)
-        return found[0] if found else None
+    async def _one(self, key: str, value: str, for_update: bool) -> Agent | None:
+        """One agent with its channels and skills in one round trip (the hot path's read)."""
+        statement = _ONE_AGENT[self._conn.dialect.name, key, for_update]
+        rows = (await self._conn.execute(statement, {"b_key": value})).all()
+        if not rows:
+            return None
+        first = rows[0]
+        # The agent's profile came along (it is read next on every hot path): remembered for
+        # this transaction, so reading it costs no round trip.
+        self._profiles_read[first.profile] = Profile.from_names(
+            first.profile,
+            first.profile_capacity,
+            first.profile_wrap_up_seconds,
+            first.profile_blocks,
+        )
+        return Agent(
+            id=first.id,
+            name=first.name,
+            crm_agent_id=first.crm_agent_id,
+            acd_agent_id=first.acd_agent_id,
+            skills=sorted(first.skills or []),
+            channels={
+                Channel(row.channel): _channel_state(row) for row in rows if row.channel is not None
+            },
+            profile=first.profile,
+            crm_adapter=first.crm_adapter,
+            login_failures=first.login_failures,
+        )
 
     async def get(self, agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by Harmony's id."""
-        return await self._one(agents.c.id == agent_id, for_update)
+        return await self._one("id", agent_id, for_update)
 
     async def get_by_acd_id(self, acd_agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by the id the ACD uses."""
-        return await self._one(agents.c.acd_agent_id == acd_agent_id, for_update)
+        return await self._one("acd_agent_id", acd_agent_id, for_update)
 
     async def get_by_crm_id(self, crm_agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by the id the CRM uses."""
-        return await self._one(agents.c.crm_agent_id == crm_agent_id, for_update)
+        return await self._one("crm_agent_id", crm_agent_id, for_update)
 
     async def search(
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
@@ -312,16 +429,9 @@ class SqlAgents:
 
         Work held beyond capacity (``overflow``) counts: no unit is free until it ends.
         """
-        query = (
-            update(agent_channels)
-            .where(agent_channels.c.agent_id == agent_id)
-            .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load + agent_channels.c.overflow < agent_channels.c.capacity)
-            .values(load=agent_channels.c.load + 1)
+        result = await self._conn.execute(
+            _RESERVE[require_ready], {"b_agent_id": agent_id, "b_channel": channel.value}
         )
-        if require_ready:
-            query = query.where(agent_channels.c.status == ChannelStatus.READY.value)
-        result = await self._conn.execute(query)
         return bool(result.rowcount == 1)
 
     async def hold_over_capacity(self, agent_id: str, channel: Channel) -> None:
@@ -336,25 +446,11 @@ class SqlAgents:
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
     ) -> bool:
-        """Give one unit back, never below zero; start wrap-up if given.
-
-        A unit held beyond capacity goes first, so ``load`` stays what capacity allows.
-        """
-        overflowing = agent_channels.c.overflow > 0
-        values: dict[str, Any] = {
-            "overflow": case(
-                (overflowing, agent_channels.c.overflow - 1), else_=agent_channels.c.overflow
-            ),
-            "load": case((overflowing, agent_channels.c.load), else_=agent_channels.c.load - 1),
-        }
-        if wrap_up_until is not None:
-            values["wrap_up_until"] = wrap_up_until
+        """Give one unit back, never below zero (one held beyond capacity goes first); start
+        wrap-up if given."""
         result = await self._conn.execute(
-            update(agent_channels)
-            .where(agent_channels.c.agent_id == agent_id)
-            .where(agent_channels.c.channel == channel.value)
-            .where(agent_channels.c.load + agent_channels.c.overflow > 0)
-            .values(**values)
+            _RELEASE,
+            {"b_agent_id": agent_id, "b_channel": channel.value, "b_wrap_up_until": wrap_up_until},
         )
         return bool(result.rowcount == 1)
 
@@ -371,7 +467,7 @@ class SqlAgents:
         if not entries:
             return
         await self._conn.execute(
-            insert(agent_state_history),
+            _INSERT_HISTORY,
             [
                 {
                     "agent_id": e.agent_id,
@@ -537,14 +633,23 @@ class SqlAgents:
 class SqlProfiles:
     """Channel profiles in SQL."""
 
-    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, conn: AsyncConnection, now: Callable[[], datetime], read: dict[str, Profile]
+    ) -> None:
         self._conn = conn
         self._now = now
+        # Profiles this transaction has read already (loading an agent reads its profile).
+        self._read = read
 
     async def get(self, name: str) -> Profile | None:
-        """Load a profile by name."""
-        row = (await self._conn.execute(select(profiles).where(profiles.c.name == name))).first()
-        return _profile(row) if row else None
+        """Load a profile by name (once per transaction)."""
+        if name in self._read:
+            return self._read[name]
+        row = (await self._conn.execute(_PROFILE_BY_NAME, {"b_name": name})).first()
+        if row is None:
+            return None
+        self._read[name] = _profile(row)
+        return self._read[name]
 
     async def all(self) -> list[Profile]:
         """Every profile by name."""
@@ -560,6 +665,7 @@ class SqlProfiles:
         """
         now = self._now()
         values = {**profile.as_names(), "updated_at": now}
+        self._read[profile.name] = profile
         await self._conn.execute(
             insert_for(self._conn, profiles)
             .values(name=profile.name, created_at=now, **values)

@@ -17,9 +17,14 @@ SERIALIZATION_FAILURE = "40001"
 TRANSIENT_SQLSTATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
 
 
+# The INSERT constructs that support ``on_conflict_do_nothing`` / ``on_conflict_do_update``,
+# by dialect name: statements built once at import pick theirs by the connection's dialect.
+DIALECT_INSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
+
+
 def insert_for(conn: AsyncConnection, table: Table) -> Any:
     """An INSERT that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
-    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    return DIALECT_INSERTS[conn.dialect.name](table)
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -10,12 +10,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import structlog
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
 from harmony.db.cursor import interaction_cursor, read_interaction_cursor
-from harmony.db.dialect import insert_for, is_transient, sqlstate
+from harmony.db.dialect import DIALECT_INSERTS, insert_for, is_transient, sqlstate
 from harmony.db.tables import (
     agent_mirrors,
     inbox,
@@ -26,6 +26,7 @@ from harmony.db.tables import (
     queues,
 )
 from harmony.errors import Conflict, TryAgain
+from harmony.routing.agent_state import Profile
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
@@ -53,9 +54,68 @@ STATE_COLUMNS = {
 state_log = structlog.get_logger("harmony.interactions")
 
 
-def _upsert_ignoring(conn: AsyncConnection, table: Any) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
-    return insert_for(conn, table).on_conflict_do_nothing()
+# Statements the hot path runs are built once: building one and computing its cache key costs
+# more CPU than PostgreSQL spends executing it. Parameters are bound by name at execution.
+_INTERACTION_BY = {
+    (key, for_update): (
+        select(interactions).where(column == bindparam("b_key")).with_for_update()
+        if for_update
+        else select(interactions).where(column == bindparam("b_key"))
+    )
+    for key, column in (("id", interactions.c.id), ("request_id", interactions.c.request_id))
+    for for_update in (False, True)
+}
+_INTERACTION_BY_EXTERNAL_ID = {
+    for_update: (
+        select(interactions)
+        .where(interactions.c.crm_adapter == bindparam("b_crm_adapter"))
+        .where(interactions.c.external_id == bindparam("b_external_id"))
+    )
+    for for_update in (False, True)
+}
+_INTERACTION_BY_EXTERNAL_ID[True] = _INTERACTION_BY_EXTERNAL_ID[True].with_for_update()
+_SAVE_INTERACTION = (
+    update(interactions)
+    .where(interactions.c.id == bindparam("b_id"))
+    .where(interactions.c.version == bindparam("b_version"))
+)
+_INSERT_INTERACTION_HISTORY = insert(interaction_history)
+_INSERT_INTERACTION = {
+    dialect: dialect_insert(interactions).on_conflict_do_nothing()
+    for dialect, dialect_insert in DIALECT_INSERTS.items()
+}
+_QUEUE_BY_NAME = select(queues).where(queues.c.name == bindparam("b_name"))
+
+
+def _store_inbox_row(dialect_insert: Any) -> Any:
+    """INSERT the row, or on a stored one not yet applied take the new status, time and error
+    (keeping a payload already stored): one statement, so a claim is one round trip and takes
+    the inbox row's lock first (the lock order's 1)."""
+    statement = dialect_insert(inbox)
+    return statement.on_conflict_do_update(
+        index_elements=[inbox.c.source, inbox.c.event_id],
+        set_={
+            "status": statement.excluded.status,
+            "handled_at": statement.excluded.handled_at,
+            "error": statement.excluded.error,
+            "payload": func.coalesce(inbox.c.payload, statement.excluded.payload),
+            "interaction_id": func.coalesce(
+                statement.excluded.interaction_id, inbox.c.interaction_id
+            ),
+        },
+        where=inbox.c.status != InboxStatus.APPLIED.value,
+    )
+
+
+_STORE_INBOX_ROW = {
+    dialect: _store_inbox_row(dialect_insert) for dialect, dialect_insert in DIALECT_INSERTS.items()
+}
+_LINK_INBOX_ROW = (
+    update(inbox)
+    .where(inbox.c.source == bindparam("b_source"))
+    .where(inbox.c.event_id == bindparam("b_event_id"))
+)
+_INSERT_OUTBOX = insert(outbox)
 
 
 def _interaction_from_row(row: Any) -> Interaction:
@@ -121,45 +181,46 @@ class SqlInteractions:
             "version": 0,
             **_interaction_values(interaction),
         }
-        result = await self._conn.execute(_upsert_ignoring(self._conn, interactions), values)
+        statement = _INSERT_INTERACTION[self._conn.dialect.name]
+        result = await self._conn.execute(statement, values)
         if result.rowcount == 0:
             return False
         await self._append_history(interaction)
         return True
 
-    async def _one(self, condition: Any, for_update: bool) -> Interaction | None:
-        query = select(interactions).where(condition)
-        if for_update:
-            query = query.with_for_update()
-        row = (await self._conn.execute(query)).first()
+    async def _one(self, statement: Any, parameters: dict[str, Any]) -> Interaction | None:
+        row = (await self._conn.execute(statement, parameters)).first()
         return _interaction_from_row(row) if row else None
 
     async def get(self, interaction_id: str, *, for_update: bool = False) -> Interaction | None:
         """Load one interaction by id."""
-        return await self._one(interactions.c.id == interaction_id, for_update)
+        return await self._one(_INTERACTION_BY["id", for_update], {"b_key": interaction_id})
 
     async def get_by_external_id(
         self, crm_adapter: str, external_id: str, *, for_update: bool = False
     ) -> Interaction | None:
         """Load the interaction a CRM knows by ``external_id``."""
-        condition = and_(
-            interactions.c.crm_adapter == crm_adapter, interactions.c.external_id == external_id
+        return await self._one(
+            _INTERACTION_BY_EXTERNAL_ID[for_update],
+            {"b_crm_adapter": crm_adapter, "b_external_id": external_id},
         )
-        return await self._one(condition, for_update)
 
     async def get_by_request_id(
         self, request_id: str, *, for_update: bool = False
     ) -> Interaction | None:
         """Load the interaction whose routing request has this id."""
-        return await self._one(interactions.c.request_id == request_id, for_update)
+        return await self._one(_INTERACTION_BY["request_id", for_update], {"b_key": request_id})
 
     async def save(self, interaction: Interaction) -> None:
         """Write the new state if nobody else changed the row since it was read."""
         result = await self._conn.execute(
-            update(interactions)
-            .where(interactions.c.id == interaction.id)
-            .where(interactions.c.version == interaction.version)
-            .values(version=interaction.version + 1, **_interaction_values(interaction))
+            _SAVE_INTERACTION,
+            {
+                "b_id": interaction.id,
+                "b_version": interaction.version,
+                "version": interaction.version + 1,
+                **_interaction_values(interaction),
+            },
         )
         if result.rowcount != 1:
             raise Conflict(
@@ -174,7 +235,7 @@ class SqlInteractions:
             return
         self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
         await self._conn.execute(
-            insert(interaction_history),
+            _INSERT_INTERACTION_HISTORY,
             [
                 {
                     "interaction_id": entry.interaction_id,
@@ -248,7 +309,7 @@ class SqlQueues:
 
     async def get(self, name: str) -> Queue | None:
         """Load a queue by name."""
-        row = (await self._conn.execute(select(queues).where(queues.c.name == name))).first()
+        row = (await self._conn.execute(_QUEUE_BY_NAME, {"b_name": name})).first()
         return Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
 
     async def upsert(self, queue: Queue) -> None:
@@ -306,17 +367,14 @@ class SqlInbox:
             return received.payload
         return None
 
-    def _store(self, values: dict[str, Any], changes: dict[str, Any]) -> Any:
-        """INSERT the row, or apply ``changes`` to a stored one not applied yet: one statement,
-        so a claim costs one round trip and takes the row lock first (the lock order's 1)."""
-        statement = insert_for(self._conn, inbox).values(**values)
-        return statement.on_conflict_do_update(
-            index_elements=[inbox.c.source, inbox.c.event_id],
-            set_={**changes, "payload": func.coalesce(inbox.c.payload, statement.excluded.payload)},
-            where=inbox.c.status != InboxStatus.APPLIED.value,
-        )
-
-    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+    async def claim(
+        self,
+        source: str,
+        event_id: str,
+        event_type: str,
+        at: datetime,
+        interaction_id: str | None = None,
+    ) -> bool:
         """Store the event applied, or flip a refused one to applied; False if it was applied
         before. On PostgreSQL a concurrent claim blocks on the row until this transaction ends,
         then finds it applied; if this transaction rolls back instead, the waiting claim takes
@@ -328,9 +386,10 @@ class SqlInbox:
             "event_type": event_type,
             "received_at": at,
             "payload": self._payload_of(source, event_id),
+            "interaction_id": interaction_id,
             **applied,
         }
-        result = await self._conn.execute(self._store(values, applied))
+        result = await self._conn.execute(_STORE_INBOX_ROW[self._conn.dialect.name], values)
         return bool(result.rowcount == 1)
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
@@ -352,9 +411,10 @@ class SqlInbox:
             "event_type": received.event_type,
             "received_at": at,
             "payload": received.payload,
+            "interaction_id": None,
             **failed,
         }
-        await self._conn.execute(self._store(values, failed))
+        await self._conn.execute(_STORE_INBOX_ROW[self._conn.dialect.name], values)
 
     async def get(self, source: str, event_id: str) -> InboxEntry | None:
         """One stored event."""
@@ -385,7 +445,8 @@ class SqlInbox:
     async def link(self, source: str, event_id: str, interaction_id: str) -> None:
         """Note the interaction an event concerned."""
         await self._conn.execute(
-            update(inbox).where(self._row(source, event_id)).values(interaction_id=interaction_id)
+            _LINK_INBOX_ROW,
+            {"b_source": source, "b_event_id": event_id, "interaction_id": interaction_id},
         )
 
     async def interaction_for(self, source: str, event_id: str) -> str | None:
@@ -429,21 +490,22 @@ class SqlOutbox:
         if message.supersede_key is not None:
             await self._supersede(message, at)
         await self._conn.execute(
-            insert(outbox).values(
-                id=message.id,
-                target_kind=message.target_kind.value,
-                target=message.target,
-                type=message.type,
-                interaction_id=message.interaction_id,
-                payload=message.payload,
-                status="pending",
-                attempts=0,
-                created_at=at,
-                next_attempt_at=at,
-                ordering_key=message.ordering_key,
-                ordering_seq=message.sequence,
-                supersede_key=message.supersede_key,
-            )
+            _INSERT_OUTBOX,
+            {
+                "id": message.id,
+                "target_kind": message.target_kind.value,
+                "target": message.target,
+                "type": message.type,
+                "interaction_id": message.interaction_id,
+                "payload": message.payload,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": at,
+                "next_attempt_at": at,
+                "ordering_key": message.ordering_key,
+                "ordering_seq": message.sequence,
+                "supersede_key": message.supersede_key,
+            },
         )
         self.added += 1
 
@@ -609,16 +671,20 @@ class SqlUnitOfWork:
     Lock order. Every unit of work that writes takes its row locks in this one order, so two
     of them can wait for each other but never in a cycle:
 
-    1. the inbox row of the event (``INSERT ... ON CONFLICT DO NOTHING``), or the relay's
-       own outbox row when it records an outcome (nobody waits for one while holding more),
-    2. the profile, where provisioning changes one (``upsert_profile`` updates it,
+    1. the relay's own outbox rows when it records outcomes (nobody waits for one while
+       holding more); then
+    2. the interaction an event concerns, if it exists (``get..(for_update=True)``): taken
+       before the event's inbox row, so the claim can store which interaction it was; then
+    3. the inbox row of the event (the claim's ``INSERT ... ON CONFLICT``: deliveries of one
+       event queue up here). A created interaction is inserted after it: that insert waits at
+       most for a concurrent create of the same external id, which holds no other lock; then
+    4. the profile, where provisioning changes one (``upsert_profile`` updates it,
        ``upsert_agent`` reads its agent's FOR SHARE so the two serialise); then
-    3. the interaction (``get..(for_update=True)``), then
-    4. the agent (``agents.get..(for_update=True)``, or the agent row an upsert writes); a use
+    5. the agent (``agents.get..(for_update=True)``, or the agent row an upsert writes); a use
        case touching several agents (a profile change) locks them in id order; then
-    5. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
+    6. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
        ``ORDER BY channel`` give); nothing changes a channel without holding its agent; then
-    6. rows owned by that agent and interaction (history, mirrors, sequences, voice calls,
+    7. rows owned by that agent and interaction (history, mirrors, sequences, voice calls,
        outbox messages), which nobody else locks.
 
     Reads that need no lock (a profile's wrap-up, a queue) may happen at any point.
@@ -667,8 +733,9 @@ class SqlUnitOfWork:
             _raise_try_again_if_transient(exc)
             raise
         self.interactions = SqlInteractions(self._conn)
-        self.agents = SqlAgents(self._conn, self._now)
-        self.profiles = SqlProfiles(self._conn, self._now)
+        profiles_read: dict[str, Profile] = {}
+        self.agents = SqlAgents(self._conn, self._now, profiles_read)
+        self.profiles = SqlProfiles(self._conn, self._now, profiles_read)
         self.queues = SqlQueues(self._conn, self._now)
         self.inbox = SqlInbox(self._conn, self._received)
         self.outbox = SqlOutbox(self._conn)

@@ -69,13 +69,19 @@ def _source(kind: TargetKind, adapter: str) -> str:
 
 
 async def _claim_or_duplicate(
-    uow: UnitOfWork, source: str, event_id: str, event_type: str, clock: Clock
+    uow: UnitOfWork,
+    source: str,
+    event_id: str,
+    event_type: str,
+    clock: Clock,
+    interaction_id: str,
 ) -> Outcome | None:
-    """Claim the event in the inbox; on a repeat, return the first delivery's outcome."""
-    if await uow.inbox.claim(source, event_id, event_type, clock.now()):
+    """Claim the event in the inbox, noting the interaction it concerns; on a repeat, return
+    the first delivery's outcome."""
+    if await uow.inbox.claim(source, event_id, event_type, clock.now(), interaction_id):
         return None
     previous = await uow.inbox.interaction_for(source, event_id)
-    return Outcome(interaction_id=previous or "", duplicate=True)
+    return Outcome(interaction_id=previous or interaction_id, duplicate=True)
 
 
 def _routing_request(interaction: Interaction) -> OutboundMessage:
@@ -149,8 +155,11 @@ async def receive_interaction(
     routing request.
     """
     source = _source(TargetKind.CRM, crm_adapter)
+    interaction_id = str(uuid.uuid4())
     async with uow:
-        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.created", clock)
+        duplicate = await _claim_or_duplicate(
+            uow, source, event_id, "interaction.created", clock, interaction_id
+        )
         if duplicate:
             return duplicate
         queue = await uow.queues.get(new.queue)
@@ -158,7 +167,7 @@ async def receive_interaction(
             raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'", code="unknown_queue")
         now = clock.now()
         interaction = Interaction.receive(
-            interaction_id=str(uuid.uuid4()),
+            interaction_id=interaction_id,
             crm_adapter=crm_adapter,
             external_id=new.external_id,
             channel=new.channel,
@@ -186,7 +195,6 @@ async def receive_interaction(
             await uow.commit()
             return Outcome(existing.id, duplicate=True)
         await uow.outbox.add(_routing_request(interaction), now)
-        await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 
@@ -217,10 +225,12 @@ async def accept_interaction(
     """The agent accepted the delivered work in the CRM."""
     source = _source(TargetKind.CRM, crm_adapter)
     async with uow:
-        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.accepted", clock)
+        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
+        duplicate = await _claim_or_duplicate(
+            uow, source, event_id, "interaction.accepted", clock, interaction.id
+        )
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
         if crm_agent_id is not None and interaction.agent_id is not None:
             agent = await uow.agents.get(interaction.agent_id)
             if agent is not None and agent.crm_agent_id != crm_agent_id:
@@ -233,7 +243,6 @@ async def accept_interaction(
             S.ACCEPTED, clock.now(), event="accepted", cause=f"interaction.accepted {event_id}"
         )
         await uow.interactions.save(interaction)
-        await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 
@@ -244,10 +253,12 @@ async def complete_interaction(
     """The agent finished: release the agent's capacity and tell the ACD the work ended."""
     source = _source(TargetKind.CRM, crm_adapter)
     async with uow:
-        duplicate = await _claim_or_duplicate(uow, source, event_id, "interaction.completed", clock)
+        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
+        duplicate = await _claim_or_duplicate(
+            uow, source, event_id, "interaction.completed", clock, interaction.id
+        )
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
         now = clock.now()
         interaction.advance_to(
             S.COMPLETED, now, event="completed", cause=f"interaction.completed {event_id}"
@@ -257,7 +268,6 @@ async def complete_interaction(
         await _release(uow, agent, interaction, now, source, "work_completed", seconds)
         await uow.outbox.add(_work_ended(interaction, agent, "completed", seconds), now)
         await uow.interactions.save(interaction)
-        await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 
@@ -344,10 +354,12 @@ async def select_agent(
     """
     source = _source(TargetKind.ACD, acd_adapter)
     async with uow:
-        duplicate = await _claim_or_duplicate(uow, source, event_id, "agent.selected", clock)
+        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
+        duplicate = await _claim_or_duplicate(
+            uow, source, event_id, "agent.selected", clock, interaction.id
+        )
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
         # Locking the agent serialises this check with voice calls and state changes.
         agent = await uow.agents.get_by_acd_id(acd_agent_id, for_update=True)
         if agent is None:
@@ -385,7 +397,6 @@ async def select_agent(
         )
         await uow.outbox.add(_delivery(interaction, agent), now)
         await uow.interactions.save(interaction)
-        await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 
@@ -402,10 +413,12 @@ async def queue_request(
     """The ACD holds the request until an agent frees up."""
     source = _source(TargetKind.ACD, acd_adapter)
     async with uow:
-        duplicate = await _claim_or_duplicate(uow, source, event_id, "request.queued", clock)
+        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
+        duplicate = await _claim_or_duplicate(
+            uow, source, event_id, "request.queued", clock, interaction.id
+        )
         if duplicate:
             return duplicate
-        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
         detail = {"position": position} if position is not None else {}
         cause = f"request.queued {event_id} from {source}"
         if interaction.state == S.QUEUED:
@@ -416,7 +429,6 @@ async def queue_request(
             # The selection overtook the queued notice: record it, change nothing.
             interaction.note("late_queued_notice", clock.now(), cause, detail)
         await uow.interactions.save(interaction)
-        await uow.inbox.link(source, event_id, interaction.id)
         await uow.commit()
         return Outcome(interaction.id)
 

@@ -283,12 +283,19 @@ class ReceivedEvent:
 
 
 class Inbox(Protocol):
-    async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
+    async def claim(
+        self,
+        source: str,
+        event_id: str,
+        event_type: str,
+        at: datetime,
+        interaction_id: str | None = None,
+    ) -> bool:
         """Mark an incoming event applied in this unit of work; False if it was applied before.
 
         One write: the row is stored (with the payload of the event the unit of work is
-        ``receiving``) or a refused one flipped to applied. A concurrent claim of the same event
-        waits for this one's transaction, then sees it.
+        ``receiving``, and the interaction it concerns) or a refused one flipped to applied. A
+        concurrent claim of the same event waits for this one's transaction, then sees it.
         """
         ...
 
