@@ -77,6 +77,18 @@ class Settings(BaseSettings):
         description="days the inbox keeps a received event and its payload (to inspect, "
         "re-drive and de-duplicate it); a delivery retried later than this is applied again",
     )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="PostgreSQL connections each process keeps open (SQLite: ignored)",
+    )
+    db_max_overflow: int = Field(
+        default=5,
+        ge=0,
+        le=200,
+        description="connections opened beyond the pool in a burst, closed when returned",
+    )
     relay_batch_size: int = Field(default=100, ge=1, le=1000)
     relay_concurrency: int = Field(default=32, ge=1, le=512)
     relay_poll_seconds: float = Field(default=0.5, gt=0, le=60)

@@ -122,7 +122,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url, clock.now)
+        db = Database(
+            settings.database_url,
+            clock.now,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
         if settings.migrate_on_start:
             await db.migrate()
         if settings.seed_file is not None:

@@ -21,7 +21,7 @@ from harmony.db.engine import Database, alembic_config
 from harmony.db.tables import agent_channels, agent_state_history, agents, profiles, queues
 from harmony.errors import TryAgain
 from harmony.routing import interactions
-from harmony.routing.model import Channel
+from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import UnitOfWork
 from harmony.routing.retry import RetryPolicy, run_with_retry
 from harmony.seed import load_seed
@@ -354,5 +354,35 @@ async def test_run_with_retry_returns_the_use_case_result(postgres_url: str) -> 
             skills=[],
         )
         assert stored.id == "r1"
+    finally:
+        await db.dispose()
+
+
+async def test_a_pooled_connection_that_died_while_idle_costs_a_retry_not_an_error(
+    postgres_url: str,
+) -> None:
+    # Connections are not pinged before use (a round trip per transaction): one killed while
+    # idle in the pool must fail its first use as TryAgain, and the retry must go through.
+    db = Database(postgres_url, SystemClock().now, pool_size=1, max_overflow=0)
+    try:
+        async with db.engine.connect() as conn:
+            doomed = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        killer = Database(postgres_url, SystemClock().now)
+        try:
+            async with killer.engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": doomed})
+        finally:
+            await killer.dispose()
+
+        queue = Queue(name="after-kill", channel=Channel.CHAT, skills=["support"])
+        await run_with_retry(db.uow, interactions.upsert_queue, queue)
+
+        async with db.engine.connect() as conn:
+            stored = (
+                await conn.execute(select(queues.c.name).where(queues.c.name == "after-kill"))
+            ).scalar_one_or_none()
+            now_serving = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert stored == "after-kill"
+        assert now_serving != doomed
     finally:
         await db.dispose()

@@ -24,8 +24,8 @@ REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 # take turns to migrate and to apply the seed instead of racing through the same DDL and rows.
 MIGRATION_LOCK = 0x4861726D6F6E7901  # "Harmony" + 1
 SEED_LOCK = 0x4861726D6F6E7902
-POOL_SIZE = 20
-POOL_OVERFLOW = 10
+POOL_SIZE = 10
+POOL_OVERFLOW = 5
 
 
 def migrations_dir() -> Path:
@@ -51,7 +51,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(
+    url: str, pool_size: int = POOL_SIZE, max_overflow: int = POOL_OVERFLOW
+) -> AsyncEngine:
     """An async engine; SQLite gets WAL, foreign keys and its parent directory created."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -62,19 +64,26 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # No pre-ping: it costs three round trips (BEGIN, ";", ROLLBACK) per checkout; a connection
     # found dead is reported as transient instead (dialect.is_transient) and the use case runs
-    # again on a fresh one. Overflow connections are closed when returned, so a pool too small
-    # for the relay's and the API's concurrency would reconnect on every burst.
+    # again on a fresh one. Overflow connections are closed when returned: a burst beyond the
+    # pool's size pays a reconnect each time.
     return create_async_engine(
-        url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=False
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False
     )
 
 
 class Database:
     """Owns the engine and hands out units of work."""
 
-    def __init__(self, url: str, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        url: str,
+        now: Callable[[], datetime],
+        *,
+        pool_size: int = POOL_SIZE,
+        max_overflow: int = POOL_OVERFLOW,
+    ) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, pool_size, max_overflow)
         self._now = now
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
