@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     record = uvloop.run(run_phase(config, requests, start_wall))
     out: dict[str, Any] = {
         "rate": config.rate,
+        "count_seconds": config.warmup + config.duration,
         "warmup_count": config.warmup_count,
         "prefix": config.prefix,
         "scheduled": record.scheduled,

@@ -15,8 +15,10 @@ from typing import Any
 from harmony.dev.bench.load import external_id
 from harmony.dev.bench.stack import Stack, clean_env, python
 from harmony.dev.bench.stats import (
+    BackendCpu,
     ProcessCpu,
     RateVerdict,
+    machine_busy_ms,
     postgres_cpu_ms,
     proc_rss_mb,
     spread,
@@ -35,6 +37,7 @@ class Snapshot:
     at: float
     harmony_cpu: list[float]
     postgres_cpu: float | None
+    machine: tuple[float, float]
     peers_cpu: float
     sql: dict[str, int]
     commits: int
@@ -51,6 +54,7 @@ async def _snapshot(
         at=time.time(),
         harmony_cpu=[h.now() for h in harmonies],
         postgres_cpu=postgres,
+        machine=machine_busy_ms(),
         peers_cpu=peers.now() if peers else 0.0,
         sql=stack.sql_counts(),
         commits=await stack.db.commits(),
@@ -126,9 +130,16 @@ async def measure_phase(
     harmonies = [ProcessCpu(h.pid) for h in stack.harmonies]
     peers = ProcessCpu(stack.peers.pid) if stack.peers else None
     await _sleep_until(start + warmup)
+    backends = BackendCpu()
+    backends.sample(await stack.db.backend_pids(), fresh=True)
     before = await _snapshot(stack, harmonies, peers)
     probe_task = asyncio.create_task(probes(duration)) if probes else None
-    await _sleep_until(start + warmup + duration)
+    end = start + warmup + duration
+    while time.time() < end - 0.3:
+        await asyncio.sleep(0.25)
+        backends.sample(await stack.db.backend_pids())
+    await _sleep_until(end)
+    backends.sample(await stack.db.backend_pids())
     after = await _snapshot(stack, harmonies, peers)
     rss = [proc_rss_mb(h.pid) for h in stack.harmonies]
     probe_result = await probe_task if probe_task else None
@@ -146,6 +157,7 @@ async def measure_phase(
         peer_stats=peer_stats,
         before=before,
         after=after,
+        database_cpu_ms=backends.used_ms(),
     )
     result["label"] = label
     result["harmony_rss_mb"] = [None if r is None else round(r, 1) for r in rss]
@@ -153,6 +165,11 @@ async def measure_phase(
     if probe_result is not None:
         result["probes"] = probe_result
     return result
+
+
+def _pct(cpu_ms: float | None, seconds: float) -> float | None:
+    """CPU ms over ``seconds`` as percent of one core."""
+    return None if cpu_ms is None else round(cpu_ms / seconds / 10, 1)
 
 
 def _per(value: float, routed: int) -> float | None:
@@ -168,6 +185,7 @@ def summarise_phase(
     peer_stats: dict[str, Any],
     before: Snapshot,
     after: Snapshot,
+    database_cpu_ms: float | None = None,
 ) -> dict[str, Any]:
     """Turn the generator's and the peers' records and two snapshots into the phase's figures."""
     t1, t2 = window
@@ -215,11 +233,17 @@ def summarise_phase(
         bad = {s: n for s, n in statuses.items() if not s.startswith("2")}
         if bad:
             callback_errors[kind] = bad
-    postgres = (
+    server = (
         None
         if after.postgres_cpu is None or before.postgres_cpu is None
         else after.postgres_cpu - before.postgres_cpu
     )
+    peers_cpu = after.peers_cpu - before.peers_cpu
+    phase_seconds = sum(o["count_seconds"] for o in outputs) / max(len(outputs), 1)
+    load_in_window = load_cpu * seconds / phase_seconds if phase_seconds else load_cpu
+    busy = after.machine[0] - before.machine[0]
+    cores = (after.machine[1] - before.machine[1]) / seconds / 1000 if seconds else 0
+    mine = harmony_cpu + (database_cpu_ms or 0) + peers_cpu + load_in_window
     return {
         "offered_per_s": rate,
         "duration_s": round(seconds, 2),
@@ -242,10 +266,17 @@ def summarise_phase(
         "harmony_cpu_ms": round(harmony_cpu, 1),
         "harmony_cpu_pct": round(harmony_cpu / seconds / 10, 1),
         "cpu_ms_per_routed": _per(harmony_cpu, routed),
-        "postgres_cpu_pct": None if postgres is None else round(postgres / seconds / 10, 1),
-        "postgres_cpu_ms_per_routed": None if postgres is None else _per(postgres, routed),
-        "peers_cpu_pct": round((after.peers_cpu - before.peers_cpu) / seconds / 10, 1),
+        "postgres_cpu_pct": _pct(database_cpu_ms, seconds),
+        "postgres_cpu_ms_per_routed": None
+        if database_cpu_ms is None
+        else _per(database_cpu_ms, routed),
+        "postgres_server_cpu_pct": _pct(server, seconds),
+        "peers_cpu_pct": _pct(peers_cpu, seconds),
+        "load_cpu_pct": _pct(load_in_window, seconds),
         "load_cpu_ms": round(load_cpu, 1),
+        "machine_busy_pct": _pct(busy, seconds),
+        "machine_cores": round(cores, 2),
+        "others_cpu_pct": _pct(max(0.0, busy - mine), seconds),
         "commits_per_routed": _per(commits, routed),
         "harmony_commits_per_routed": _per(sql.get("commits", 0), routed),
         "statements_per_routed": _per(sql.get("statements", 0), routed),

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from harmony.dev.bench import report
+from harmony.dev.bench.ceiling import run_ceiling
 from harmony.dev.bench.options import BenchOptions
 from harmony.dev.bench.phase import measure_phase, verdict
-from harmony.dev.bench.stack import running_stack
+from harmony.dev.bench.stack import Stack, running_stack
 from harmony.dev.bench.stats import falls_behind, max_sustained, next_probe, sustains
 
 __all__ = ["BenchOptions", "main", "run"]
@@ -41,51 +42,59 @@ def _phase_line(result: dict[str, Any]) -> str:
         f"delivery p50 {delivery['p50']} p99 {delivery['p99']} ms  "
         f"webhook p99 {result['webhook_ms']['p99']} ms  "
         f"harmony {result['harmony_cpu_pct']}% cpu, {result['cpu_ms_per_routed']} ms/routed  "
-        f"pg {result['postgres_cpu_pct']}%  stmts/routed {result['statements_per_routed']}  "
+        f"pg {result['postgres_cpu_pct']}%  peers+load "
+        f"{(result['peers_cpu_pct'] or 0) + (result['load_cpu_pct'] or 0):.1f}%  "
+        f"others {result['others_cpu_pct']}%  stmts/routed {result['statements_per_routed']}  "
         f"errors {result['errors'] or '-'}"
     )
 
 
-async def routing_part(options: BenchOptions, workdir: Path, results: dict[str, Any]) -> None:
-    """Part 1: the ladder, the probe, half the maximum and the overload, on one stack."""
-    say(f"routing: {options.agents} agents, phases of {options.warmup:g}+{options.duration:g} s")
-    async with running_stack(
-        options.admin_dsn, workdir / "routing", agents=options.agents
-    ) as stack:
+async def main_parts(options: BenchOptions, workdir: Path, results: dict[str, Any]) -> None:
+    """Parts 1 and 2 on one stack: routing, then the ceiling app and Harmony's ingest."""
+    stack_dir = workdir / "routing"
+    async with running_stack(options.admin_dsn, stack_dir, agents=options.agents) as stack:
         results["machine"]["postgresql"] = stack.db.server_version
-        ladder: list[dict[str, Any]] = []
-        results["ladder"] = ladder
+        if "ladder" not in options.skip:
+            await routing_part(options, stack, results)
+        if "ceiling" not in options.skip:
+            ceiling = await run_ceiling(stack, options.duration, options.wrk_connections, say)
+            if ceiling is not None:
+                results["ceiling"] = ceiling
 
-        async def phase(rate: float, label: str, duration: float | None = None) -> dict[str, Any]:
-            result = await measure_phase(
-                stack, rate, duration or options.duration, options.warmup, label
-            )
-            say(f"{label:<12}" + _phase_line(result))
-            return result
 
-        for rate in options.rates:
-            result = await phase(rate, f"rate{rate:g}")
-            ladder.append(result)
-            if falls_behind(verdict(result)):
-                break
-        probe = next_probe([verdict(r) for r in ladder])
-        if probe is not None:
-            ladder.append(await phase(probe, f"probe{probe:g}"))
-        verdicts = [verdict(r) for r in ladder]
-        best = max_sustained(verdicts)
-        plateau = max((r["routed_per_s"] for r in ladder), default=0.0)
-        results["max_sustained_routed_per_s"] = round(best, 2)
-        results["plateau_routed_per_s"] = round(plateau, 2)
-        results["max_from"] = "sustained" if best > 0 else "none sustained"
-        if best <= 0:
-            return
-        sustained = [r for r in ladder if sustains(verdict(r))]
-        results["max_phase"] = max(sustained, key=lambda r: r["routed_per_s"])["label"]
-        half = round(best / 2, 1)
-        results["half"] = await phase(half, f"half{half:g}")
-        if "overload" not in options.skip:
-            double = round(best * 2, 1)
-            results["overload"] = await phase(double, f"overload{double:g}")
+async def routing_part(options: BenchOptions, stack: Stack, results: dict[str, Any]) -> None:
+    """Part 1: the ladder of rates, the probe, half the maximum and the overload."""
+    say(f"routing: {options.agents} agents, phases of {options.warmup:g}+{options.duration:g} s")
+    ladder: list[dict[str, Any]] = []
+    results["ladder"] = ladder
+
+    async def phase(rate: float, label: str) -> dict[str, Any]:
+        result = await measure_phase(stack, rate, options.duration, options.warmup, label)
+        say(f"{label:<12}" + _phase_line(result))
+        return result
+
+    for rate in options.rates:
+        result = await phase(rate, f"rate{rate:g}")
+        ladder.append(result)
+        if falls_behind(verdict(result)):
+            break
+    probe = next_probe([verdict(r) for r in ladder])
+    if probe is not None:
+        ladder.append(await phase(probe, f"probe{probe:g}"))
+    verdicts = [verdict(r) for r in ladder]
+    best = max_sustained(verdicts)
+    results["max_sustained_routed_per_s"] = round(best, 2)
+    results["plateau_routed_per_s"] = round(max(r["routed_per_s"] for r in ladder), 2)
+    if best <= 0:
+        say("no rate was sustained: no half-rate or overload phase")
+        return
+    sustained = [r for r in ladder if sustains(verdict(r))]
+    results["max_phase"] = max(sustained, key=lambda r: r["routed_per_s"])["label"]
+    half = round(best / 2, 1)
+    results["half"] = await phase(half, f"half{half:g}")
+    if "overload" not in options.skip:
+        double = round(best * 2, 1)
+        results["overload"] = await phase(double, f"overload{double:g}")
 
 
 async def run(options: BenchOptions) -> dict[str, Any]:
@@ -107,8 +116,8 @@ async def run(options: BenchOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="harmony-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            if "ladder" not in options.skip:
-                await routing_part(options, workdir, results)
+            if not {"ladder", "ceiling"} <= options.skip:
+                await main_parts(options, workdir, results)
         finally:
             results["wall_s"] = round(time.time() - started, 1)
             if options.keep_workdir:

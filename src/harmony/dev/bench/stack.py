@@ -125,6 +125,14 @@ class BenchDatabase:
         )
         return int(value or 0)
 
+    async def backend_pids(self) -> list[int]:
+        """Server processes serving this database now, but the runner's own."""
+        rows = await self.conn.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [int(row["pid"]) for row in rows]
+
     async def outbox_pending(self) -> int:
         """Outbound messages not yet sent or given up."""
         return int(await self.conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'"))

@@ -177,6 +177,44 @@ def postgres_cpu_ms(postmaster_pid: int) -> float:
     return total
 
 
+def machine_busy_ms() -> tuple[float, float]:
+    """(busy, total) CPU ms of the whole machine since boot, summed over every core."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user: leave it out of the sum
+    total = sum(ticks[:8])
+    return (total - idle) * 1000.0 / CLOCK_TICKS, total * 1000.0 / CLOCK_TICKS
+
+
+class BackendCpu:
+    """CPU of the PostgreSQL backends serving one database, sampled while a window runs.
+
+    Backends come and go (a pool's overflow connections close), so the set is read again at
+    each ``sample``: what a backend used before it exited is counted up to its last sample.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def sample(self, pids: Iterable[int], fresh: bool = False) -> None:
+        """Read the CPU of ``pids``; ``fresh`` marks the window's start (their CPU so far is
+        not counted). A pid first seen later started inside the window: all its CPU counts."""
+        for pid in pids:
+            try:
+                used = proc_cpu_ms(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+            if pid not in self._first:
+                self._first[pid] = used if fresh else 0.0
+            self._last[pid] = used
+
+    def used_ms(self) -> float:
+        """CPU ms the sampled backends used between their first and last samples."""
+        return sum(self._last[pid] - self._first[pid] for pid in self._last)
+
+
 def parent_pid(pid: int) -> int:
     """The parent of ``pid``."""
     return int(_stat_fields(pid)[1])
