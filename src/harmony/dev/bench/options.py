@@ -11,6 +11,8 @@ __all__ = ["DEFAULT_ADMIN_DSN", "PARTS", "BenchOptions"]
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_RATES = (10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0, 240.0, 320.0, 480.0, 640.0)
 QUICK_RATES = (10.0, 20.0, 40.0, 80.0)
+# The scale runs' baseline has this many waiting emails (and --agents agents).
+SCALE_FEW_WAITING = 100
 # Parts that --skip may name.
 PARTS = ("ladder", "overload", "ceiling", "scale", "sims", "replicas")
 
@@ -28,6 +30,8 @@ class BenchOptions:
     out: Path = Path("bench/results")
     skip: frozenset[str] = frozenset()
     wrk_connections: int = 32
+    scale_agents: int = 10_000
+    scale_waiting: int = 50_000
     keep_workdir: bool = False
     progress: Any = field(default=None, repr=False)
 

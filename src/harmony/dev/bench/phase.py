@@ -43,9 +43,7 @@ class Snapshot:
     commits: int
 
 
-async def _snapshot(
-    stack: Stack, harmonies: list[ProcessCpu], peers: ProcessCpu | None
-) -> Snapshot:
+async def _snapshot(stack: Stack, harmonies: list[ProcessCpu], peers: list[ProcessCpu]) -> Snapshot:
     postgres = None
     if stack.db.postmaster_pid is not None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -55,7 +53,7 @@ async def _snapshot(
         harmony_cpu=[h.now() for h in harmonies],
         postgres_cpu=postgres,
         machine=machine_busy_ms(),
-        peers_cpu=peers.now() if peers else 0.0,
+        peers_cpu=sum(p.now() for p in peers),
         sql=stack.sql_counts(),
         commits=await stack.db.commits(),
     )
@@ -102,7 +100,8 @@ async def measure_phase(
     ``probes``, if given, is an async callable run over the measured window (it returns what it
     measured, reported under ``probes``).
     """
-    await stack.peers_call("POST", "/reset")
+    if stack.peers is not None:
+        await stack.peers_call("POST", "/reset")
     replicas = len(stack.harmony_ports)
     loads = []
     for replica, port in enumerate(stack.harmony_ports):
@@ -128,7 +127,7 @@ async def measure_phase(
         popen.stdin.write(f"{start}\n")
         popen.stdin.flush()
     harmonies = [ProcessCpu(h.pid) for h in stack.harmonies]
-    peers = ProcessCpu(stack.peers.pid) if stack.peers else None
+    peers = [ProcessCpu(p.pid) for p in stack.peer_processes]
     await _sleep_until(start + warmup)
     backends = BackendCpu()
     backends.sample(await stack.db.backend_pids(), fresh=True)
@@ -148,7 +147,10 @@ async def measure_phase(
         await asyncio.to_thread(popen.wait)
         outputs.append(json.loads(out_path.read_text()))
     drained = await stack.settle(drain)
-    peer_stats = await stack.peers_call("GET", "/stats") if stack.peers else {}
+    if stack.peers is not None:
+        peer_stats = await stack.peers_call("GET", "/stats")
+    else:
+        peer_stats = await _stats_from_database(stack, [o["prefix"] for o in outputs])
     result = summarise_phase(
         rate=rate,
         duration=duration,
@@ -165,6 +167,26 @@ async def measure_phase(
     if probe_result is not None:
         result["probes"] = probe_result
     return result
+
+
+async def _stats_from_database(stack: Stack, prefixes: list[str]) -> dict[str, Any]:
+    """Deliveries and completions as Harmony recorded them, for peers that do not report them
+    (the simulators): its ``delivered_at`` is when the CRM's 2xx came back."""
+    deliveries: dict[str, float] = {}
+    completions: dict[str, float] = {}
+    for prefix in prefixes:
+        rows = await stack.db.conn.fetch(
+            "SELECT external_id, extract(epoch FROM delivered_at)::float8 AS delivered,"
+            " extract(epoch FROM completed_at)::float8 AS completed"
+            " FROM interactions WHERE external_id LIKE $1",
+            prefix + "-%",
+        )
+        for row in rows:
+            if row["delivered"] is not None:
+                deliveries[row["external_id"]] = row["delivered"]
+            if row["completed"] is not None:
+                completions[row["external_id"]] = row["completed"]
+    return {"deliveries": deliveries, "completions": completions}
 
 
 def _pct(cpu_ms: float | None, seconds: float) -> float | None:

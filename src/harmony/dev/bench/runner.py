@@ -22,8 +22,9 @@ from typing import Any
 
 from harmony.dev.bench import report
 from harmony.dev.bench.ceiling import run_ceiling
-from harmony.dev.bench.options import BenchOptions
+from harmony.dev.bench.options import SCALE_FEW_WAITING, BenchOptions
 from harmony.dev.bench.phase import measure_phase, verdict
+from harmony.dev.bench.scale import replicas_part, scale_part, sims_part
 from harmony.dev.bench.stack import Stack, running_stack
 from harmony.dev.bench.stats import falls_behind, max_sustained, next_probe, sustains
 
@@ -97,6 +98,47 @@ async def routing_part(options: BenchOptions, stack: Stack, results: dict[str, A
         results["overload"] = await phase(double, f"overload{double:g}")
 
 
+async def other_parts(options: BenchOptions, workdir: Path, results: dict[str, Any]) -> None:
+    """Part 3: scale, the simulators, two replicas (each on a stack of its own)."""
+    best = results.get("max_sustained_routed_per_s") or 0.0
+    # A moderate rate every configuration sustains: half the maximum, else a low fixed one.
+    moderate = round(best / 2, 1) if best else 10.0
+    if "scale" not in options.skip:
+        results["scale"] = await scale_part(
+            options.admin_dsn,
+            workdir,
+            moderate,
+            options.duration,
+            options.warmup,
+            (options.agents, options.scale_agents),
+            (SCALE_FEW_WAITING, options.scale_waiting),
+            say,
+        )
+    if "sims" not in options.skip:
+        results["sims"] = await sims_part(
+            options.admin_dsn,
+            workdir,
+            moderate,
+            options.duration,
+            options.warmup,
+            options.agents,
+            say,
+        )
+    if "replicas" not in options.skip:
+        if best:
+            results["replicas"] = await replicas_part(
+                options.admin_dsn,
+                workdir,
+                best,
+                options.duration,
+                options.warmup,
+                options.agents,
+                say,
+            )
+        else:
+            say("replicas: skipped, one replica's maximum is unknown (no ladder)")
+
+
 async def run(options: BenchOptions) -> dict[str, Any]:
     """Run every part not skipped and return the full report (also written under ``out``)."""
     started = time.time()
@@ -118,6 +160,7 @@ async def run(options: BenchOptions) -> dict[str, Any]:
         try:
             if not {"ladder", "ceiling"} <= options.skip:
                 await main_parts(options, workdir, results)
+            await other_parts(options, workdir, results)
         finally:
             results["wall_s"] = round(time.time() - started, 1)
             if options.keep_workdir:

@@ -35,6 +35,8 @@ BENCH_DB_PREFIX = "harmony_bench_"
 CHAT_QUEUE = "bench-chat"
 EMAIL_QUEUE = "bench-email"
 PROFILE = "bench"
+# The CRM simulator's agents accept after ~50 ms and complete ~200 ms later (+-50%).
+SIM_CRM_DELAYS = ("--accept-delay", "0.05", "--complete-delay", "0.2", "--jitter", "0.5")
 
 
 def free_ports(count: int) -> list[int]:
@@ -244,6 +246,8 @@ class Stack:
     peers_port: int
     peers: Process | None
     stats_files: list[Path] = field(default_factory=list)
+    # Whatever plays the ACD and CRM (the fast peers, or the two simulators), for their CPU.
+    peer_processes: list[Process] = field(default_factory=list)
 
     @property
     def harmony_url(self) -> str:
@@ -310,8 +314,14 @@ class Stack:
         deadline = time.monotonic() + within
         quiet = 0
         while time.monotonic() < deadline:
-            stats = await self.peers_call("GET", "/stats") if self.peers else {"in_flight": 0}
-            if await self.db.outbox_pending() == 0 and stats["in_flight"] == 0:
+            if self.peers is not None:
+                busy = (await self.peers_call("GET", "/stats"))["in_flight"]
+            else:  # the simulators: wait for the work they hold to be completed
+                busy = await self.db.conn.fetchval(
+                    "SELECT count(*) FROM interactions"
+                    " WHERE state IN ('offered', 'delivered', 'accepted')"
+                )
+            if await self.db.outbox_pending() == 0 and busy == 0:
                 quiet += 1
                 if quiet >= 3:
                     return True
@@ -319,6 +329,19 @@ class Stack:
                 quiet = 0
             await asyncio.sleep(0.2)
         return False
+
+
+async def _wait_logged_in(url: str, process: Process, within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise StartFailed(f"{process.name} exited:\n{process.tail()}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if (await client.get(url)).json().get("logged_in"):
+                    return
+            await asyncio.sleep(0.2)
+    raise StartFailed(f"{process.name} did not log its agents in:\n{process.tail()}")
 
 
 def python() -> str:
@@ -334,26 +357,35 @@ async def running_stack(
     agents: int,
     capacity: int = 20,
     replicas: int = 1,
-    with_peers: bool = True,
+    peers: str = "fast",
     sql_stats: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """A fresh database, the peers and ``replicas`` Harmony processes, ``agents`` seeded and
-    logged in, ready on chat and email; everything stopped and dropped on exit."""
+    logged in, ready on chat and email; everything stopped and dropped on exit.
+
+    ``peers`` is ``fast`` (this package's peers) or ``simulators`` (``harmony sim-acd`` and
+    ``harmony sim-crm``, which log the agents in themselves)."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     db = BenchDatabase(admin_dsn)
     processes: list[Process] = []
     try:
         await db.create()
-        ports = free_ports(replicas + 1)
-        harmony_ports, peers_port = ports[:replicas], ports[replicas]
+        ports = free_ports(replicas + 2)
+        harmony_ports, peers_port, crm_port = ports[:replicas], ports[replicas], ports[-1]
         from harmony.adapters.generic_http.signing import new_secret
 
         acd_secret, crm_secret = new_secret(), new_secret()
         seed_path = workdir / "seed.json"
         seed_path.write_text(json.dumps(seed_document(agents, capacity)))
-        peers: Process | None = None
-        if with_peers:
+        fast: Process | None = None
+        sim = [python(), "-m", "harmony.cli"]
+        # ... followed by the secret of the simulator's side
+        sim_args = ["--harmony-url", f"http://127.0.0.1:{harmony_ports[0]}"]
+        sim_args += ["--seed", str(seed_path), "--log-level", "WARNING", "--secret"]
+        if peers == "fast":
+            acd_url = f"http://127.0.0.1:{peers_port}/acd"
+            crm_url = f"http://127.0.0.1:{peers_port}/crm"
             config = {
                 "harmony_host": "127.0.0.1",
                 "harmony_ports": harmony_ports,
@@ -363,17 +395,29 @@ async def running_stack(
                 "capacity": {"chat": capacity, "email": capacity},
             }
             (workdir / "peers.json").write_text(json.dumps(config))
-            peers = spawn(
+            fast = spawn(
                 "peers",
                 [python(), "-m", "harmony.dev.bench.peers", "peers.json", str(peers_port)],
                 workdir,
                 clean_env(),
             )
-            processes.append(peers)
-            await wait_http(f"http://127.0.0.1:{peers_port}/stats", peers, 30)
+            processes.append(fast)
+            await wait_http(f"http://127.0.0.1:{peers_port}/stats", fast, 30)
+        else:
+            acd_url = f"http://127.0.0.1:{peers_port}"
+            crm_url = f"http://127.0.0.1:{crm_port}"
+            acd = spawn(
+                "sim-acd",
+                [*sim, "sim-acd", "--port", str(peers_port), *sim_args, acd_secret],
+                workdir,
+                clean_env(),
+            )
+            processes.append(acd)
+            await wait_http(f"{acd_url}/state", acd, 60)
         stack = Stack(
-            db, workdir, acd_secret, crm_secret, agents, harmony_ports, [], peers_port, peers
+            db, workdir, acd_secret, crm_secret, agents, harmony_ports, [], peers_port, fast
         )
+        stack.peer_processes = list(processes)
         for replica, port in enumerate(harmony_ports):
             stats_file = workdir / f"sql-stats-{replica}.json"
             env = clean_env(
@@ -385,10 +429,10 @@ async def running_stack(
                 HARMONY_LOG_FORMAT="json",
                 HARMONY_ROUTING_ACD="generic",
                 HARMONY_ACD_ADAPTERS=json.dumps(
-                    {"generic": {"url": f"http://127.0.0.1:{peers_port}/acd", "secret": acd_secret}}
+                    {"generic": {"url": acd_url, "secret": acd_secret}}
                 ),
                 HARMONY_CRM_ADAPTERS=json.dumps(
-                    {"generic": {"url": f"http://127.0.0.1:{peers_port}/crm", "secret": crm_secret}}
+                    {"generic": {"url": crm_url, "secret": crm_secret}}
                 ),
                 **(extra_env or {}),
             )
@@ -402,9 +446,19 @@ async def running_stack(
             stack.harmonies.append(harmony)
             # One at a time: the first migrates and seeds, the next finds it done.
             await wait_http(f"http://127.0.0.1:{port}/readyz", harmony)
-        if with_peers:
+        if peers == "fast":
             await stack.log_in(1, agents)
-            await stack.settle(60)
+        else:
+            crm = spawn(
+                "sim-crm",
+                [*sim, "sim-crm", "--port", str(crm_port), *sim_args, crm_secret, *SIM_CRM_DELAYS],
+                workdir,
+                clean_env(),
+            )
+            processes.append(crm)
+            stack.peer_processes.append(crm)
+            await _wait_logged_in(f"{crm_url}/state", crm)
+        await stack.settle(60)
         yield stack
     finally:
         for process in reversed(processes):
