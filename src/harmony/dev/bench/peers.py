@@ -242,6 +242,11 @@ class Peers:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def close(self) -> None:
+        """Close the idle connections to Harmony."""
+        for _, pool in self.pools:
+            pool.close()
+
     def stats(self) -> dict[str, Any]:
         """Everything counted since the last reset, with this process's CPU."""
         return {

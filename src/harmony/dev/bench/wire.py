@@ -272,6 +272,11 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._transport.write(response_bytes(400, b'{"error":"malformed"}'))
                 self._transport.close()
 
+    def close(self) -> None:
+        """Close the connection."""
+        if self._transport is not None:
+            self._transport.close()
+
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
