@@ -291,7 +291,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "keep_workdir": args.keep_workdir,
         "quick": args.quick,
     }
-    for name in ("rates", "duration", "warmup"):
+    for name in ("rates", "duration", "warmup", "quiet_wait"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     options = BenchOptions.quick_defaults(**given) if args.quick else BenchOptions(**given)
@@ -530,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=float, metavar="SECONDS", help="seconds before each measure (default 2)"
     )
     bench.add_argument("--agents", type=int, default=100, metavar="N", help="agents logged in")
+    bench.add_argument(
+        "--quiet-wait",
+        type=float,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for the rest of the machine to use under "
+        "25%% of a core (default 30; quick: 3)",
+    )
     bench.add_argument(
         "--quick", action="store_true", help="a short run (under 2 minutes) with the same keys"
     )

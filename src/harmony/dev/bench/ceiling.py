@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from harmony.dev.bench.load import LoadConfig, created_events
+from harmony.dev.bench.phase import wait_for_quiet
 from harmony.dev.bench.stack import Process, Stack, clean_env, free_ports, python, spawn, wait_http
-from harmony.dev.bench.stats import BackendCpu, ProcessCpu
+from harmony.dev.bench.stats import BackendCpu, ProcessCpu, machine_busy_ms
 
 __all__ = ["BENCH_DIR", "WrkRun", "ensure_wrk", "parse_wrk", "run_ceiling", "write_requests"]
 
@@ -78,6 +79,7 @@ class WrkRun:
     ) -> dict[str, Any]:
         """Drive ``port`` for ``duration`` seconds; figures per second and per request."""
         out_path = self.workdir / f"wrk-{name}.out"
+        waited, others_before = await wait_for_quiet(stack, stack.quiet_wait)
         server = ProcessCpu(server_pid)
         server.mark()
         backends = BackendCpu()
@@ -99,12 +101,14 @@ class WrkRun:
                 subprocess.Popen, args, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir
             )
         started = time.time()
-        waited = asyncio.create_task(asyncio.to_thread(os.wait4, popen.pid, 0))
-        while not waited.done():
+        busy_before = machine_busy_ms()[0]
+        exited = asyncio.create_task(asyncio.to_thread(os.wait4, popen.pid, 0))
+        while not exited.done():
             await asyncio.sleep(0.25)
             if time.time() - started < self.duration:
                 backends.sample(await stack.db.backend_pids())
-        _, status, usage = await waited
+        _, status, usage = await exited
+        busy = machine_busy_ms()[0] - busy_before
         popen.returncode = os.waitstatus_to_exitcode(status)
         server_ms = server.since_mark()
         summary = parse_wrk(out_path.read_text())
@@ -116,6 +120,8 @@ class WrkRun:
             if summary[k]
         }
         good = requests - summary["status_errors"]
+        wrk_ms = (usage.ru_utime + usage.ru_stime) * 1e3
+        others = max(0.0, busy - server_ms - wrk_ms - backends.used_ms())
         return {
             "requests": requests,
             "rps": round(good / seconds, 1),
@@ -129,7 +135,10 @@ class WrkRun:
             "server_cpu_pct": round(server_ms / seconds / 10, 1),
             "cpu_ms_per_request": round(server_ms / good, 3) if good else None,
             "postgres_cpu_pct": round(backends.used_ms() / seconds / 10, 1),
-            "wrk_cpu_pct": round((usage.ru_utime + usage.ru_stime) / seconds * 100, 1),
+            "wrk_cpu_pct": round(wrk_ms / seconds / 10, 1),
+            "others_cpu_pct": round(others / seconds / 10, 1),
+            "quiet_wait_s": waited,
+            "others_cpu_pct_before": others_before,
         }
 
 

@@ -32,6 +32,8 @@ class BenchOptions:
     wrk_connections: int = 32
     scale_agents: int = 10_000
     scale_waiting: int = 50_000
+    # Seconds each phase may wait for the rest of a shared machine to go quiet.
+    quiet_wait: float = 30.0
     keep_workdir: bool = False
     progress: Any = field(default=None, repr=False)
 
@@ -45,5 +47,7 @@ class BenchOptions:
             options.duration = 4.0
         if "warmup" not in given:
             options.warmup = 1.0
+        if "quiet_wait" not in given:
+            options.quiet_wait = 3.0
         options.skip = options.skip | {"scale", "sims", "replicas"}
         return options

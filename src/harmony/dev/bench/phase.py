@@ -84,6 +84,35 @@ def _spawn_load(
     return popen, out_path
 
 
+# Before a phase, wait (at most QUIET_WAIT seconds) until the rest of the machine uses less than
+# QUIET_BELOW percent of one core: on a shared machine other work would be measured as ours.
+QUIET_BELOW = 25.0
+
+
+async def others_cpu_pct(stack: Stack, seconds: float = 0.5) -> float:
+    """Percent of one core the machine spent outside the stack's processes over ``seconds``
+    (the database's backends are idle between phases and are counted as others)."""
+    mine = [ProcessCpu(p.pid) for p in (*stack.harmonies, *stack.peer_processes)]
+    for process in mine:
+        process.mark()
+    busy_before, _ = machine_busy_ms()
+    await asyncio.sleep(seconds)
+    busy = machine_busy_ms()[0] - busy_before
+    own = sum(process.since_mark() for process in mine)
+    return max(0.0, busy - own) / seconds / 10
+
+
+async def wait_for_quiet(stack: Stack, within: float) -> tuple[float, float]:
+    """Wait until the rest of the machine is quiet, or ``within`` seconds have passed:
+    (seconds waited, the others' last CPU percent)."""
+    started = time.monotonic()
+    while True:
+        others = await others_cpu_pct(stack)
+        waited = time.monotonic() - started
+        if others < QUIET_BELOW or waited >= within:
+            return round(waited, 1), round(others, 1)
+
+
 async def measure_phase(
     stack: Stack,
     rate: float,
@@ -100,6 +129,7 @@ async def measure_phase(
     ``probes``, if given, is an async callable run over the measured window (it returns what it
     measured, reported under ``probes``).
     """
+    waited, others_before = await wait_for_quiet(stack, stack.quiet_wait)
     if stack.peers is not None:
         await stack.peers_call("POST", "/reset")
     replicas = len(stack.harmony_ports)
@@ -162,6 +192,8 @@ async def measure_phase(
         database_cpu_ms=backends.used_ms(),
     )
     result["label"] = label
+    result["quiet_wait_s"] = waited
+    result["others_cpu_pct_before"] = others_before
     result["harmony_rss_mb"] = [None if r is None else round(r, 1) for r in rss]
     result["drained"] = drained
     if probe_result is not None:

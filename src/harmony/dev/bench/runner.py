@@ -53,7 +53,9 @@ def _phase_line(result: dict[str, Any]) -> str:
 async def main_parts(options: BenchOptions, workdir: Path, results: dict[str, Any]) -> None:
     """Parts 1 and 2 on one stack: routing, then the ceiling app and Harmony's ingest."""
     stack_dir = workdir / "routing"
-    async with running_stack(options.admin_dsn, stack_dir, agents=options.agents) as stack:
+    async with running_stack(
+        options.admin_dsn, stack_dir, agents=options.agents, quiet_wait=options.quiet_wait
+    ) as stack:
         results["machine"]["postgresql"] = stack.db.server_version
         if "ladder" not in options.skip:
             await routing_part(options, stack, results)
@@ -113,6 +115,7 @@ async def other_parts(options: BenchOptions, workdir: Path, results: dict[str, A
             (options.agents, options.scale_agents),
             (SCALE_FEW_WAITING, options.scale_waiting),
             say,
+            options.quiet_wait,
         )
     if "sims" not in options.skip:
         results["sims"] = await sims_part(
@@ -123,6 +126,7 @@ async def other_parts(options: BenchOptions, workdir: Path, results: dict[str, A
             options.warmup,
             options.agents,
             say,
+            options.quiet_wait,
         )
     if "replicas" not in options.skip:
         if best:
@@ -134,6 +138,7 @@ async def other_parts(options: BenchOptions, workdir: Path, results: dict[str, A
                 options.warmup,
                 options.agents,
                 say,
+                options.quiet_wait,
             )
         else:
             say("replicas: skipped, one replica's maximum is unknown (no ladder)")
@@ -152,6 +157,7 @@ async def run(options: BenchOptions) -> dict[str, Any]:
             "quick": options.quick,
             "skip": sorted(options.skip),
             "wrk_connections": options.wrk_connections,
+            "quiet_wait_s": options.quiet_wait,
         },
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }

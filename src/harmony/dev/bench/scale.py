@@ -209,13 +209,16 @@ async def scale_part(
     agents: tuple[int, int],
     waiting: tuple[int, int],
     say: Say,
+    quiet_wait: float,
 ) -> dict[str, Any]:
     """CPU per routed interaction and the operator reads under load: baseline (few agents, few
     waiting), many waiting emails, then many agents; ratios against the baseline."""
     few_agents, many_agents = agents
     few_waiting, many_waiting = waiting
     out: dict[str, Any] = {"rate_per_s": rate}
-    async with running_stack(admin_dsn, workdir / "scale", agents=few_agents) as stack:
+    async with running_stack(
+        admin_dsn, workdir / "scale", agents=few_agents, quiet_wait=quiet_wait
+    ) as stack:
         template = await _create_waiting_template(stack)
         await add_waiting(stack, template, 1, few_waiting - 1)
 
@@ -267,11 +270,12 @@ async def sims_part(
     warmup: float,
     agents: int,
     say: Say,
+    quiet_wait: float,
 ) -> dict[str, Any]:
     """The realistic loop: ``harmony sim-acd`` and ``harmony sim-crm`` as Harmony's peers."""
     say(f"simulators: {agents} agents, {rate:g}/s")
     async with running_stack(
-        admin_dsn, workdir / "sims", agents=agents, peers="simulators"
+        admin_dsn, workdir / "sims", agents=agents, peers="simulators", quiet_wait=quiet_wait
     ) as stack:
         result = await measure_phase(stack, rate, duration, warmup, f"sims{rate:g}", drain=60)
     say(
@@ -296,13 +300,16 @@ async def replicas_part(
     warmup: float,
     agents: int,
     say: Say,
+    quiet_wait: float,
 ) -> dict[str, Any]:
     """Two ``harmony serve`` processes on one database, arrivals and callbacks spread over both:
     the best sustained routed/s, starting at one replica's maximum."""
     say(f"replicas: 2 on one database, from {one_replica_max:g}/s")
     ladder: list[dict[str, Any]] = []
-    async with running_stack(admin_dsn, workdir / "replicas", agents=agents, replicas=2) as stack:
-        for factor in (1.0, 1.5, 2.0, 3.0):
+    async with running_stack(
+        admin_dsn, workdir / "replicas", agents=agents, replicas=2, quiet_wait=quiet_wait
+    ) as stack:
+        for factor in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):
             rate = round(one_replica_max * factor, 1)
             result = await measure_phase(stack, rate, duration, warmup, f"replicas2-{rate:g}")
             say(

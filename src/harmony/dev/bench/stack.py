@@ -248,6 +248,8 @@ class Stack:
     stats_files: list[Path] = field(default_factory=list)
     # Whatever plays the ACD and CRM (the fast peers, or the two simulators), for their CPU.
     peer_processes: list[Process] = field(default_factory=list)
+    # Seconds a phase may wait for the rest of the machine to go quiet before it starts.
+    quiet_wait: float = 30.0
 
     @property
     def harmony_url(self) -> str:
@@ -360,6 +362,7 @@ async def running_stack(
     peers: str = "fast",
     sql_stats: bool = True,
     extra_env: dict[str, str] | None = None,
+    quiet_wait: float = 30.0,
 ) -> AsyncIterator[Stack]:
     """A fresh database, the peers and ``replicas`` Harmony processes, ``agents`` seeded and
     logged in, ready on chat and email; everything stopped and dropped on exit.
@@ -418,6 +421,7 @@ async def running_stack(
             db, workdir, acd_secret, crm_secret, agents, harmony_ports, [], peers_port, fast
         )
         stack.peer_processes = list(processes)
+        stack.quiet_wait = quiet_wait
         for replica, port in enumerate(harmony_ports):
             stats_file = workdir / f"sql-stats-{replica}.json"
             env = clean_env(
