@@ -88,6 +88,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "ingest_rps": ingest,
             "ingest_over_ceiling": _ratio(ingest, ceiling),
             "max_routed_per_s": best,
+            "max_from": results.get("max_from"),
             "routed_over_ceiling": _ratio(best, ceiling),
             "cpu_ms_per_routed": max_phase["cpu_ms_per_routed"] if max_phase else None,
             "statements_per_routed": max_phase["statements_per_routed"] if max_phase else None,
