@@ -120,7 +120,7 @@ async def measure_phase(
     warmup: float,
     label: str,
     *,
-    drain: float = 30.0,
+    drain: float = 60.0,
     probes: Any = None,
 ) -> dict[str, Any]:
     """Offer ``rate`` interactions/s for ``warmup`` + ``duration`` seconds, spread over every
