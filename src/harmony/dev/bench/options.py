@@ -34,6 +34,8 @@ class BenchOptions:
     scale_waiting: int = 50_000
     # Seconds each phase may wait for the rest of a shared machine to go quiet.
     quiet_wait: float = 30.0
+    # Seconds a phase waits for the backlog of its arrivals to drain.
+    drain: float = 60.0
     keep_workdir: bool = False
     progress: Any = field(default=None, repr=False)
 
@@ -49,5 +51,6 @@ class BenchOptions:
             options.warmup = 1.0
         if "quiet_wait" not in given:
             options.quiet_wait = 3.0
+        options.drain = 15.0
         options.skip = options.skip | {"scale", "sims", "replicas"}
         return options

@@ -120,7 +120,7 @@ async def measure_phase(
     warmup: float,
     label: str,
     *,
-    drain: float = 60.0,
+    drain: float | None = None,
     probes: Any = None,
 ) -> dict[str, Any]:
     """Offer ``rate`` interactions/s for ``warmup`` + ``duration`` seconds, spread over every
@@ -176,7 +176,7 @@ async def measure_phase(
     for (popen, out_path), _ in loads:
         await asyncio.to_thread(popen.wait)
         outputs.append(json.loads(out_path.read_text()))
-    drained = await stack.settle(drain)
+    drained = await stack.settle(stack.drain if drain is None else drain)
     if stack.peers is not None:
         peer_stats = await stack.peers_call("GET", "/stats")
     else:

@@ -54,7 +54,11 @@ async def main_parts(options: BenchOptions, workdir: Path, results: dict[str, An
     """Parts 1 and 2 on one stack: routing, then the ceiling app and Harmony's ingest."""
     stack_dir = workdir / "routing"
     async with running_stack(
-        options.admin_dsn, stack_dir, agents=options.agents, quiet_wait=options.quiet_wait
+        options.admin_dsn,
+        stack_dir,
+        agents=options.agents,
+        quiet_wait=options.quiet_wait,
+        drain=options.drain,
     ) as stack:
         results["machine"]["postgresql"] = stack.db.server_version
         if "ladder" not in options.skip:

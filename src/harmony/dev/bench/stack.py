@@ -250,6 +250,8 @@ class Stack:
     peer_processes: list[Process] = field(default_factory=list)
     # Seconds a phase may wait for the rest of the machine to go quiet before it starts.
     quiet_wait: float = 30.0
+    # Seconds a phase waits, after its last arrival, for Harmony to finish what it accepted.
+    drain: float = 60.0
 
     @property
     def harmony_url(self) -> str:
@@ -363,6 +365,7 @@ async def running_stack(
     sql_stats: bool = True,
     extra_env: dict[str, str] | None = None,
     quiet_wait: float = 30.0,
+    drain: float = 60.0,
 ) -> AsyncIterator[Stack]:
     """A fresh database, the peers and ``replicas`` Harmony processes, ``agents`` seeded and
     logged in, ready on chat and email; everything stopped and dropped on exit.
@@ -422,6 +425,7 @@ async def running_stack(
         )
         stack.peer_processes = list(processes)
         stack.quiet_wait = quiet_wait
+        stack.drain = drain
         for replica, port in enumerate(harmony_ports):
             stats_file = workdir / f"sql-stats-{replica}.json"
             env = clean_env(
