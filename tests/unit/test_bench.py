@@ -132,8 +132,9 @@ def test_the_report_is_written_as_json(tmp_path: Any) -> None:
     results = {"options": {"quick": True}, "machine": report.machine_facts()}
     results["summary"] = report.summary(results)
     written = report.write(results, tmp_path)
-    assert written[0].name == "quick.json"
+    assert [path.name for path in written[:2]] == ["quick.json", "quick.md"]
     assert json.loads(written[0].read_text())["summary"]["max_routed_per_s"] is None
+    assert "| max routed interactions/s (-) | - |" in written[1].read_text()
 
 
 def test_quick_options_skip_the_long_parts() -> None:

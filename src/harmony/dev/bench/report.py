@@ -156,12 +156,88 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:.4f}" if abs(value) < 0.1 else f"{value:,.1f}"
+    return f"{value}{unit}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The summary as the README's table, with the machine it came from."""
+    out = results["summary"]
+    machine = results.get("machine", {})
+    half = results.get("half") or {}
+    rows = [
+        ("ceiling app (wrk)", _fmt(out["ceiling_rps"], " req/s")),
+        ("Harmony ingest (wrk)", _fmt(out["ingest_rps"], " req/s")),
+        ("ingest / ceiling", _fmt(out["ingest_over_ceiling"])),
+        (
+            f"max routed interactions/s ({out.get('max_from') or '-'})",
+            _fmt(out["max_routed_per_s"]),
+        ),
+        ("routed / ceiling", _fmt(out["routed_over_ceiling"])),
+        ("Harmony CPU ms per routed interaction (at the max)", _fmt(out["cpu_ms_per_routed"])),
+        (
+            "SQL statements / commits per routed",
+            f"{_fmt(out.get('statements_per_routed'))} / {_fmt(out.get('commits_per_routed'))}",
+        ),
+        (
+            f"create -> delivery p99 at half the max ({_fmt(half.get('offered_per_s'))}/s)",
+            _fmt(out["p99_create_to_delivery_ms"], " ms"),
+        ),
+        ("webhook answer p99 at half the max", _fmt(out["p99_webhook_ms"], " ms")),
+        (
+            "overload (twice the max): routed/s, delivery p99",
+            f"{_fmt(out.get('overload_routed_per_s'))}, "
+            f"{_fmt(out.get('overload_p99_create_to_delivery_ms'), ' ms')}",
+        ),
+    ]
+    optional = [
+        ("CPU per routed, 10,000 agents / 100", "scale_cpu_ratio_agents", ""),
+        ("CPU per routed, 50,000 waiting / 100", "scale_cpu_ratio_waiting", ""),
+        ("`GET /v1/agents?limit=100` p99 at 10,000 agents", "agents_p99_ms_at_many_agents", " ms"),
+        ("`GET /v1/queues` p50 at 50,000 waiting", "queues_p50_ms_at_many_waiting", " ms"),
+        ("simulators as peers: routed/s", "sims_routed_per_s", ""),
+        ("simulators: create -> delivery p99", "sims_p99_create_to_delivery_ms", " ms"),
+        ("2 replicas: max routed/s", "replicas2_max_routed_per_s", ""),
+    ]
+    rows += [(label, _fmt(out[key], unit)) for label, key, unit in optional if key in out]
+    lines = ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {label} | {value} |" for label, value in rows]
+    others = [
+        p.get("others_cpu_pct")
+        for p in [*results.get("ladder", []), half]
+        if p and p.get("others_cpu_pct") is not None
+    ]
+    lines.append("")
+    lines.append(
+        f"{results.get('started_at', '')}, commit {machine.get('harmony_commit')}: "
+        f"{machine.get('nproc')} cores ({machine.get('cpu_model')}), "
+        f"{machine.get('memory_gib')} GiB, PostgreSQL {machine.get('postgresql', '?')}, "
+        f"Python {machine.get('python')}"
+        + (
+            f"; the rest of the machine used {min(others):.0f}-{max(others):.0f}% of a core "
+            "during the routing phases"
+            if others
+            else ""
+        )
+        + "."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``latest.json`` (and ``latest.png`` when matplotlib is there) into ``out``."""
+    """Write ``latest.json`` and ``latest.md`` (and ``latest.png`` when matplotlib is there)
+    into ``out``; ``quick.*`` for a quick run."""
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / ("quick.json" if results["options"].get("quick") else REPORT_NAME)
     report_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     written = [report_path]
+    table_path = report_path.with_suffix(".md")
+    table_path.write_text(markdown(results))
+    written.append(table_path)
     chart_path = report_path.with_suffix(".png")
     if chart(results, chart_path):
         written.append(chart_path)
