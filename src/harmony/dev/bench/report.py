@@ -160,7 +160,10 @@ def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        value = f"{value:.4f}" if abs(value) < 0.1 else f"{value:,.1f}"
+        if abs(value) < 0.1:
+            value = f"{value:.4f}"
+        else:
+            value = f"{value:.2f}" if abs(value) < 10 else f"{value:,.1f}"
     return f"{value}{unit}"
 
 
@@ -202,6 +205,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("simulators as peers: routed/s", "sims_routed_per_s", ""),
         ("simulators: create -> delivery p99", "sims_p99_create_to_delivery_ms", " ms"),
         ("2 replicas: max routed/s", "replicas2_max_routed_per_s", ""),
+        ("2 replicas / 1", "replicas2_over_1", ""),
     ]
     rows += [(label, _fmt(out[key], unit)) for label, key, unit in optional if key in out]
     lines = ["| figure | value |", "| --- | --- |"]
