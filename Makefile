@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck demo openapi clean
+.PHONY: run test lint typecheck demo openapi bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/harmony up
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests migrations
-	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/ruff check src tests migrations bench
+	$(BIN)/ruff format --check src tests migrations bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,6 +27,18 @@ test: lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/harmony demo --count 200
+
+# The benchmark needs PostgreSQL (BENCH_ARGS='--database DSN' to point elsewhere); it installs
+# wrk from Debian itself when it is missing and it runs as root, else says how.
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/harmony bench $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/harmony bench --quick $(BENCH_ARGS)
 
 openapi: $(STAMP)
 	$(BIN)/harmony openapi -o openapi/openapi.json

@@ -1,4 +1,4 @@
-"""`harmony serve | migrate | openapi | sim-acd | sim-crm | demo | up`."""
+"""`harmony serve | migrate | openapi | sim-acd | sim-crm | demo | up | bench`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
@@ -268,6 +269,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"rates are numbers separated by commas: {text}") from exc
+    if not rates or any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive: {text}")
+    return rates
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harmony.dev.bench.options import BenchOptions
+    from harmony.dev.bench.runner import main
+
+    given: dict[str, Any] = {
+        "admin_dsn": args.database,
+        "agents": args.agents,
+        "out": Path(args.out),
+        "skip": frozenset(args.skip),
+        "keep_workdir": args.keep_workdir,
+        "quick": args.quick,
+    }
+    for name in ("rates", "duration", "warmup", "quiet_wait"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    options = BenchOptions.quick_defaults(**given) if args.quick else BenchOptions(**given)
+    return main(options)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each option's default to its help, unless there is none or the help says it."""
 
@@ -470,6 +500,58 @@ def build_parser() -> argparse.ArgumentParser:
     _delay_args(up, accept=2.0, complete=8.0)
     _voice_args(up, per_minute=4.0)
     up.set_defaults(func=cmd_up)
+
+    from harmony.dev.bench.options import DEFAULT_ADMIN_DSN, PARTS
+
+    bench = _subcommand(
+        sub,
+        "bench",
+        "measure Harmony on PostgreSQL against this machine's own ceiling",
+        "Starts Harmony, fast peers and an open-loop load generator as processes on loopback, "
+        "on a database of its own (created and dropped), and writes bench/results/latest.json "
+        "and .png (quick.json with --quick). The last line printed is a JSON summary.",
+    )
+    bench.add_argument(
+        "--database",
+        default=DEFAULT_ADMIN_DSN,
+        metavar="DSN",
+        help="PostgreSQL DSN of a user allowed to create databases",
+    )
+    bench.add_argument(
+        "--rates",
+        type=_rates,
+        metavar="R1,R2,...",
+        help="offered interactions/s, increasing (default: 10,20,40,...,640; quick: 10,20,40,80)",
+    )
+    bench.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="measured seconds per rate (default 10)"
+    )
+    bench.add_argument(
+        "--warmup", type=float, metavar="SECONDS", help="seconds before each measure (default 2)"
+    )
+    bench.add_argument("--agents", type=int, default=100, metavar="N", help="agents logged in")
+    bench.add_argument(
+        "--quiet-wait",
+        type=float,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for the rest of the machine to use under "
+        "25%% of a core (default 30; quick: 3)",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="a short run (under 2 minutes) with the same keys"
+    )
+    bench.add_argument("--out", default="bench/results", metavar="DIR", help="report directory")
+    bench.add_argument(
+        "--skip",
+        action="append",
+        choices=PARTS,
+        default=[],
+        help="leave a part out (repeatable)",
+    )
+    bench.add_argument(
+        "--keep-workdir", action="store_true", help="keep the logs and raw records of the run"
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,98 @@
+"""``harmony serve`` as the benchmark runs it, counting SQL statements when asked.
+
+``python -m harmony.dev.bench.served [serve options]`` is exactly ``harmony serve`` (same
+settings, same uvicorn: one worker, and uvloop and httptools, which uvicorn's ``auto`` picks when
+they are importable; this module refuses to start without them, so a benchmark never runs on the
+slower defaults unnoticed).
+
+With ``HARMONY_BENCH_STATS=FILE`` set it also listens to SQLAlchemy's engine events on every
+engine of the process (a class-level listener: nothing in Harmony changes) and rewrites FILE ten
+times a second with ``{"statements", "checkouts", "commits", "pid"}``: SQL statements
+executed, pool checkouts (each one a pre-ping on PostgreSQL) and commits since start. Unset,
+nothing is counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SqlCounter", "main"]
+
+STATS_ENV = "HARMONY_BENCH_STATS"
+
+
+class SqlCounter:
+    """Counts statements and pool checkouts of every SQLAlchemy engine in the process."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.checkouts = 0
+        self.commits = 0
+
+    def install(self) -> None:
+        """Listen on the Engine and Pool classes, so engines made later are counted too."""
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        event.listen(Engine, "before_cursor_execute", self._statement)
+        event.listen(Pool, "checkout", self._checkout)
+        event.listen(Engine, "commit", self._commit)
+
+    def _statement(self, *_: Any) -> None:
+        self.statements += 1
+
+    def _checkout(self, *_: Any) -> None:
+        self.checkouts += 1
+
+    def _commit(self, *_: Any) -> None:
+        self.commits += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts so far."""
+        return {
+            "statements": self.statements,
+            "checkouts": self.checkouts,
+            "commits": self.commits,
+            "pid": os.getpid(),
+        }
+
+    def write_every(self, path: Path, seconds: float = 0.1) -> None:
+        """Rewrite ``path`` atomically every ``seconds`` from a daemon thread."""
+
+        def loop() -> None:
+            scratch = path.with_suffix(".tmp")
+            while True:
+                scratch.write_text(json.dumps(self.snapshot()))
+                os.replace(scratch, path)
+                time.sleep(seconds)
+
+        threading.Thread(target=loop, name="bench-sql-stats", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check uvloop and httptools, install the counter if asked, then run ``harmony serve``."""
+    missing = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(
+            f"harmony bench: {', '.join(missing)} not installed (pip install 'uvicorn[standard]')"
+        )
+    target = os.environ.get(STATS_ENV)
+    if target:
+        counter = SqlCounter()
+        counter.install()
+        counter.write_every(Path(target))
+    from harmony.cli import main as cli_main
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
