@@ -4,8 +4,9 @@
 --
 -- requests.tsv holds one request per line: path, webhook-id, webhook-timestamp,
 -- webhook-signature and the JSON body, separated by tabs (signatures stay valid 5 minutes).
--- The second argument is wrk's thread count (-t). Each wrk thread takes every n-th line, so no two threads send the same event; a thread that
--- runs out starts its share again and counts a wrap (Harmony answers those repeats "duplicate").
+-- The second argument is wrk's thread count (-t). Each wrk thread takes every n-th line, so no
+-- two threads send the same event; a thread that runs out starts its share again and counts a
+-- wrap (Harmony answers those repeats "duplicate").
 -- done() prints one line "BENCH_JSON {...}" for the runner.
 
 local threads = {}
