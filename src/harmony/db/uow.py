@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, any_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
@@ -138,6 +138,22 @@ class SqlInteractions:
         """Load one interaction by id."""
         return await self._one(interactions.c.id == interaction_id, for_update)
 
+    async def get_many(
+        self, interaction_ids: Collection[str], *, for_update: bool = False
+    ) -> list[Interaction]:
+        """Load several interactions in one query, in id order (the order their locks are
+        taken in with ``for_update``); ids not found are left out."""
+        if not interaction_ids:
+            return []
+        query = (
+            select(interactions)
+            .where(interactions.c.id.in_(sorted(set(interaction_ids))))
+            .order_by(interactions.c.id)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return [_interaction_from_row(row) for row in await self._conn.execute(query)]
+
     async def get_by_external_id(
         self, crm_adapter: str, external_id: str, *, for_update: bool = False
     ) -> Interaction | None:
@@ -169,10 +185,28 @@ class SqlInteractions:
         interaction.version += 1
         await self._append_history(interaction)
 
-    async def _append_history(self, interaction: Interaction) -> None:
-        if not interaction.new_history:
+    async def save_many(self, changed: Sequence[Interaction]) -> None:
+        """``save`` for several interactions, their new history in one multi-row insert."""
+        for interaction in changed:
+            result = await self._conn.execute(
+                update(interactions)
+                .where(interactions.c.id == interaction.id)
+                .where(interactions.c.version == interaction.version)
+                .values(version=interaction.version + 1, **_interaction_values(interaction))
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"interaction {interaction.id} was changed concurrently; retry",
+                    code="concurrent_update",
+                )
+            interaction.version += 1
+        await self._append_history(*changed)
+
+    async def _append_history(self, *changed: Interaction) -> None:
+        entries = [entry for interaction in changed for entry in interaction.new_history]
+        if not entries:
             return
-        self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
+        self.state_changes.extend(e for e in entries if e.from_state != e.to_state)
         await self._conn.execute(
             insert(interaction_history),
             [
@@ -185,10 +219,11 @@ class SqlInteractions:
                     "cause": entry.cause,
                     "detail": entry.detail,
                 }
-                for entry in interaction.new_history
+                for entry in entries
             ],
         )
-        interaction.new_history.clear()
+        for interaction in changed:
+            interaction.new_history.clear()
 
     async def search(
         self, flt: InteractionFilter, limit: int, cursor: str | None
@@ -397,6 +432,50 @@ class SqlInbox:
         ).scalar()
 
 
+def _due(query: Any, now: datetime, limit: int) -> Any:
+    """``query`` narrowed to due pending rows not waiting behind an earlier row of their
+    ordering key, oldest due first."""
+    earlier = outbox.alias("earlier")
+    return (
+        query.where(outbox.c.status == "pending")
+        .where(outbox.c.next_attempt_at <= now)
+        .where(
+            or_(
+                outbox.c.ordering_key.is_(None),
+                ~select(earlier.c.id)
+                .where(earlier.c.ordering_key == outbox.c.ordering_key)
+                .where(earlier.c.status == "pending")
+                .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
+                .exists(),
+            )
+        )
+        .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
+        .limit(limit)
+    )
+
+
+def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
+    return OutboxEntry(
+        message=OutboundMessage(
+            target_kind=TargetKind(row.target_kind),
+            target=row.target,
+            type=row.type,
+            interaction_id=row.interaction_id,
+            payload=dict(row.payload),
+            id=row.id,
+            attempts=attempts,
+            ordering_key=row.ordering_key,
+            sequence=row.ordering_seq,
+            supersede_key=row.supersede_key,
+        ),
+        attempts=attempts,
+        created_at=row.created_at,
+        claim_token=token,
+        lease_until=lease_until,
+        last_error=row.last_error,
+    )
+
+
 class SqlOutbox:
     """Promised outbound messages.
 
@@ -477,65 +556,36 @@ class SqlOutbox:
         """Lease due rows under a new claim token, counting the attempt.
 
         A row whose ordering key has an earlier pending row (unsent, or in flight) waits for it.
-        On PostgreSQL rows other relays are claiming are skipped, not waited for.
+        On PostgreSQL one statement picks and leases the rows, skipping (not waiting for) rows
+        other relays are claiming; on SQLite, whose writers take turns, a select then an update.
         """
-        earlier = outbox.alias("earlier")
-        query = (
-            select(outbox)
-            .where(outbox.c.status == "pending")
-            .where(outbox.c.next_attempt_at <= now)
-            .where(
-                or_(
-                    outbox.c.ordering_key.is_(None),
-                    ~select(earlier.c.id)
-                    .where(earlier.c.ordering_key == outbox.c.ordering_key)
-                    .where(earlier.c.status == "pending")
-                    .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
-                    .exists(),
-                )
-            )
-            .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
-            .limit(limit)
-        )
-        if self._conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=outbox)
-        rows = (await self._conn.execute(query)).all()
-        if not rows:
-            return []
         token = uuid.uuid4().hex
         lease_until = now + timedelta(seconds=lease_seconds)
-        await self._conn.execute(
-            update(outbox)
-            .where(outbox.c.id.in_([row.id for row in rows]))
-            .values(
-                attempts=outbox.c.attempts + 1,
-                next_attempt_at=lease_until,
-                claim_token=token,
-                claimed_by=claimer[:200],
+        lease = {
+            "attempts": outbox.c.attempts + 1,
+            "next_attempt_at": lease_until,
+            "claim_token": token,
+            "claimed_by": claimer[:200],
+        }
+        if self._conn.dialect.name == "postgresql":
+            # ARRAY(subquery) keeps the subquery's order, which RETURNING does not: each row's
+            # place in it puts the batch back in the order the rows became due.
+            due = _due(select(outbox.c.id), now, limit).with_for_update(skip_locked=True, of=outbox)
+            picked = select(func.array(due.scalar_subquery()).label("ids")).cte("picked")
+            statement = (
+                update(outbox)
+                .where(outbox.c.id == any_(picked.c.ids))
+                .values(**lease)
+                .returning(*outbox.c, func.array_position(picked.c.ids, outbox.c.id).label("rank"))
             )
-        )
-        return [
-            OutboxEntry(
-                message=OutboundMessage(
-                    target_kind=TargetKind(row.target_kind),
-                    target=row.target,
-                    type=row.type,
-                    interaction_id=row.interaction_id,
-                    payload=dict(row.payload),
-                    id=row.id,
-                    attempts=row.attempts + 1,
-                    ordering_key=row.ordering_key,
-                    sequence=row.ordering_seq,
-                    supersede_key=row.supersede_key,
-                ),
-                attempts=row.attempts + 1,
-                created_at=row.created_at,
-                claim_token=token,
-                lease_until=lease_until,
-                last_error=row.last_error,
+            leased = sorted((await self._conn.execute(statement)).all(), key=lambda row: row.rank)
+            return [_claimed(row, row.attempts, token, lease_until) for row in leased]
+        rows = (await self._conn.execute(_due(select(outbox), now, limit))).all()
+        if rows:
+            await self._conn.execute(
+                update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(**lease)
             )
-            for row in rows
-        ]
+        return [_claimed(row, row.attempts + 1, token, lease_until) for row in rows]
 
     def _held(self, message_id: str, claim_token: str) -> Any:
         return (
@@ -558,6 +608,20 @@ class SqlOutbox:
             self._held(message_id, claim_token).values(status="sent", sent_at=at, last_error=None)
         )
         return bool(result.rowcount == 1)
+
+    async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
+        """Several acknowledged messages in one statement, each fenced by its own claim token:
+        the ids written; a message whose claim was lost is left as it is."""
+        if not held:
+            return set()
+        result = await self._conn.execute(
+            update(outbox)
+            .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(list(held)))
+            .where(outbox.c.status == "pending")
+            .values(status="sent", sent_at=at, last_error=None)
+            .returning(outbox.c.id)
+        )
+        return set(result.scalars().all())
 
     async def mark_retry(
         self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
@@ -610,10 +674,12 @@ class SqlUnitOfWork:
     of them can wait for each other but never in a cycle:
 
     1. the inbox row of the event (``INSERT ... ON CONFLICT DO NOTHING``), or the relay's
-       own outbox row when it records an outcome (nobody waits for one while holding more),
+       own outbox rows when it records outcomes, a batch of them in one statement (nobody
+       waits for one while holding more),
     2. the profile, where provisioning changes one (``upsert_profile`` updates it,
        ``upsert_agent`` reads its agent's FOR SHARE so the two serialise); then
-    3. the interaction (``get..(for_update=True)``), then
+    3. the interaction (``get..(for_update=True)``); several (the deliveries of a batch of
+       outcomes) in id order, in one query (``get_many``); then
     4. the agent (``agents.get..(for_update=True)``, or the agent row an upsert writes); a use
        case touching several agents (a profile change) locks them in id order; then
     5. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
