@@ -10,7 +10,19 @@ from types import TracebackType
 from typing import Any, Self
 
 import structlog
-from sqlalchemy import and_, any_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
@@ -97,6 +109,28 @@ def _interaction_values(interaction: Interaction) -> dict[str, Any]:
     return values
 
 
+# Statements of the relay's batches, built once (see _CLAIM_PG).
+_GET_MANY = (
+    select(interactions)
+    .where(interactions.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(interactions.c.id)
+)
+_GET_MANY_FOR_UPDATE = _GET_MANY.with_for_update()
+_SAVED_COLUMNS = {"state", "request_id", "agent_id", "updated_at", *STATE_COLUMNS.values()}
+_SAVE = (
+    update(interactions)
+    .where(interactions.c.id == bindparam("saved_id"))
+    .where(interactions.c.version == bindparam("read_version"))
+    .values(
+        version=interactions.c.version + 1,
+        **{
+            column: bindparam(f"new_{column}", type_=interactions.c[column].type)
+            for column in sorted(_SAVED_COLUMNS)
+        },
+    )
+)
+
+
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
@@ -145,14 +179,9 @@ class SqlInteractions:
         taken in with ``for_update``); ids not found are left out."""
         if not interaction_ids:
             return []
-        query = (
-            select(interactions)
-            .where(interactions.c.id.in_(sorted(set(interaction_ids))))
-            .order_by(interactions.c.id)
-        )
-        if for_update:
-            query = query.with_for_update()
-        return [_interaction_from_row(row) for row in await self._conn.execute(query)]
+        query = _GET_MANY_FOR_UPDATE if for_update else _GET_MANY
+        rows = await self._conn.execute(query, {"ids": sorted(set(interaction_ids))})
+        return [_interaction_from_row(row) for row in rows]
 
     async def get_by_external_id(
         self, crm_adapter: str, external_id: str, *, for_update: bool = False
@@ -188,11 +217,16 @@ class SqlInteractions:
     async def save_many(self, changed: Sequence[Interaction]) -> None:
         """``save`` for several interactions, their new history in one multi-row insert."""
         for interaction in changed:
+            values = _interaction_values(interaction)
+            # _SAVE was built for these columns: one more would silently not be written.
+            assert values.keys() == _SAVED_COLUMNS, "_SAVE is out of step with the columns"
             result = await self._conn.execute(
-                update(interactions)
-                .where(interactions.c.id == interaction.id)
-                .where(interactions.c.version == interaction.version)
-                .values(version=interaction.version + 1, **_interaction_values(interaction))
+                _SAVE,
+                {
+                    "saved_id": interaction.id,
+                    "read_version": interaction.version,
+                    **{f"new_{column}": value for column, value in values.items()},
+                },
             )
             if result.rowcount != 1:
                 raise Conflict(
@@ -432,13 +466,13 @@ class SqlInbox:
         ).scalar()
 
 
-def _due(query: Any, now: datetime, limit: int) -> Any:
-    """``query`` narrowed to due pending rows not waiting behind an earlier row of their
-    ordering key, oldest due first."""
+def _due(query: Any) -> Any:
+    """``query`` narrowed to due pending rows (``:due_at``) not waiting behind an earlier row of
+    their ordering key, oldest due first, at most ``:claim_limit``."""
     earlier = outbox.alias("earlier")
     return (
         query.where(outbox.c.status == "pending")
-        .where(outbox.c.next_attempt_at <= now)
+        .where(outbox.c.next_attempt_at <= bindparam("due_at"))
         .where(
             or_(
                 outbox.c.ordering_key.is_(None),
@@ -450,8 +484,46 @@ def _due(query: Any, now: datetime, limit: int) -> Any:
             )
         )
         .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
-        .limit(limit)
+        .limit(bindparam("claim_limit", type_=Integer))
     )
+
+
+# The relay's statements, built once: building one and computing its cache key costs more
+# than executing it. Each takes its values as parameters of the execution.
+_LEASE = {
+    "attempts": outbox.c.attempts + 1,
+    "next_attempt_at": bindparam("lease_until", type_=outbox.c.next_attempt_at.type),
+    "claim_token": bindparam("token", type_=outbox.c.claim_token.type),
+    "claimed_by": bindparam("claimer", type_=outbox.c.claimed_by.type),
+}
+# PostgreSQL: pick and lease in one statement. ARRAY(subquery) keeps the subquery's order,
+# which RETURNING does not: each row's place in it puts the batch back in the order the rows
+# became due.
+_PICKED = select(
+    func.array(
+        _due(select(outbox.c.id)).with_for_update(skip_locked=True, of=outbox).scalar_subquery()
+    ).label("ids")
+).cte("picked")
+_CLAIM_PG = (
+    update(outbox)
+    .where(outbox.c.id == any_(_PICKED.c.ids))
+    .values(_LEASE)
+    .returning(*outbox.c, func.array_position(_PICKED.c.ids, outbox.c.id).label("place"))
+)
+# SQLite: select, then lease what was selected.
+_DUE_SQLITE = _due(select(outbox))
+_LEASE_SQLITE = (
+    update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(_LEASE)
+)
+_MARK_SENT_MANY = (
+    update(outbox)
+    .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
+    .where(outbox.c.status == "pending")
+    .values(
+        status="sent", sent_at=bindparam("sent_at", type_=outbox.c.sent_at.type), last_error=None
+    )
+    .returning(outbox.c.id)
+)
 
 
 def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
@@ -561,30 +633,21 @@ class SqlOutbox:
         """
         token = uuid.uuid4().hex
         lease_until = now + timedelta(seconds=lease_seconds)
-        lease = {
-            "attempts": outbox.c.attempts + 1,
-            "next_attempt_at": lease_until,
-            "claim_token": token,
-            "claimed_by": claimer[:200],
+        params = {
+            "due_at": now,
+            "claim_limit": limit,
+            "lease_until": lease_until,
+            "token": token,
+            "claimer": claimer[:200],
         }
         if self._conn.dialect.name == "postgresql":
-            # ARRAY(subquery) keeps the subquery's order, which RETURNING does not: each row's
-            # place in it puts the batch back in the order the rows became due.
-            due = _due(select(outbox.c.id), now, limit).with_for_update(skip_locked=True, of=outbox)
-            picked = select(func.array(due.scalar_subquery()).label("ids")).cte("picked")
-            statement = (
-                update(outbox)
-                .where(outbox.c.id == any_(picked.c.ids))
-                .values(**lease)
-                .returning(*outbox.c, func.array_position(picked.c.ids, outbox.c.id).label("rank"))
+            leased = sorted(
+                (await self._conn.execute(_CLAIM_PG, params)).all(), key=lambda row: row.place
             )
-            leased = sorted((await self._conn.execute(statement)).all(), key=lambda row: row.rank)
             return [_claimed(row, row.attempts, token, lease_until) for row in leased]
-        rows = (await self._conn.execute(_due(select(outbox), now, limit))).all()
+        rows = (await self._conn.execute(_DUE_SQLITE, params)).all()
         if rows:
-            await self._conn.execute(
-                update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(**lease)
-            )
+            await self._conn.execute(_LEASE_SQLITE, {**params, "ids": [row.id for row in rows]})
         return [_claimed(row, row.attempts + 1, token, lease_until) for row in rows]
 
     def _held(self, message_id: str, claim_token: str) -> Any:
@@ -614,13 +677,7 @@ class SqlOutbox:
         the ids written; a message whose claim was lost is left as it is."""
         if not held:
             return set()
-        result = await self._conn.execute(
-            update(outbox)
-            .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(list(held)))
-            .where(outbox.c.status == "pending")
-            .values(status="sent", sent_at=at, last_error=None)
-            .returning(outbox.c.id)
-        )
+        result = await self._conn.execute(_MARK_SENT_MANY, {"held": list(held), "sent_at": at})
         return set(result.scalars().all())
 
     async def mark_retry(
