@@ -18,6 +18,7 @@ from sqlalchemy import select
 from harmony.adapters.base import AdapterError, AdapterRegistry
 from harmony.db.engine import Database
 from harmony.db.tables import outbox
+from harmony.errors import TryAgain
 from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
@@ -558,3 +559,170 @@ async def test_a_send_that_never_ends_is_cut_at_the_send_deadline(world: World) 
     assert row.status == "pending"
     assert "no answer within 0.05 s" in (row.last_error or "")
     assert len(silent.attempts) == 1
+
+
+# Outcomes recorded in batches: one transaction for what was acknowledged meanwhile, fenced
+# message by message.
+
+
+class CountingUnitsOfWork:
+    """The database's unit-of-work factory, counting the units of work it opens; the n-th one
+    can be made to fail on entry (the database aborted it, or went away)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.opened = 0
+        self._failures: dict[int, BaseException] = {}
+
+    def fail_nth(self, n: int, error: BaseException) -> None:
+        self._failures[n] = error
+
+    def __call__(self) -> Any:
+        self.opened += 1
+        failure = self._failures.pop(self.opened, None)
+        return _FailsOnEntry(failure) if failure is not None else self._db.uow()
+
+
+class _FailsOnEntry:
+    def __init__(self, error: BaseException) -> None:
+        self._error = error
+
+    async def __aenter__(self) -> Any:
+        raise self._error
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def counted_relay(world: World, units: CountingUnitsOfWork) -> Relay:
+    return Relay(
+        units,
+        world.registry,
+        world.clock,
+        max_attempts=MAX_ATTEMPTS,
+        base_backoff_seconds=BASE_BACKOFF,
+        lease_seconds=LEASE,
+    )
+
+
+async def test_acknowledgements_sent_together_are_recorded_in_one_transaction(
+    world: World,
+) -> None:
+    first, second = await world.create("chat-1"), await world.create("chat-2")
+    await world.relay().drain()
+    await world.select(first, "acd-1")
+    await world.select(second, "acd-2")
+    mail = await world.create("mail-1", Channel.EMAIL)
+    units = CountingUnitsOfWork(world.db)
+    relay = counted_relay(world, units)
+
+    assert await relay.run_once() == 3  # two deliveries and a routing request
+
+    assert units.opened == 2  # the claim, then one transaction for the three outcomes
+    deliveries = await world.rows(INTERACTION_DELIVER)
+    assert [(r.status, r.claimed_by) for r in deliveries] == [("sent", relay.name)] * 2
+    for delivery in deliveries:
+        assert await world.state(delivery.interaction_id) == S.DELIVERED
+        assert delivery.id in await world.last_cause(delivery.interaction_id)
+    [routing] = [r for r in await world.rows(ROUTING_REQUESTED) if r.interaction_id == mail]
+    assert routing.status == "sent"
+    assert await world.state(mail) == S.ROUTING
+    assert await relay.run_once() == 0
+
+
+async def two_deliveries_one_taken_over(world: World) -> tuple[Any, Any, Any]:
+    """Relay A claims two deliveries and hangs; once its leases ran out, relay B takes one
+    over. Returns A's claim of the one taken over, A's claim of the other, and B's claim."""
+    first, second = await world.create("chat-1"), await world.create("chat-2")
+    await world.relay().drain()
+    await world.select(first, "acd-1")
+    await world.select(second, "acd-2")
+    async with world.db.uow() as uow:
+        claimed = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "relay-a")
+        await uow.commit()
+    world.clock.advance(LEASE + 1)
+    async with world.db.uow() as uow:
+        [taken] = await uow.outbox.claim_due(world.clock.now(), 1, LEASE, "relay-b")
+        await uow.commit()
+    [lost] = [e for e in claimed if e.message.id == taken.message.id]
+    [kept] = [e for e in claimed if e.message.id != taken.message.id]
+    return lost, kept, taken
+
+
+async def test_a_batch_leaves_a_message_whose_claim_was_lost_to_the_relay_holding_it(
+    world: World,
+) -> None:
+    lost, kept, taken = await two_deliveries_one_taken_over(world)
+    # B's request is refused: the delivery is given up on, its interaction failed.
+    assert await interactions.message_failed(
+        world.db.uow(), world.clock, taken.message, "HTTP 404", claim_token=taken.claim_token
+    )
+
+    # A's answers come late, both in one batch.
+    recorded = await interactions.messages_sent(
+        world.db.uow(),
+        world.clock,
+        [(lost.message, lost.claim_token), (kept.message, kept.claim_token)],
+    )
+
+    assert recorded == {kept.message.id}
+    rows = {row.id: row for row in await world.rows(INTERACTION_DELIVER)}
+    lost_row, kept_row = rows[lost.message.id], rows[kept.message.id]
+    assert (lost_row.status, lost_row.claimed_by, lost_row.last_error) == (
+        "dead",
+        "relay-b",
+        "HTTP 404",
+    )
+    assert (kept_row.status, kept_row.claimed_by) == ("sent", "relay-a")
+    assert await world.state(lost.message.interaction_id) == S.FAILED
+    assert await world.state(kept.message.interaction_id) == S.DELIVERED
+    loads = {agent: await world.load(agent) for agent in ("agent-1", "agent-2")}
+    assert sorted(loads.values()) == [0, 1]  # the failed delivery's agent was released
+
+
+async def test_a_batch_does_not_record_a_message_another_relay_is_still_sending(
+    world: World,
+) -> None:
+    lost, kept, taken = await two_deliveries_one_taken_over(world)
+
+    recorded = await interactions.messages_sent(
+        world.db.uow(),
+        world.clock,
+        [(lost.message, lost.claim_token), (kept.message, kept.claim_token)],
+    )
+
+    assert recorded == {kept.message.id}
+    row = {r.id: r for r in await world.rows(INTERACTION_DELIVER)}[lost.message.id]
+    assert (row.status, row.claim_token, row.sent_at) == ("pending", taken.claim_token, None)
+    assert await world.state(lost.message.interaction_id) == S.OFFERED  # B's answer decides
+    assert await world.state(kept.message.interaction_id) == S.DELIVERED
+    recorded = await interactions.messages_sent(
+        world.db.uow(), world.clock, [(taken.message, taken.claim_token)]
+    )
+    assert recorded == {taken.message.id}
+    assert await world.state(lost.message.interaction_id) == S.DELIVERED
+
+
+@pytest.mark.parametrize(
+    ("failure", "units_opened"),
+    [
+        (TryAgain("deadlock"), 3),  # the claim, the aborted batch, the batch again
+        (ConnectionError("database connection lost"), 2 + 3),  # then one message at a time
+    ],
+    ids=["aborted-batch-is-retried", "failing-batch-is-recorded-one-by-one"],
+)
+async def test_a_batch_that_fails_is_not_lost(
+    world: World, failure: BaseException, units_opened: int
+) -> None:
+    for n in range(3):
+        await world.create(f"chat-{n}")
+    units = CountingUnitsOfWork(world.db)
+    units.fail_nth(2, failure)  # the first unit of work is the claim, the second the batch
+    relay = counted_relay(world, units)
+
+    assert await relay.run_once() == 3
+
+    assert units.opened == units_opened
+    rows = await world.rows(ROUTING_REQUESTED)
+    assert [(r.status, r.attempts) for r in rows] == [("sent", 1)] * 3
+    assert len(world.acd.attempts) == 3  # recorded, not sent again

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import structlog
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
@@ -157,6 +169,28 @@ def _interaction_values(interaction: Interaction) -> dict[str, Any]:
     return values
 
 
+# Statements of the relay's batches, built once (see _CLAIM_PG).
+_GET_MANY = (
+    select(interactions)
+    .where(interactions.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(interactions.c.id)
+)
+_GET_MANY_FOR_UPDATE = _GET_MANY.with_for_update()
+_SAVED_COLUMNS = {"state", "request_id", "agent_id", "updated_at", *STATE_COLUMNS.values()}
+_SAVE = (
+    update(interactions)
+    .where(interactions.c.id == bindparam("saved_id"))
+    .where(interactions.c.version == bindparam("read_version"))
+    .values(
+        version=interactions.c.version + 1,
+        **{
+            column: bindparam(f"new_{column}", type_=interactions.c[column].type)
+            for column in sorted(_SAVED_COLUMNS)
+        },
+    )
+)
+
+
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
@@ -196,6 +230,17 @@ class SqlInteractions:
         """Load one interaction by id."""
         return await self._one(_INTERACTION_BY["id", for_update], {"b_key": interaction_id})
 
+    async def get_many(
+        self, interaction_ids: Collection[str], *, for_update: bool = False
+    ) -> list[Interaction]:
+        """Load several interactions in one query, in id order (the order their locks are
+        taken in with ``for_update``); ids not found are left out."""
+        if not interaction_ids:
+            return []
+        query = _GET_MANY_FOR_UPDATE if for_update else _GET_MANY
+        rows = await self._conn.execute(query, {"ids": sorted(set(interaction_ids))})
+        return [_interaction_from_row(row) for row in rows]
+
     async def get_by_external_id(
         self, crm_adapter: str, external_id: str, *, for_update: bool = False
     ) -> Interaction | None:
@@ -230,10 +275,33 @@ class SqlInteractions:
         interaction.version += 1
         await self._append_history(interaction)
 
-    async def _append_history(self, interaction: Interaction) -> None:
-        if not interaction.new_history:
+    async def save_many(self, changed: Sequence[Interaction]) -> None:
+        """``save`` for several interactions, their new history in one multi-row insert."""
+        for interaction in changed:
+            values = _interaction_values(interaction)
+            # _SAVE was built for these columns: one more would silently not be written.
+            assert values.keys() == _SAVED_COLUMNS, "_SAVE is out of step with the columns"
+            result = await self._conn.execute(
+                _SAVE,
+                {
+                    "saved_id": interaction.id,
+                    "read_version": interaction.version,
+                    **{f"new_{column}": value for column, value in values.items()},
+                },
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"interaction {interaction.id} was changed concurrently; retry",
+                    code="concurrent_update",
+                )
+            interaction.version += 1
+        await self._append_history(*changed)
+
+    async def _append_history(self, *changed: Interaction) -> None:
+        entries = [entry for interaction in changed for entry in interaction.new_history]
+        if not entries:
             return
-        self.state_changes.extend(e for e in interaction.new_history if e.from_state != e.to_state)
+        self.state_changes.extend(e for e in entries if e.from_state != e.to_state)
         await self._conn.execute(
             _INSERT_INTERACTION_HISTORY,
             [
@@ -246,10 +314,11 @@ class SqlInteractions:
                     "cause": entry.cause,
                     "detail": entry.detail,
                 }
-                for entry in interaction.new_history
+                for entry in entries
             ],
         )
-        interaction.new_history.clear()
+        for interaction in changed:
+            interaction.new_history.clear()
 
     async def search(
         self, flt: InteractionFilter, limit: int, cursor: str | None
@@ -458,6 +527,88 @@ class SqlInbox:
         ).scalar()
 
 
+def _due(query: Any) -> Any:
+    """``query`` narrowed to due pending rows (``:due_at``) not waiting behind an earlier row of
+    their ordering key, oldest due first, at most ``:claim_limit``."""
+    earlier = outbox.alias("earlier")
+    return (
+        query.where(outbox.c.status == "pending")
+        .where(outbox.c.next_attempt_at <= bindparam("due_at"))
+        .where(
+            or_(
+                outbox.c.ordering_key.is_(None),
+                ~select(earlier.c.id)
+                .where(earlier.c.ordering_key == outbox.c.ordering_key)
+                .where(earlier.c.status == "pending")
+                .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
+                .exists(),
+            )
+        )
+        .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
+        .limit(bindparam("claim_limit", type_=Integer))
+    )
+
+
+# The relay's statements, built once: building one and computing its cache key costs more
+# than executing it. Each takes its values as parameters of the execution.
+_LEASE = {
+    "attempts": outbox.c.attempts + 1,
+    "next_attempt_at": bindparam("lease_until", type_=outbox.c.next_attempt_at.type),
+    "claim_token": bindparam("token", type_=outbox.c.claim_token.type),
+    "claimed_by": bindparam("claimer", type_=outbox.c.claimed_by.type),
+}
+# PostgreSQL: pick and lease in one statement. ARRAY(subquery) keeps the subquery's order,
+# which RETURNING does not: each row's place in it puts the batch back in the order the rows
+# became due.
+_PICKED = select(
+    func.array(
+        _due(select(outbox.c.id)).with_for_update(skip_locked=True, of=outbox).scalar_subquery()
+    ).label("ids")
+).cte("picked")
+_CLAIM_PG = (
+    update(outbox)
+    .where(outbox.c.id == any_(_PICKED.c.ids))
+    .values(_LEASE)
+    .returning(*outbox.c, func.array_position(_PICKED.c.ids, outbox.c.id).label("place"))
+)
+# SQLite: select, then lease what was selected.
+_DUE_SQLITE = _due(select(outbox))
+_LEASE_SQLITE = (
+    update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(_LEASE)
+)
+_MARK_SENT_MANY = (
+    update(outbox)
+    .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
+    .where(outbox.c.status == "pending")
+    .values(
+        status="sent", sent_at=bindparam("sent_at", type_=outbox.c.sent_at.type), last_error=None
+    )
+    .returning(outbox.c.id)
+)
+
+
+def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
+    return OutboxEntry(
+        message=OutboundMessage(
+            target_kind=TargetKind(row.target_kind),
+            target=row.target,
+            type=row.type,
+            interaction_id=row.interaction_id,
+            payload=dict(row.payload),
+            id=row.id,
+            attempts=attempts,
+            ordering_key=row.ordering_key,
+            sequence=row.ordering_seq,
+            supersede_key=row.supersede_key,
+        ),
+        attempts=attempts,
+        created_at=row.created_at,
+        claim_token=token,
+        lease_until=lease_until,
+        last_error=row.last_error,
+    )
+
+
 class SqlOutbox:
     """Promised outbound messages.
 
@@ -539,65 +690,27 @@ class SqlOutbox:
         """Lease due rows under a new claim token, counting the attempt.
 
         A row whose ordering key has an earlier pending row (unsent, or in flight) waits for it.
-        On PostgreSQL rows other relays are claiming are skipped, not waited for.
+        On PostgreSQL one statement picks and leases the rows, skipping (not waiting for) rows
+        other relays are claiming; on SQLite, whose writers take turns, a select then an update.
         """
-        earlier = outbox.alias("earlier")
-        query = (
-            select(outbox)
-            .where(outbox.c.status == "pending")
-            .where(outbox.c.next_attempt_at <= now)
-            .where(
-                or_(
-                    outbox.c.ordering_key.is_(None),
-                    ~select(earlier.c.id)
-                    .where(earlier.c.ordering_key == outbox.c.ordering_key)
-                    .where(earlier.c.status == "pending")
-                    .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
-                    .exists(),
-                )
-            )
-            .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.ordering_seq)
-            .limit(limit)
-        )
-        if self._conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=outbox)
-        rows = (await self._conn.execute(query)).all()
-        if not rows:
-            return []
         token = uuid.uuid4().hex
         lease_until = now + timedelta(seconds=lease_seconds)
-        await self._conn.execute(
-            update(outbox)
-            .where(outbox.c.id.in_([row.id for row in rows]))
-            .values(
-                attempts=outbox.c.attempts + 1,
-                next_attempt_at=lease_until,
-                claim_token=token,
-                claimed_by=claimer[:200],
+        params = {
+            "due_at": now,
+            "claim_limit": limit,
+            "lease_until": lease_until,
+            "token": token,
+            "claimer": claimer[:200],
+        }
+        if self._conn.dialect.name == "postgresql":
+            leased = sorted(
+                (await self._conn.execute(_CLAIM_PG, params)).all(), key=lambda row: row.place
             )
-        )
-        return [
-            OutboxEntry(
-                message=OutboundMessage(
-                    target_kind=TargetKind(row.target_kind),
-                    target=row.target,
-                    type=row.type,
-                    interaction_id=row.interaction_id,
-                    payload=dict(row.payload),
-                    id=row.id,
-                    attempts=row.attempts + 1,
-                    ordering_key=row.ordering_key,
-                    sequence=row.ordering_seq,
-                    supersede_key=row.supersede_key,
-                ),
-                attempts=row.attempts + 1,
-                created_at=row.created_at,
-                claim_token=token,
-                lease_until=lease_until,
-                last_error=row.last_error,
-            )
-            for row in rows
-        ]
+            return [_claimed(row, row.attempts, token, lease_until) for row in leased]
+        rows = (await self._conn.execute(_DUE_SQLITE, params)).all()
+        if rows:
+            await self._conn.execute(_LEASE_SQLITE, {**params, "ids": [row.id for row in rows]})
+        return [_claimed(row, row.attempts + 1, token, lease_until) for row in rows]
 
     def _held(self, message_id: str, claim_token: str) -> Any:
         return (
@@ -620,6 +733,14 @@ class SqlOutbox:
             self._held(message_id, claim_token).values(status="sent", sent_at=at, last_error=None)
         )
         return bool(result.rowcount == 1)
+
+    async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
+        """Several acknowledged messages in one statement, each fenced by its own claim token:
+        the ids written; a message whose claim was lost is left as it is."""
+        if not held:
+            return set()
+        result = await self._conn.execute(_MARK_SENT_MANY, {"held": list(held), "sent_at": at})
+        return set(result.scalars().all())
 
     async def mark_retry(
         self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
@@ -671,10 +792,12 @@ class SqlUnitOfWork:
     Lock order. Every unit of work that writes takes its row locks in this one order, so two
     of them can wait for each other but never in a cycle:
 
-    1. the relay's own outbox rows when it records outcomes (nobody waits for one while
-       holding more); then
+    1. the relay's own outbox rows when it records outcomes, a batch of them in one
+       statement (nobody waits for one while holding more); then
     2. the interaction an event concerns, if it exists (``get..(for_update=True)``): taken
-       before the event's inbox row, so the claim can store which interaction it was; then
+       before the event's inbox row, so the claim can store which interaction it was; several
+       (the deliveries of a batch of the relay's outcomes) in id order, in one query
+       (``get_many``); then
     3. the inbox row of the event (the claim's ``INSERT ... ON CONFLICT``: deliveries of one
        event queue up here). A created interaction is inserted after it: that insert waits at
        most for a concurrent create of the same external id, which holds no other lock; then

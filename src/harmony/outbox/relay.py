@@ -2,10 +2,20 @@
 
 Claiming is one short transaction that leases rows under a fresh claim token (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL, so several replicas share the work). Sending happens outside any
-transaction. Each outcome is recorded in a transaction of its own through the routing
-interactions (retried if the database aborts it to break a deadlock), fenced by the claim
-token: if the lease ran out and another relay claimed the row, this relay's outcome is dropped
-and its consequences (failing an interaction, releasing an agent's capacity) do not happen.
+transaction. Outcomes are recorded through the routing interactions (retried if the database
+aborts the transaction to break a deadlock), fenced by the claim token: if the lease ran out and
+another relay claimed the row, this relay's outcome is dropped and its consequences (failing an
+interaction, releasing an agent's capacity) do not happen.
+
+Acknowledged sends, the common outcome, are recorded in batches: one recorder at a time writes,
+in one transaction, every acknowledgement that arrived while the previous batch was being
+written (so a lone message is recorded at once, and under load one transaction records many).
+Failures and retries, which are rare, are recorded one message at a time.
+
+While running, a claimer keeps up to the claim limit of messages in hand, claiming again as
+soon as a commit promises new ones (``wake``), a send frees room the last claim left none of,
+or the outcome of an ordered message lets the next one of its order go; it does not wait for
+the messages in hand to be done. Idle, it polls every ``poll_seconds``.
 
 A relay claims only what it can send within the lease (``concurrency`` sends at a time, each
 bounded by ``send_timeout_seconds``) and, before each send, checks that the lease still covers
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import uuid
@@ -40,6 +51,9 @@ from harmony.routing.retry import run_with_retry
 
 log = structlog.get_logger("harmony.outbox.relay")
 MAX_BACKOFF_SECONDS = 60.0
+# A send the peer acknowledged, and the future its sender awaits: True once recorded, False
+# if the claim was lost, None if the outcome could not be recorded.
+Acknowledged = tuple[OutboxEntry, "asyncio.Future[bool | None]"]
 
 
 def default_relay_name() -> str:
@@ -81,36 +95,64 @@ class Relay:
         self.name = name or default_relay_name()
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        # What ``run`` holds: one task per claimed message until its outcome is recorded.
+        self._in_hand: set[asyncio.Task[None]] = set()
+        # Set when a claim filled the room in hand: more may be due once a message is done.
+        self._room_ran_out = False
+        # Acknowledged sends waiting for the recorder, each with its sender's answer.
+        self._acknowledged: list[Acknowledged] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows, so they go out without polling delay."""
         self._wakeup.set()
 
     def stop(self) -> None:
-        """Ask ``run`` to return after the batch in hand."""
+        """Ask ``run`` to stop claiming and return once the messages in hand are done."""
         self._stopping.set()
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Relay until stopped; an unexpected error is logged and the loop carries on."""
-        while not self._stopping.is_set():
-            try:
-                sent = await self.run_once()
-            except Exception:
-                log.exception("relay_batch_failed")
-                sent = 0
-            if sent == 0 and not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+        """Claim and send until stopped; an unexpected error is logged and the loop carries on."""
+        try:
+            while not self._stopping.is_set():
+                # Cleared before claiming: a commit during the claim brings another round.
                 self._wakeup.clear()
+                room = self._claim_limit - len(self._in_hand)
+                self._room_ran_out = room <= 0
+                if room > 0:
+                    try:
+                        entries = await self._claim(room)
+                    except Exception:
+                        log.exception("relay_claim_failed")
+                        entries = []
+                    for entry in entries:
+                        self._take_in_hand(entry)
+                    self._room_ran_out = len(entries) >= room
+                if not self._stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+        finally:
+            if self._in_hand:
+                await asyncio.gather(*self._in_hand, return_exceptions=True)
+
+    def _take_in_hand(self, entry: OutboxEntry) -> None:
+        task = asyncio.create_task(self._handle(entry), name=f"relay-{entry.message.id}")
+        self._in_hand.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._in_hand.discard(finished)
+            # The next message of an ordered message's order may be due now; and a claim that
+            # filled the room left due messages behind.
+            if self._room_ran_out or entry.message.ordering_key is not None:
+                self._wakeup.set()
+
+        task.add_done_callback(done)
 
     async def run_once(self) -> int:
-        """Claim one batch of due messages and send them; returns how many were claimed."""
-        async with self._uow_factory() as uow:
-            entries = await uow.outbox.claim_due(
-                self._clock.now(), self._claim_limit, self._lease_seconds, self.name
-            )
-            await uow.commit()
+        """Claim one batch of due messages, send them and record their outcomes; returns how
+        many were claimed."""
+        entries = await self._claim(self._claim_limit)
         if entries:
             await asyncio.gather(*(self._handle(entry) for entry in entries))
         return len(entries)
@@ -120,6 +162,14 @@ class Relay:
         for _ in range(max_rounds):
             if await self.run_once() == 0:
                 return
+
+    async def _claim(self, limit: int) -> list[OutboxEntry]:
+        async with self._uow_factory() as uow:
+            entries = await uow.outbox.claim_due(
+                self._clock.now(), limit, self._lease_seconds, self.name
+            )
+            await uow.commit()
+        return entries
 
     async def _handle(self, entry: OutboxEntry) -> None:
         message = entry.message
@@ -138,52 +188,132 @@ class Relay:
 
     async def _send(self, entry: OutboxEntry) -> None:
         message = entry.message
+        async with self._sending:
+            held = await self._still_held(entry)
+            if held is None:
+                log.warning("message_claim_lost_before_send", type=message.type)
+                return
+            entry = held
+            try:
+                await self._deliver(entry)
+            except (AdapterError, NotFound) as exc:
+                failure: AdapterError | NotFound = exc
+            else:
+                # Recorded before the slot is given back: a sender holds no more unrecorded
+                # sends than it has slots, and the next send waits for this outcome.
+                outcome = await self._record_sent(entry)
+                if outcome:
+                    log.debug("message_sent", type=message.type, attempt=entry.attempts)
+                elif outcome is not None:  # None: the recorder logged why
+                    self._note_if_dropped(outcome, entry, "sent")
+                return
+        await self._record_failure(entry, failure)
+
+    async def _deliver(self, entry: OutboxEntry) -> None:
+        message = entry.message
+        adapter = self._registry.get(message.target_kind, message.target)
+        # One deadline for the whole send: an adapter's own timeouts may be per phase, and a
+        # send that outlives the lease would race the replica that claims it next.
         try:
-            async with self._sending:
-                held = await self._still_held(entry)
-                if held is None:
-                    log.warning("message_claim_lost_before_send", type=message.type)
-                    return
-                entry = held
-                adapter = self._registry.get(message.target_kind, message.target)
-                # One deadline for the whole send: an adapter's own timeouts may be per phase,
-                # and a send that outlives the lease would race the replica that claims it next.
-                try:
-                    async with asyncio.timeout(self._send_timeout.total_seconds()):
-                        await adapter.send(message)
-                except TimeoutError as exc:
-                    raise TransientAdapterError(
-                        f"{message.type} to {message.target_kind}:{message.target}: no answer "
-                        f"within {self._send_timeout.total_seconds():g} s"
-                    ) from exc
-        except TransientAdapterError as exc:
-            await self._retry_or_give_up(entry, str(exc), exc.retry_after)
-            return
-        except (PermanentAdapterError, NotFound) as exc:
-            log.warning("message_refused", type=message.type, error=str(exc))
+            async with asyncio.timeout(self._send_timeout.total_seconds()):
+                await adapter.send(message)
+        except TimeoutError as exc:
+            raise TransientAdapterError(
+                f"{message.type} to {message.target_kind}:{message.target}: no answer "
+                f"within {self._send_timeout.total_seconds():g} s"
+            ) from exc
+
+    async def _record_failure(self, entry: OutboxEntry, failure: AdapterError | NotFound) -> None:
+        """A failed send, recorded on its own: retried later, or given up on."""
+        message = entry.message
+        if isinstance(failure, TransientAdapterError):
+            await self._retry_or_give_up(entry, str(failure), failure.retry_after)
+        elif isinstance(failure, PermanentAdapterError | NotFound):
+            log.warning("message_refused", type=message.type, error=str(failure))
             recorded = await run_with_retry(
                 self._uow_factory,
                 interactions.message_failed,
                 self._clock,
                 message,
-                str(exc),
+                str(failure),
                 claim_token=entry.claim_token,
             )
             self._note_if_dropped(recorded, entry, "dead")
+        else:
+            await self._retry_or_give_up(entry, str(failure), None)
+
+    async def _record_sent(self, entry: OutboxEntry) -> bool | None:
+        """Hand an acknowledged send to the recorder: True once recorded, False if the claim
+        was lost, None if the outcome could not be recorded."""
+        answer: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._acknowledged.append((entry, answer))
+        if self._recorder is None or self._recorder.done():
+            # A context of its own: not the log context of the sender that happened to start it.
+            self._recorder = asyncio.create_task(
+                self._record_acknowledged(), name="relay-record", context=contextvars.Context()
+            )
+        return await answer
+
+    async def _record_acknowledged(self) -> None:
+        """Record what was acknowledged, one transaction per batch, until nothing is left."""
+        batch: list[Acknowledged] = []
+        try:
+            while self._acknowledged:
+                batch, self._acknowledged = self._acknowledged, []
+                await self._record_batch(batch)
+        finally:
+            # Cancelled mid-batch (shutdown): no sender waits for ever.
+            for _, answer in (*batch, *self._acknowledged):
+                if not answer.done():
+                    answer.set_result(None)
+
+    async def _record_batch(self, batch: list[Acknowledged]) -> None:
+        try:
+            recorded = await run_with_retry(
+                self._uow_factory,
+                interactions.messages_sent,
+                self._clock,
+                [(entry.message, entry.claim_token) for entry, _ in batch],
+            )
+        except Exception:
+            if len(batch) == 1:
+                self._answer_unrecorded(batch)
+            else:
+                # One message whose consequences cannot be applied must not hold back the
+                # others: each is recorded on its own.
+                log.warning("message_batch_not_recorded", count=len(batch), exc_info=True)
+                await asyncio.gather(*(self._record_one(item) for item in batch))
             return
-        except AdapterError as exc:
-            await self._retry_or_give_up(entry, str(exc), None)
+        for entry, answer in batch:
+            if not answer.done():
+                answer.set_result(entry.message.id in recorded)
+
+    async def _record_one(self, item: Acknowledged) -> None:
+        entry, answer = item
+        try:
+            recorded = await run_with_retry(
+                self._uow_factory,
+                interactions.message_sent,
+                self._clock,
+                entry.message,
+                claim_token=entry.claim_token,
+            )
+        except Exception:
+            self._answer_unrecorded([item])
             return
-        recorded = await run_with_retry(
-            self._uow_factory,
-            interactions.message_sent,
-            self._clock,
-            message,
-            claim_token=entry.claim_token,
-        )
-        if recorded:
-            log.debug("message_sent", type=message.type, attempt=entry.attempts)
-        self._note_if_dropped(recorded, entry, "sent")
+        if not answer.done():
+            answer.set_result(recorded)
+
+    def _answer_unrecorded(self, batch: list[Acknowledged]) -> None:
+        for entry, answer in batch:
+            log.exception(
+                "message_outcome_not_recorded",
+                type=entry.message.type,
+                interaction_id=entry.message.interaction_id,
+                message_id=entry.message.id,
+            )
+            if not answer.done():
+                answer.set_result(None)
 
     async def _still_held(self, entry: OutboxEntry) -> OutboxEntry | None:
         """The entry if its lease covers one more send (renewed if it would not)."""

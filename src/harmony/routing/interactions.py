@@ -8,6 +8,7 @@ talks to the network.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -440,22 +441,48 @@ async def message_sent(
 
     Only for the claim that sent it: False, with nothing changed, if that claim was lost.
     """
+    return message.id in await messages_sent(uow, clock, [(message, claim_token)])
+
+
+async def messages_sent(
+    uow: UnitOfWork, clock: Clock, sent: Sequence[tuple[OutboundMessage, str]]
+) -> set[str]:
+    """Receivers acknowledged these messages (each with the claim token that sent it): record
+    them all in one unit of work and apply what they confirm (a delivery: offered ->
+    delivered).
+
+    Returns the ids recorded. A message whose claim was lost is left out, with nothing changed
+    for it: the relay now holding it records its fate. Lock order: the outbox rows, then the
+    delivered interactions in id order.
+    """
     async with uow:
         now = clock.now()
-        if not await uow.outbox.mark_sent(message.id, claim_token, now):
-            return False
-        if message.type == INTERACTION_DELIVER:
-            interaction = await uow.interactions.get(message.interaction_id, for_update=True)
-            if interaction is not None:
+        recorded = await uow.outbox.mark_sent_many(
+            [(message.id, claim_token) for message, claim_token in sent], now
+        )
+        delivered = [
+            message
+            for message, _ in sent
+            if message.id in recorded and message.type == INTERACTION_DELIVER
+        ]
+        if delivered:
+            loaded = await uow.interactions.get_many(
+                {message.interaction_id for message in delivered}, for_update=True
+            )
+            by_id = {interaction.id: interaction for interaction in loaded}
+            for message in delivered:
+                interaction = by_id.get(message.interaction_id)
+                if interaction is None:
+                    continue
                 cause = f"crm:{message.target} acknowledged delivery {message.id}"
                 if interaction.state == S.OFFERED:
                     interaction.move_to(S.DELIVERED, now, event="delivered", cause=cause)
                 else:
                     # The CRM reported acceptance before the relay recorded its answer.
                     interaction.note("delivery_acknowledged", now, cause, {})
-                await uow.interactions.save(interaction)
+            await uow.interactions.save_many(loaded)
         await uow.commit()
-        return True
+        return recorded
 
 
 async def message_failed(
@@ -579,6 +606,7 @@ __all__ = [
     "complete_interaction",
     "message_failed",
     "message_sent",
+    "messages_sent",
     "queue_request",
     "receive_interaction",
     "select_agent",

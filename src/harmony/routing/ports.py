@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -82,6 +83,13 @@ class InteractionRepository(Protocol):
         """Load one interaction; ``for_update`` locks it until the unit of work ends."""
         ...
 
+    async def get_many(
+        self, interaction_ids: Collection[str], *, for_update: bool = False
+    ) -> list[Interaction]:
+        """Load several interactions in id order; with ``for_update`` their locks are taken in
+        that order. Ids not found are left out."""
+        ...
+
     async def get_by_external_id(
         self, crm_adapter: str, external_id: str, *, for_update: bool = False
     ) -> Interaction | None:
@@ -96,6 +104,10 @@ class InteractionRepository(Protocol):
 
     async def save(self, interaction: Interaction) -> None:
         """Persist state and append its new history; Conflict if another writer won the race."""
+        ...
+
+    async def save_many(self, changed: Sequence[Interaction]) -> None:
+        """``save`` for several interactions at once (each loaded in this unit of work)."""
         ...
 
     async def search(
@@ -349,6 +361,11 @@ class Outbox(Protocol):
 
     async def mark_sent(self, message_id: str, claim_token: str, at: datetime) -> bool:
         """The receiver acknowledged the message."""
+        ...
+
+    async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
+        """Several messages acknowledged, given as (message id, claim token): the ids whose
+        claim was still held, now sent; the others are left as they are."""
         ...
 
     async def mark_retry(
