@@ -86,11 +86,6 @@ _INTERACTION_BY_EXTERNAL_ID = {
     for for_update in (False, True)
 }
 _INTERACTION_BY_EXTERNAL_ID[True] = _INTERACTION_BY_EXTERNAL_ID[True].with_for_update()
-_SAVE_INTERACTION = (
-    update(interactions)
-    .where(interactions.c.id == bindparam("b_id"))
-    .where(interactions.c.version == bindparam("b_version"))
-)
 _INSERT_INTERACTION_HISTORY = insert(interaction_history)
 _INSERT_INTERACTION = {
     dialect: dialect_insert(interactions).on_conflict_do_nothing()
@@ -258,25 +253,11 @@ class SqlInteractions:
 
     async def save(self, interaction: Interaction) -> None:
         """Write the new state if nobody else changed the row since it was read."""
-        result = await self._conn.execute(
-            _SAVE_INTERACTION,
-            {
-                "b_id": interaction.id,
-                "b_version": interaction.version,
-                "version": interaction.version + 1,
-                **_interaction_values(interaction),
-            },
-        )
-        if result.rowcount != 1:
-            raise Conflict(
-                f"interaction {interaction.id} was changed concurrently; retry",
-                code="concurrent_update",
-            )
-        interaction.version += 1
-        await self._append_history(interaction)
+        await self.save_many([interaction])
 
     async def save_many(self, changed: Sequence[Interaction]) -> None:
-        """``save`` for several interactions, their new history in one multi-row insert."""
+        """Write each one's new state if nobody else changed its row since it was read
+        (Conflict otherwise); their new history in one multi-row insert."""
         for interaction in changed:
             values = _interaction_values(interaction)
             # _SAVE was built for these columns: one more would silently not be written.
