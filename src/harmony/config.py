@@ -95,6 +95,32 @@ class Settings(BaseSettings):
     relay_max_attempts: int = Field(default=8, ge=1, le=100)
     relay_base_backoff_seconds: float = Field(default=0.5, gt=0, le=60)
     relay_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_inflight_events: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="inbound events applied at once; one more waits up to "
+        "admission_wait_seconds for a slot, then gets 503 overloaded",
+    )
+    admission_wait_seconds: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description="how long an inbound event may wait for a slot before 503 overloaded",
+    )
+    max_relay_lag_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="seconds the oldest outbound message due may have waited before "
+        "interaction.created gets 503 overloaded (0: never)",
+    )
+    overload_retry_after_seconds: int = Field(
+        default=1,
+        ge=1,
+        le=3600,
+        description="the Retry-After of a 503 overloaded, in seconds",
+    )
 
     @field_validator("database_url")
     @classmethod

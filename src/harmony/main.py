@@ -18,6 +18,7 @@ from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
 from harmony.api import events, inbox, operators
+from harmony.api.admission import Admission
 from harmony.api.deps import Container
 from harmony.api.openapi import install_openapi
 from harmony.api.plumbing import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
@@ -115,8 +116,9 @@ def create_app(
     run_relay: bool = True,
 ) -> FastAPI:
     """Build the application. ``transport`` replaces the network for outbound calls in tests;
-    ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``)
-    and housekeeping to ``container.housekeeper.run_once()``."""
+    ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``),
+    housekeeping to ``container.housekeeper.run_once()`` and the relay lag that admission
+    control reads to ``container.admission.sample()``."""
     settings = settings or Settings()
     clock = clock or SystemClock()
 
@@ -159,17 +161,35 @@ def create_app(
         housekeeper = Housekeeper(
             db.uow, clock, inbox_retention=timedelta(days=settings.inbox_retention_days)
         )
-        app.state.container = Container(settings, db, clock, registry, relay, client, housekeeper)
+
+        async def read_lag() -> float:
+            now = clock.now()
+            async with db.reader() as uow:
+                due = await uow.outbox.oldest_due(now)
+            return 0.0 if due is None else (now - due).total_seconds()
+
+        admission = Admission(
+            max_inflight=settings.max_inflight_events,
+            wait_seconds=settings.admission_wait_seconds,
+            retry_after_seconds=settings.overload_retry_after_seconds,
+            max_lag_seconds=settings.max_relay_lag_seconds,
+            read_lag=read_lag,
+        )
+        app.state.container = Container(
+            settings, db, clock, registry, relay, client, housekeeper, admission
+        )
         tasks = []
         if run_relay:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
             tasks.append(asyncio.create_task(housekeeper.run(), name="housekeeping"))
+            tasks.append(asyncio.create_task(admission.run(), name="admission"))
         log.info("harmony_started", database=db.engine.dialect.name, relay=run_relay)
         try:
             yield
         finally:
             relay.stop()
             housekeeper.stop()
+            admission.stop()
             await asyncio.gather(*tasks)
             await client.aclose()
             await db.dispose()

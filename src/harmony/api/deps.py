@@ -8,6 +8,7 @@ import httpx
 from fastapi import Request
 
 from harmony.adapters.base import AdapterRegistry
+from harmony.api.admission import Admission
 from harmony.config import Settings
 from harmony.db.engine import Database
 from harmony.outbox.housekeeping import Housekeeper
@@ -26,6 +27,7 @@ class Container:
     relay: Relay
     http: httpx.AsyncClient
     housekeeper: Housekeeper
+    admission: Admission
 
 
 async def container(request: Request) -> Container:

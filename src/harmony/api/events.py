@@ -2,9 +2,10 @@
 
 The router is generic: look the adapter up (404), let it check the content type (415), verify
 the signature (400 when the body is not UTF-8, 401) and parse the body into a command (400
-unreadable or not strict JSON, 422 invalid); then the
-inbox stores the event and ``harmony.routing.commands`` applies it. A refused event changes
-nothing but its inbox row, kept so an operator can see why and re-drive it.
+unreadable or not strict JSON, 422 invalid); then admission control (``harmony.api.admission``)
+may answer 503 ``overloaded`` with ``Retry-After``, storing nothing; otherwise the inbox stores
+the event and ``harmony.routing.commands`` applies it. A refused event changes nothing but its
+inbox row, kept so an operator can see why and re-drive it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from harmony.adapters.base import SignatureError
 from harmony.adapters.generic_http.inbound import ACD_EVENTS, CRM_EVENTS
 from harmony.api.deps import Container, container
 from harmony.api.openapi import event_request
-from harmony.api.plumbing import errors
+from harmony.api.plumbing import errors, overloaded_response
 from harmony.api.schemas import AgentEventAccepted, EventAccepted
 from harmony.config import Settings
 from harmony.errors import Unauthorized
@@ -30,7 +31,7 @@ from harmony.routing.messages import TargetKind
 router = APIRouter(tags=["events"])
 log = structlog.get_logger("harmony.events")
 
-ERRORS = errors(400, 401, 404, 409, 413, 415, 422, 503)
+ERRORS = {**errors(400, 401, 404, 409, 413, 415, 422), 503: overloaded_response()}
 
 
 def policy_of(settings: Settings) -> commands.Policy:
@@ -70,7 +71,9 @@ async def _receive(
         log.warning("signature_rejected", adapter=f"{kind.value}:{name}", reason=str(exc))
         raise Unauthorized(f"signature check failed: {exc}") from exc
     event = adapter.parse_inbound(body, headers)
-    result = await commands.receive(event, wired.db.uow, wired.clock, policy_of(wired.settings))
+    wired.admission.check_new_work(event.command)
+    async with wired.admission.slot():
+        result = await commands.receive(event, wired.db.uow, wired.clock, policy_of(wired.settings))
     return answer(result)
 
 

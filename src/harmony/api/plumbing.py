@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from harmony.api.admission import Overloaded
 from harmony.api.schemas import ErrorBody
 from harmony.errors import HarmonyError, UnsupportedMediaType
 from harmony.inputs import describe_validation, parse_json
@@ -28,6 +29,7 @@ __all__ = [
     "error_response",
     "errors",
     "install_error_handlers",
+    "overloaded_response",
 ]
 
 
@@ -71,6 +73,25 @@ _MEANING = {
     503: "the database does not answer (`not_ready`), or it aborted the transaction after "
     "repeated deadlocks (`try_again`: nothing was stored, the request may be repeated)",
 }
+
+
+def overloaded_response() -> dict[str, Any]:
+    """OpenAPI for the 503 of an inbound event route: the database's answers, and admission
+    control's ``overloaded`` with its ``Retry-After``."""
+    return {
+        "model": ErrorBody,
+        "description": "Harmony cannot take the event now (`overloaded`: every slot is "
+        "taken, or, for `interaction.created`, outbound messages wait too long for the relay; "
+        "nothing was stored, send it again after `Retry-After` seconds), or the database "
+        "aborted the transaction after repeated deadlocks (`try_again`: nothing was stored, "
+        "the request may be repeated)",
+        "headers": {
+            "Retry-After": {
+                "description": "with `overloaded`: seconds to wait before sending again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
 
 
 class StrictJsonRoute(APIRoute):
@@ -217,6 +238,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.error("harmony_error", error=exc.code, detail=exc.detail)
         return error_response(exc.status_code, exc.code, exc.detail)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        # Not logged per request: under overload that would cost what refusing saves
+        # (admission logs a count every few seconds instead).
+        return error_response(
+            exc.status_code, exc.code, exc.detail, headers={"retry-after": str(exc.retry_after)}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -752,6 +752,31 @@ class SqlOutbox:
         ).scalar()
         return int(count or 0)
 
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """When the longest-waiting message a relay could claim now became due (not one
+        waiting for a retry, nor one held behind an earlier message of its ordering key);
+        None if there is none."""
+        earlier = outbox.alias("earlier")
+        query = (
+            select(outbox.c.next_attempt_at)
+            .where(outbox.c.status == "pending")
+            .where(outbox.c.next_attempt_at <= now)
+            .where(
+                or_(
+                    outbox.c.ordering_key.is_(None),
+                    ~select(earlier.c.id)
+                    .where(earlier.c.ordering_key == outbox.c.ordering_key)
+                    .where(earlier.c.status == "pending")
+                    .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
+                    .exists(),
+                )
+            )
+            .order_by(outbox.c.next_attempt_at)
+            .limit(1)
+        )
+        due: datetime | None = (await self._conn.execute(query)).scalar()
+        return due
+
 
 def _raise_try_again_if_transient(exc: BaseException) -> None:
     if not is_transient(exc):

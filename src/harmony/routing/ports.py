@@ -382,6 +382,11 @@ class Outbox(Protocol):
         """Messages not yet sent nor given up on."""
         ...
 
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """When the longest-waiting message a relay could send now became due (None if none
+        is): how far the relays are behind."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One transaction. ``async with uow:`` begins it; leaving without commit rolls back.
