@@ -501,8 +501,8 @@ async def enable_auto_explain(dsn: str, name: str) -> None:
 
 
 def explained(log_text: str, database: str) -> list[dict[str, Any]]:
-    """Per distinct statement of ``database`` in the server log: runs, most buffers touched by
-    one run, and the tables it read with a sequential scan."""
+    """Per distinct statement of ``database`` in the server log: runs, buffers touched per run
+    (mean and most), and the tables it read with a sequential scan."""
     found: dict[str, dict[str, Any]] = {}
     for chunk in re.split(r"\n(?=\S)", log_text):
         head, _, rest = chunk.partition("\n")
@@ -512,17 +512,25 @@ def explained(log_text: str, database: str) -> list[dict[str, Any]]:
             plan = json.loads("\n".join(line.removeprefix("\t") for line in rest.splitlines()))
         except ValueError:
             continue
-        text = " ".join(plan.get("Query Text", "").split())[:400]
+        # One entry per statement whatever the length of its IN lists.
+        text = re.sub(
+            r"\$\d+(::[A-Z ]+)?(, \$\d+(::[A-Z ]+)?)+", "$n..", plan.get("Query Text", "")
+        )
+        text = " ".join(text.split())[:400]
         top = plan["Plan"]
         buffers = sum(top.get(k, 0) for k in ("Shared Hit Blocks", "Shared Read Blocks"))
-        entry = found.setdefault(text, {"query": text, "runs": 0, "max_buffers": 0, "seq": set()})
+        entry = found.setdefault(
+            text, {"query": text, "runs": 0, "buffers": 0, "max_buffers": 0, "seq": set()}
+        )
         entry["runs"] += 1
+        entry["buffers"] += buffers
         entry["max_buffers"] = max(entry["max_buffers"], buffers)
         entry["seq"].update(_seq_scans(top))
     return [
         {
             "query": e["query"],
             "runs": e["runs"],
+            "mean_buffers": round(e["buffers"] / e["runs"], 1),
             "max_buffers": e["max_buffers"],
             "seq_scans": sorted(e["seq"]),
         }
@@ -598,11 +606,12 @@ async def run_size(args: argparse.Namespace, agents: int, waiting: int) -> dict[
                         lambda: explained(read_from(args.explain_log, log_offset), name)
                     )
                     result["explain"] = plans
-                    for plan in sorted(plans, key=lambda p: -p["max_buffers"]):
+                    print("  buffers per run (mean, max), runs, statement:")
+                    for plan in sorted(plans, key=lambda p: -p["mean_buffers"]):
                         scans = f"  SEQ SCAN {plan['seq_scans']}" if plan["seq_scans"] else ""
                         print(
-                            f"  {plan['max_buffers']:6d} buffers  x{plan['runs']:<5d} "
-                            f"{plan['query'][:150]}{scans}"
+                            f"  {plan['mean_buffers']:7.1f} {plan['max_buffers']:5d} "
+                            f"x{plan['runs']:<5d} {plan['query'][:140]}{scans}"
                         )
         return result
 
@@ -630,7 +639,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "commits_per_routed",
             )
         }
+        explained_sizes = [r["explain"] for r in results if "explain" in r]
+        if len(explained_sizes) >= 2:
+            report["explain_growth"] = explain_growth(explained_sizes[0], explained_sizes[-1])
+            print("statements whose buffers per run grew with size (smallest -> largest):")
+            for row in report["explain_growth"]:
+                print(f"  {row['small']:7.1f} -> {row['large']:7.1f}  {row['query'][:140]}")
     return report
+
+
+def explain_growth(small: list[dict[str, Any]], large: list[dict[str, Any]]) -> list[Any]:
+    """Statements that touch more buffers per run at the larger size (beyond noise)."""
+    before = {p["query"]: p["mean_buffers"] for p in small}
+    grown = [
+        {"query": p["query"], "small": before[p["query"]], "large": p["mean_buffers"]}
+        for p in large
+        if p["query"] in before and p["mean_buffers"] > 1.2 * before[p["query"]] + 2
+    ]
+    return sorted(grown, key=lambda row: row["small"] - row["large"])
 
 
 def main() -> None:
