@@ -3,8 +3,10 @@
 After every step: no channel load is negative; a load above capacity is only ever the voice
 calls the ACD reported (a call is a fact Harmony records, not work it offers), and the agent is
 shown over capacity exactly then; every selection Harmony accepted went to an agent who could
-take the work (judged by this test's own reading of the rules, not by Harmony's code); and each
-agent as ``GET /v1/agents/{id}`` shows it equals the state its recorded history replays to.
+take the work (judged by this test's own reading of the rules, not by Harmony's code); each
+agent as ``GET /v1/agents/{id}`` shows it equals the state its recorded history replays to; and
+the presence filter, evaluated in SQL, lists exactly the agents whose presence (from the routing
+core) is the one asked for.
 
 Events carry ``occurred_at`` from clocks up to 30 s behind or ahead: ordering is by arrival (no
 sequence is sent), so the model needs no notion of staleness and none is ever reported.
@@ -305,6 +307,19 @@ class AgentStateMachine(RuleBasedStateMachine):
                     channel["capacity"],
                     wrap,
                 ), (agent, name)
+
+    @invariant()
+    def the_presence_filter_agrees_with_each_agents_presence(self) -> None:
+        listed: set[str] = set()
+        # Wrap-up first: it only ever ends while the test reads, so no agent falls between.
+        for presence in ("wrap_up", "busy", "ready", "not_ready", "logged_out"):
+            page = self.run(self.client.get("/v1/agents", params={"presence": presence}))
+            assert page.status_code == 200, page.text
+            for item in page.json()["items"]:
+                # Each item's presence was derived in Python at the same instant as the filter.
+                assert item["presence"] == presence, (presence, item)
+                listed.add(item["id"])
+        assert listed == set(AGENTS)
 
 
 def _tmpdir() -> str:

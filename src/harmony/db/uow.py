@@ -43,7 +43,9 @@ log = structlog.get_logger("harmony.db")
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
-WAITING_LITERALS = [literal_column(f"'{state.value}'") for state in sorted(WAITING_STATES)]
+WAITING_LITERALS: list[Any] = [
+    literal_column(f"'{state.value}'") for state in sorted(WAITING_STATES)
+]
 # Interaction state changes are the INFO story of a run: their own logger name.
 state_log = structlog.get_logger("harmony.interactions")
 
