@@ -1,4 +1,4 @@
-"""scale: waiting counts per queue kept by triggers, the waiting index, the outbox's pending index
+"""scale: waiting counts per queue kept by triggers, the waiting index, pending outbox by key
 
 Revision ID: 0006_scale
 Revises: 0005_outbox_fencing
@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 # routing.model.WAITING_STATES, spelled out: a migration must not change with the code.
 WAITING = "state IN ('queued', 'received', 'routing')"
+PENDING = "status = 'pending'"
 OLD_WAITING = WAITING.replace("state", "OLD.state")
 NEW_WAITING = WAITING.replace("state", "NEW.state")
 # PostgreSQL spreads each queue's count over 16 rows by interaction id, so that concurrent
@@ -128,10 +129,23 @@ def upgrade() -> None:
         postgresql_where=sa.text(WAITING),
         sqlite_where=sa.text(WAITING),
     )
+    # The relay's claim asks, for each due row with an ordering key, whether an earlier one of
+    # that key is still pending. With 'pending' rare in the statistics, PostgreSQL answered it
+    # by walking every pending entry of the (status, next_attempt_at) index, dead ones
+    # included, once per candidate row; this index holds only pending rows, by key.
+    op.create_index(
+        "ix_outbox_pending_ordering",
+        "outbox",
+        ["ordering_key", "ordering_seq"],
+        unique=False,
+        postgresql_where=sa.text(PENDING),
+        sqlite_where=sa.text(PENDING),
+    )
 
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    op.drop_index("ix_outbox_pending_ordering", table_name="outbox")
     op.drop_index("ix_interactions_waiting", table_name="interactions")
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER tr_interactions_waiting_{name}" + (" ON interactions" * postgres))

@@ -284,6 +284,14 @@ outbox = Table(
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_outbox_ordering_key_status_ordering_seq", "ordering_key", "status", "ordering_seq"),
     Index("ix_outbox_supersede_key", "supersede_key"),
+    # The claim's "an earlier message of this key is still pending" (migration 0006).
+    Index(
+        "ix_outbox_pending_ordering",
+        "ordering_key",
+        "ordering_seq",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
 
 # The last ordering_seq given out per ordering key; bumped in the transaction that writes the

@@ -274,9 +274,18 @@ class InboxEntry:
 
 class Inbox(Protocol):
     async def record(
-        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
+        self,
+        source: str,
+        event_id: str,
+        event_type: str,
+        payload: str,
+        at: datetime,
+        *,
+        expired_before: datetime | None = None,
     ) -> None:
-        """Store a verified event and its payload, pending; a stored one is left as it is."""
+        """Store a verified event and its payload, pending; a stored one is left as it is,
+        unless it was received before ``expired_before``: then it is stored anew, as if
+        pruned already."""
         ...
 
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
