@@ -73,6 +73,15 @@ states = st.sampled_from(["ready", "not_ready", "logged_out"])
 reasons = st.sampled_from([None, "break", "lunch"])
 
 
+def stored_channels(view: dict[str, Any]) -> dict[str, Any]:
+    """What is stored of an agent's channels: ``in_wrap_up`` follows the real clock, and a
+    wrap-up may run out between two reads on a slow machine."""
+    return {
+        name: {k: v for k, v in channel.items() if k != "in_wrap_up"}
+        for name, channel in view["channels"].items()
+    }
+
+
 def could_take(view: dict[str, Any], channel: str, now: datetime) -> bool:
     """This test's own statement of who may be offered work on ``channel``."""
     mine = view["channels"][channel]
@@ -252,7 +261,7 @@ class AgentStateMachine(RuleBasedStateMachine):
         else:
             assert response.status_code == 409, (response.text, before)
             assert response.json()["error"] == "agent_unavailable"
-            assert self.view(agent)["channels"] == before["channels"]
+            assert stored_channels(self.view(agent)) == stored_channels(before)
 
     @precondition(lambda self: bool(self.delivered))
     @rule(data=st.data())
