@@ -148,9 +148,7 @@ def create_app(
             ),
         )
         db.on_outbox_commit = relay.wake
-        app.state.container = Container(
-            settings, db, clock, registry, relay, client, events.policy_of(settings)
-        )
+        app.state.container = Container(settings, db, clock, registry, relay, client)
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if run_relay else None
         log.info("harmony_started", database=db.engine.dialect.name, relay=run_relay)
         try:

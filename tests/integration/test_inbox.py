@@ -4,17 +4,15 @@ and an event refused for a cause fixed since can be re-driven."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from harmony.adapters.generic_http.protocol import encode, envelope
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET
-from harmony.db.tables import inbox, interactions
-from harmony.routing.commands import PRUNE_BATCH, PRUNE_EVERY
+from harmony.db.tables import interactions
 from tests.conftest import Harness
 
 
@@ -184,72 +182,3 @@ async def test_a_redrive_racing_the_senders_retry_applies_once(harness: Harness)
     assert await _count(h, interactions) == 1
     await h.drain()
     assert len(h.acd.of_type("routing.requested")) == 1
-
-
-def _state_change(event_id: str, reason: str) -> bytes:
-    data = {"agent_id": "acd-001", "state": "not_ready", "reason": reason, "channels": ["chat"]}
-    return encode(envelope("agent.state_changed", data, event_id=event_id))
-
-
-async def test_a_delivery_retried_after_the_retention_is_applied_again_before_any_prune(
-    harness: Harness,
-) -> None:
-    """The retention holds exactly even while no prune is due: a retry finds the old row
-    expired and is stored and applied anew, not answered as a duplicate."""
-    h = harness
-    body = _state_change("evt-state", "break")
-    assert (await _post(h, "acd", body, "evt-state")).json()["status"] == "applied"
-    assert (await _post(h, "acd", body, "evt-state")).json()["status"] == "duplicate"
-
-    h.clock.advance(h.container.settings.inbox_retention_days * 86400 + 1)
-    h.container.policy.pruning.next_at = h.clock.now() + timedelta(days=1)  # no prune due
-    again = await _post(h, "acd", body, "evt-state")
-
-    assert again.status_code == 202, again.text
-    assert again.json()["status"] == "unchanged"  # applied again, to a state it already has
-    stored = (await h.client.get("/v1/inbox/acd:generic/evt-state")).json()
-    assert stored["status"] == "applied"
-    assert datetime.fromisoformat(stored["received_at"]) >= h.clock.now() - timedelta(seconds=5)
-
-
-async def _old_rows(h: Harness, count: int, prefix: str) -> None:
-    old = h.clock.now() - timedelta(days=h.container.settings.inbox_retention_days, seconds=10)
-    async with h.container.db.engine.begin() as conn:
-        await conn.execute(
-            insert(inbox),
-            [
-                {
-                    "source": "crm:generic",
-                    "event_id": f"{prefix}-{n}",
-                    "event_type": "interaction.created",
-                    "received_at": old,
-                    "status": "applied",
-                }
-                for n in range(count)
-            ],
-        )
-
-
-async def _left(h: Harness, prefix: str) -> int:
-    async with h.container.db.engine.connect() as conn:
-        query = select(func.count()).where(inbox.c.event_id.startswith(f"{prefix}-"))
-        return int((await conn.execute(query)).scalar_one())
-
-
-async def test_a_backlog_is_pruned_a_batch_per_event_then_once_per_interval(
-    harness: Harness,
-) -> None:
-    h = harness
-    await _old_rows(h, PRUNE_BATCH * 2 + 50, "old")
-    for n in range(3):
-        await _post(h, "crm", _create(f"evt-{n}", f"chat-{n}"), f"evt-{n}")
-        assert await _left(h, "old") == max(PRUNE_BATCH * 2 + 50 - PRUNE_BATCH * (n + 1), 0)
-
-    # Caught up: the next look is an interval away, however many events come meanwhile.
-    await _old_rows(h, 1, "late")
-    await _post(h, "crm", _create("evt-3", "chat-3"), "evt-3")
-    assert await _left(h, "late") == 1
-    h.clock.advance(PRUNE_EVERY.total_seconds())
-    await _post(h, "crm", _create("evt-4", "chat-4"), "evt-4")
-    assert await _left(h, "late") == 0
-    assert await _left(h, "evt") == 5

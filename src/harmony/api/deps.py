@@ -11,7 +11,6 @@ from harmony.adapters.base import AdapterRegistry
 from harmony.config import Settings
 from harmony.db.engine import Database
 from harmony.outbox.relay import Relay
-from harmony.routing.commands import Policy
 from harmony.routing.ports import Clock
 
 
@@ -25,8 +24,6 @@ class Container:
     registry: AdapterRegistry
     relay: Relay
     http: httpx.AsyncClient
-    # One per process: it carries state shared by every event (when the inbox is next pruned).
-    policy: Policy
 
 
 def container(request: Request) -> Container:

@@ -34,7 +34,7 @@ ERRORS = errors(400, 401, 404, 409, 413, 415, 422, 503)
 
 
 def policy_of(settings: Settings) -> commands.Policy:
-    """The settings the use cases read, from the application's settings (once per process)."""
+    """The settings the use cases read, from the application's settings."""
     return commands.Policy(
         acd_adapter=settings.routing_acd,
         not_ready_reasons=settings.not_ready_reasons,
@@ -70,7 +70,7 @@ async def _receive(
         log.warning("signature_rejected", adapter=f"{kind.value}:{name}", reason=str(exc))
         raise Unauthorized(f"signature check failed: {exc}") from exc
     event = adapter.parse_inbound(body, headers)
-    result = await commands.receive(event, wired.db.uow, wired.clock, wired.policy)
+    result = await commands.receive(event, wired.db.uow, wired.clock, policy_of(wired.settings))
     return answer(result)
 
 

@@ -298,36 +298,19 @@ class SqlInbox:
         return and_(inbox.c.source == source, inbox.c.event_id == event_id)
 
     async def record(
-        self,
-        source: str,
-        event_id: str,
-        event_type: str,
-        payload: str,
-        at: datetime,
-        *,
-        expired_before: datetime | None = None,
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
     ) -> None:
-        """INSERT ... ON CONFLICT: a redelivery keeps the first delivery's row, unless that row
-        expired (received before ``expired_before``), which the same statement replaces."""
-        values = {
-            "source": source,
-            "event_id": event_id,
-            "event_type": event_type,
-            "received_at": at,
-            "payload": payload,
-            "status": InboxStatus.PENDING.value,
-        }
-        if expired_before is None:
-            await self._conn.execute(_upsert_ignoring(self._conn, inbox), values)
-            return
-        statement = insert_for(self._conn, inbox).values(values)
-        renewed = {**values, "handled_at": None, "error": None, "interaction_id": None}
+        """INSERT ... ON CONFLICT DO NOTHING: a redelivery keeps the first delivery's row."""
         await self._conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[inbox.c.source, inbox.c.event_id],
-                set_={k: v for k, v in renewed.items() if k not in ("source", "event_id")},
-                where=inbox.c.received_at < expired_before,
-            )
+            _upsert_ignoring(self._conn, inbox),
+            {
+                "source": source,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": at,
+                "payload": payload,
+                "status": InboxStatus.PENDING.value,
+            },
         )
 
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:

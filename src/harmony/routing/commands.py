@@ -147,34 +147,6 @@ Result = Outcome | AgentOutcome
 
 # Rows a write removes at most, so pruning keeps pace with arrivals without a long delete.
 PRUNE_BATCH = 100
-# How often a process looks for events past the retention while it has none left to remove.
-PRUNE_EVERY = timedelta(seconds=30)
-
-
-@dataclass
-class PruneSchedule:
-    """When this process next prunes the inbox.
-
-    Looking for expired events costs a statement; with none to remove (the usual case) it is
-    done once per ``every``, not for every event. While a prune removes a full batch, the next
-    event prunes again, so a backlog goes as fast as one batch per event. The retention is kept
-    exactly all the same: a delivery retried after it finds its old row expired and is stored
-    and applied anew (``Inbox.record``), pruned or not.
-    """
-
-    every: timedelta = PRUNE_EVERY
-    next_at: datetime | None = None
-
-    def due(self, now: datetime) -> bool:
-        """Whether to prune now; taking the turn moves the next one ``every`` ahead."""
-        if self.next_at is not None and now < self.next_at:
-            return False
-        self.next_at = now + self.every
-        return True
-
-    def behind(self) -> None:
-        """The last prune removed a full batch: the next event prunes again."""
-        self.next_at = None
 
 
 @dataclass(frozen=True)
@@ -200,8 +172,6 @@ class Policy:
     not_ready_reasons: tuple[str, ...]
     # How long the inbox keeps an event; a delivery retried later than this is applied again.
     inbox_retention: timedelta = timedelta(days=7)
-    # Shared by every event of the process: build one Policy per process.
-    pruning: PruneSchedule = field(default_factory=PruneSchedule)
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -294,12 +264,8 @@ async def receive(
     """
     async with uows() as uow:
         now = clock.now()
-        expired = now - policy.inbox_retention
-        await uow.inbox.record(
-            event.source, event.event_id, event.type, event.payload, now, expired_before=expired
-        )
-        if policy.pruning.due(now) and await uow.inbox.prune(expired, PRUNE_BATCH) == PRUNE_BATCH:
-            policy.pruning.behind()
+        await uow.inbox.record(event.source, event.event_id, event.type, event.payload, now)
+        await uow.inbox.prune(now - policy.inbox_retention, PRUNE_BATCH)
         await uow.commit()
     return await apply_recorded(event.source, event.event_id, event.command, uows, clock, policy)
 

@@ -274,18 +274,9 @@ class InboxEntry:
 
 class Inbox(Protocol):
     async def record(
-        self,
-        source: str,
-        event_id: str,
-        event_type: str,
-        payload: str,
-        at: datetime,
-        *,
-        expired_before: datetime | None = None,
+        self, source: str, event_id: str, event_type: str, payload: str, at: datetime
     ) -> None:
-        """Store a verified event and its payload, pending; a stored one is left as it is,
-        unless it was received before ``expired_before``: then it is stored anew, as if
-        pruned already."""
+        """Store a verified event and its payload, pending; a stored one is left as it is."""
         ...
 
     async def claim(self, source: str, event_id: str, event_type: str, at: datetime) -> bool:
