@@ -42,6 +42,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -379,6 +380,7 @@ async def running_harmony(database: str, port: int, peer_port: int) -> AsyncIter
         ]
         for line in warnings[:5]:
             print(f"  harmony error: {line[:300]}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:
