@@ -21,7 +21,7 @@ from harmony.db.uow import SqlUnitOfWork
 from harmony.routing.agent_state import AgentStateEntry, Profile
 from harmony.routing.messages import OutboundMessage, TargetKind
 from harmony.routing.model import Agent, Channel, ChannelStatus, HistoryEntry, Interaction, Queue
-from harmony.routing.ports import AgentFilter, InteractionFilter, VoiceCall
+from harmony.routing.ports import AgentFilter, InteractionFilter, QueueStats, VoiceCall
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 
@@ -103,6 +103,10 @@ class SqlStore:
     async def history(self, interaction_id: str) -> list[HistoryEntry]:
         async with self.db.reader() as uow:
             return await uow.interactions.history(interaction_id)
+
+    async def queue_stats(self) -> list[QueueStats]:
+        async with self.db.reader() as uow:
+            return await uow.queues.stats()
 
     async def agent(self, agent_id: str) -> Agent | None:
         async with self.db.reader() as uow:

@@ -11,7 +11,9 @@ step it checks that:
 - no interaction holding capacity names an agent without capacity on its channel;
 - every interaction's history, replayed, ends in its current state;
 - every agent's applied state history replays to its current channel states;
-- the outbox holds exactly one routing request per interaction.
+- the outbox holds exactly one routing request per interaction;
+- each queue's waiting count and oldest waiting interaction (kept apart from the interactions,
+  by triggers) equal what the interactions themselves say.
 
 Each rule also checks its own outcome against a small model: the error code it predicts, or the
 state it predicts; and an event that fails changes nothing stored.
@@ -54,6 +56,7 @@ from harmony.routing.model import (
     ALLOWED_TRANSITIONS,
     AWAITING_SELECTION,
     HOLDS_CAPACITY,
+    WAITING_STATES,
     Agent,
     Channel,
     ChannelStatus,
@@ -570,6 +573,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.history_replays_to_the_current_state(interactions, agents)
         self.agent_history_replays_to_the_current_channel_states(interactions, agents)
         self.one_routing_request_per_interaction(interactions, agents)
+        self.queue_counts_match_the_interactions(interactions, agents)
 
     def loads_are_within_capacity_and_match_assignments(
         self, interactions: list[Interaction], agents: list[Agent]
@@ -642,6 +646,16 @@ class Lifecycle(RuleBasedStateMachine):
             r.message.interaction_id for r in outbox if r.message.type != AGENT_STATE
         }
         assert about_interactions <= interaction_ids
+
+    def queue_counts_match_the_interactions(
+        self, interactions: list[Interaction], agents: list[Agent]
+    ) -> None:
+        waiting = [i for i in interactions if i.state in WAITING_STATES]
+        for stats in self.stored.queue_stats():
+            mine = [i for i in waiting if i.queue == stats.queue.name]
+            assert stats.waiting == len(mine), f"{stats.queue.name}: {stats.waiting} != {mine}"
+            oldest = min((i.received_at for i in mine), default=None)
+            assert stats.oldest_received_at == oldest, stats.queue.name
 
 
 TestLifecycle = Lifecycle.TestCase

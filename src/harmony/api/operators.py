@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from harmony.api.deps import Container, container
-from harmony.api.plumbing import StrictJsonRoute, errors
+from harmony.api.plumbing import StrictJsonRoute, errors, model_response
 from harmony.api.schemas import (
     AgentHistoryPage,
     AgentIn,
     AgentOut,
     AgentPage,
-    AgentStateEntryOut,
     AgentStateIn,
     Health,
     HistoryOut,
@@ -109,7 +108,7 @@ async def list_agents(
     profile: Annotated[Name | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Cursor = None,
-) -> AgentPage:
+) -> Response:
     """Agents by id, with each channel's state, load and capacity; filters combine with AND."""
     now = wired.clock.now()
     async with wired.db.reader() as uow:
@@ -127,19 +126,19 @@ async def list_agents(
             profile=profile,
         )
         page = await uow.agents.search(flt, now, limit, cursor)
-    return AgentPage(items=[AgentOut.of(a, now) for a in page.items], next_cursor=page.next_cursor)
+    return model_response(AgentPage.of(page, now))
 
 
 @router.get(
     "/v1/agents/{agent_id}", response_model=AgentOut, responses=errors(404, 422), tags=["agents"]
 )
-async def get_agent(wired: Wired, agent_id: AgentId) -> AgentOut:
+async def get_agent(wired: Wired, agent_id: AgentId) -> Response:
     """One agent: each channel's state, reason, since when, load, capacity and wrap-up."""
     async with wired.db.reader() as uow:
         agent = await uow.agents.get(agent_id)
     if agent is None:
         raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
-    return AgentOut.of(agent, wired.clock.now())
+    return model_response(AgentOut.of(agent, wired.clock.now()))
 
 
 @router.put(
@@ -173,7 +172,7 @@ async def put_agent(wired: Wired, agent_id: Annotated[Name, Path()], body: Agent
     responses=errors(400, 404, 409, 413, 415, 422, 503),
     tags=["agents"],
 )
-async def put_agent_state(wired: Wired, agent_id: AgentId, body: AgentStateIn) -> AgentOut:
+async def put_agent_state(wired: Wired, agent_id: AgentId, body: AgentStateIn) -> Response:
     """Supervisor override of one channel. 409 names the rule when it is not allowed: only the
     agent logs in; no logout while holding work; no ready without capacity."""
     await run_with_retry(
@@ -206,15 +205,14 @@ async def agent_history(
     agent_id: AgentId,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Cursor = None,
-) -> AgentHistoryPage:
+) -> Response:
     """The agent's append-only state history, oldest first: every change with its source."""
     async with wired.db.reader() as uow:
-        if await uow.agents.get(agent_id) is None:
-            raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
         page = await uow.agents.history(agent_id, limit, cursor)
-    return AgentHistoryPage(
-        items=[AgentStateEntryOut.of(e) for e in page.items], next_cursor=page.next_cursor
-    )
+        # History rows exist only for an existing agent: look the agent up only without any.
+        if not page.items and await uow.agents.get(agent_id) is None:
+            raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
+    return model_response(AgentHistoryPage.of(page))
 
 
 @router.get("/v1/profiles", response_model=list[ProfileOut], tags=["agents"])

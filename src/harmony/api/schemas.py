@@ -31,7 +31,7 @@ from harmony.routing.model import (
     HistoryEntry,
     Interaction,
 )
-from harmony.routing.ports import QueueStats
+from harmony.routing.ports import Page, QueueStats
 
 
 class EventAccepted(BaseModel):
@@ -123,19 +123,20 @@ class ChannelOut(BaseModel):
     wrap_up_until: datetime | None
     in_wrap_up: bool
 
-    @classmethod
-    def of(cls, c: ChannelState, now: datetime) -> ChannelOut:
-        return cls(
-            state=c.status.value,
-            reason=c.reason,
-            since=c.since,
-            capacity=c.capacity,
-            load=c.load,
-            free=c.free,
-            over_capacity=c.over_capacity,
-            wrap_up_until=c.wrap_up_until,
-            in_wrap_up=c.in_wrap_up(now),
-        )
+    @staticmethod
+    def fields_of(c: ChannelState, now: datetime) -> dict[str, Any]:
+        """The fields as plain values, for one validation of the whole answer."""
+        return {
+            "state": c.status.value,
+            "reason": c.reason,
+            "since": c.since,
+            "capacity": c.capacity,
+            "load": c.load,
+            "free": c.free,
+            "over_capacity": c.over_capacity,
+            "wrap_up_until": c.wrap_up_until,
+            "in_wrap_up": c.in_wrap_up(now),
+        }
 
 
 class AgentOut(BaseModel):
@@ -150,28 +151,39 @@ class AgentOut(BaseModel):
     login_failures: int
     channels: dict[str, ChannelOut]
 
-    @classmethod
-    def of(cls, agent: Agent, now: datetime) -> AgentOut:
-        return cls(
-            id=agent.id,
-            name=agent.name,
-            crm_adapter=agent.crm_adapter,
-            crm_agent_id=agent.crm_agent_id,
-            acd_agent_id=agent.acd_agent_id,
-            skills=agent.skills,
-            profile=agent.profile,
-            presence=presence(agent.channels.values(), now).value,
-            login_failures=agent.login_failures,
-            channels={
-                channel.value: ChannelOut.of(c, now)
+    @staticmethod
+    def fields_of(agent: Agent, now: datetime) -> dict[str, Any]:
+        """The fields as plain values (channels too), for one validation of the whole answer:
+        a page of agents validated at once costs a fraction of one model built per object."""
+        return {
+            "id": agent.id,
+            "name": agent.name,
+            "crm_adapter": agent.crm_adapter,
+            "crm_agent_id": agent.crm_agent_id,
+            "acd_agent_id": agent.acd_agent_id,
+            "skills": agent.skills,
+            "profile": agent.profile,
+            "presence": presence(agent.channels.values(), now).value,
+            "login_failures": agent.login_failures,
+            "channels": {
+                channel.value: ChannelOut.fields_of(c, now)
                 for channel, c in sorted(agent.channels.items())
             },
-        )
+        }
+
+    @classmethod
+    def of(cls, agent: Agent, now: datetime) -> AgentOut:
+        return cls.model_validate(cls.fields_of(agent, now))
 
 
 class AgentPage(BaseModel):
     items: list[AgentOut]
     next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: Page[Agent], now: datetime) -> AgentPage:
+        items = [AgentOut.fields_of(agent, now) for agent in page.items]
+        return cls.model_validate({"items": items, "next_cursor": page.next_cursor})
 
 
 class AgentStateIn(InboundModel):
@@ -198,28 +210,38 @@ class AgentStateEntryOut(BaseModel):
     wrap_up_until: datetime | None
     detail: dict[str, Any]
 
+    @staticmethod
+    def fields_of(e: AgentStateEntry) -> dict[str, Any]:
+        """The fields as plain values, for one validation of a whole page."""
+        return {
+            "at": e.at,
+            "channel": e.channel.value if e.channel else None,
+            "source": e.source,
+            "source_at": e.source_at,
+            "sequence": e.sequence,
+            "event": e.event,
+            "outcome": e.outcome.value,
+            "state": e.status.value if e.status else None,
+            "reason": e.reason,
+            "load": e.load,
+            "capacity": e.capacity,
+            "wrap_up_until": e.wrap_up_until,
+            "detail": e.detail,
+        }
+
     @classmethod
     def of(cls, e: AgentStateEntry) -> AgentStateEntryOut:
-        return cls(
-            at=e.at,
-            channel=e.channel.value if e.channel else None,
-            source=e.source,
-            source_at=e.source_at,
-            sequence=e.sequence,
-            event=e.event,
-            outcome=e.outcome.value,
-            state=e.status.value if e.status else None,
-            reason=e.reason,
-            load=e.load,
-            capacity=e.capacity,
-            wrap_up_until=e.wrap_up_until,
-            detail=e.detail,
-        )
+        return cls.model_validate(cls.fields_of(e))
 
 
 class AgentHistoryPage(BaseModel):
     items: list[AgentStateEntryOut]
     next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: Page[AgentStateEntry]) -> AgentHistoryPage:
+        items = [AgentStateEntryOut.fields_of(entry) for entry in page.items]
+        return cls.model_validate({"items": items, "next_cursor": page.next_cursor})
 
 
 class ProfileIn(InboundModel):

@@ -65,30 +65,66 @@ def _channel_state(row: Any) -> ChannelState:
     )
 
 
+# What an Agent is built from, in the order ``_load`` unpacks it.
+AGENT_COLUMNS = (
+    agents.c.id,
+    agents.c.name,
+    agents.c.crm_adapter,
+    agents.c.crm_agent_id,
+    agents.c.acd_agent_id,
+    agents.c.profile,
+    agents.c.login_failures,
+)
+# ChannelState's fields in its own order after the first ones.
+CHANNEL_COLUMNS = (
+    agent_channels.c.agent_id,
+    agent_channels.c.channel,
+    agent_channels.c.capacity,
+    agent_channels.c.load,
+    agent_channels.c.overflow,
+    agent_channels.c.status,
+    agent_channels.c.reason,
+    agent_channels.c.since,
+    agent_channels.c.source_at,
+    agent_channels.c.wrap_up_until,
+)
+CHANNELS = {channel.value: channel for channel in Channel}
+STATUSES = {status.value: status for status in ChannelStatus}
+
+
 def _profile(row: Any) -> Profile:
     return Profile.from_names(row.name, row.capacity, row.wrap_up_seconds, row.blocks)
 
 
 def _presence_condition(presence: Presence, now: datetime) -> Any:
-    """SQL for ``agent_state.presence`` (keep the two in step)."""
+    """SQL for ``agent_state.presence`` (keep the two in step).
+
+    Each presence is at most one NOT EXISTS beside its EXISTS: a channel that holds work or is
+    wrapping up rules out the presences below it, and without work held "logged in" is "some
+    channel not logged out" (with none ready either, "some channel not ready"). Stacked
+    anti-joins made PostgreSQL judge that one agent matched and sort them all rather than walk
+    them in id order up to the page's limit; the holding test is two column tests for the
+    same reason (a sum has no statistics).
+    """
 
     def any_channel(*conditions: Any) -> Any:
         return exists().where(agent_channels.c.agent_id == agents.c.id, *conditions)
 
-    holding = agent_channels.c.load + agent_channels.c.overflow > 0
-    busy = any_channel(holding)
-    wrapping = any_channel(agent_channels.c.wrap_up_until > now)
-    ready = any_channel(agent_channels.c.status == ChannelStatus.READY.value)
-    logged_in = any_channel(or_(agent_channels.c.status != ChannelStatus.LOGGED_OUT.value, holding))
+    holding = or_(agent_channels.c.load > 0, agent_channels.c.overflow > 0)
+    wrapping = agent_channels.c.wrap_up_until > now
+    ready = agent_channels.c.status == ChannelStatus.READY.value
+    signed_in = agent_channels.c.status != ChannelStatus.LOGGED_OUT.value
     if presence == Presence.LOGGED_OUT:
-        return not_(logged_in)
+        return not_(any_channel(or_(signed_in, holding)))
     if presence == Presence.BUSY:
-        return busy
+        return any_channel(holding)
     if presence == Presence.WRAP_UP:
-        return and_(logged_in, not_(busy), wrapping)
+        return and_(any_channel(wrapping), any_channel(signed_in), not_(any_channel(holding)))
     if presence == Presence.READY:
-        return and_(not_(busy), not_(wrapping), ready)
-    return and_(logged_in, not_(busy), not_(wrapping), not_(ready))
+        return and_(any_channel(ready), not_(any_channel(or_(holding, wrapping))))
+    # Signed in, not ready and holding nothing: some channel is not ready.
+    not_ready = agent_channels.c.status == ChannelStatus.NOT_READY.value
+    return and_(any_channel(not_ready), not_(any_channel(or_(holding, wrapping, ready))))
 
 
 # Skills as one JSON array per agent, so one agent loads in one statement.
@@ -190,7 +226,7 @@ class SqlAgents:
     async def _load(
         self, condition: Any, *, for_update: bool = False, limit: int | None = None
     ) -> list[Agent]:
-        query = select(agents).where(condition).order_by(agents.c.id)
+        query = select(*AGENT_COLUMNS).where(condition).order_by(agents.c.id)
         if limit is not None:
             query = query.limit(limit)
         if for_update:
@@ -198,32 +234,43 @@ class SqlAgents:
         agent_rows = (await self._conn.execute(query)).all()
         if not agent_rows:
             return []
-        ids = [row.id for row in agent_rows]
+        ids = [row[0] for row in agent_rows]
         channels: dict[str, dict[Channel, ChannelState]] = {agent_id: {} for agent_id in ids}
-        for row in await self._conn.execute(
-            select(agent_channels).where(agent_channels.c.agent_id.in_(ids))
+        for agent_id, channel, capacity, load, overflow, status, *rest in await self._conn.execute(
+            select(*CHANNEL_COLUMNS).where(agent_channels.c.agent_id.in_(ids))
         ):
-            channels[row.agent_id][Channel(row.channel)] = _channel_state(row)
+            # Positional and without Enum calls: a page of agents builds hundreds of these.
+            channels[agent_id][CHANNELS[channel]] = ChannelState(
+                CHANNELS[channel], capacity, load + overflow, STATUSES[status], *rest
+            )
         skills: dict[str, list[str]] = {agent_id: [] for agent_id in ids}
-        for row in await self._conn.execute(
-            select(agent_skills)
+        for agent_id, skill in await self._conn.execute(
+            select(agent_skills.c.agent_id, agent_skills.c.skill)
             .where(agent_skills.c.agent_id.in_(ids))
             .order_by(agent_skills.c.skill)
         ):
-            skills[row.agent_id].append(row.skill)
+            skills[agent_id].append(skill)
         return [
             Agent(
-                id=row.id,
-                name=row.name,
-                crm_agent_id=row.crm_agent_id,
-                acd_agent_id=row.acd_agent_id,
-                skills=skills[row.id],
-                channels=channels[row.id],
-                profile=row.profile,
-                crm_adapter=row.crm_adapter,
-                login_failures=row.login_failures,
+                id=agent_id,
+                name=name,
+                crm_agent_id=crm_agent_id,
+                acd_agent_id=acd_agent_id,
+                skills=skills[agent_id],
+                channels=channels[agent_id],
+                profile=profile,
+                crm_adapter=crm_adapter,
+                login_failures=login_failures,
             )
-            for row in agent_rows
+            for (
+                agent_id,
+                name,
+                crm_adapter,
+                crm_agent_id,
+                acd_agent_id,
+                profile,
+                login_failures,
+            ) in agent_rows
         ]
 
     async def _one(self, key: str, value: str, for_update: bool) -> Agent | None:

@@ -22,8 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
+
+from harmony.routing.model import WAITING_STATES
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -56,8 +59,18 @@ class UtcDateTime(TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # asyncpg returns every timestamptz as an aware datetime in UTC already: no call per
+        # value (a page of agents reads over a thousand of them).
+        if dialect.driver == "asyncpg":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 CHANNELS_SQL = "('voice', 'chat', 'email')"
+# An interaction waiting for an agent, as SQL: the predicate of the waiting index and of the
+# triggers that count waiting interactions per queue (migration 0006 spells the same states).
+WAITING_SQL = "state IN (" + ", ".join(f"'{s.value}'" for s in sorted(WAITING_STATES)) + ")"
 STATES_SQL = (
     "('received', 'routing', 'queued', 'offered', 'delivered', 'accepted', 'completed', 'failed')"
 )
@@ -180,6 +193,28 @@ interactions = Table(
     Index("ix_interactions_state_received_at", "state", "received_at"),
     Index("ix_interactions_queue_state", "queue", "state"),
     Index("ix_interactions_received_at_id", "received_at", "id"),
+    # The oldest waiting interaction of a queue is this index's first entry for the queue.
+    Index(
+        "ix_interactions_waiting",
+        "queue",
+        "received_at",
+        postgresql_where=text(WAITING_SQL),
+        sqlite_where=text(WAITING_SQL),
+    ),
+)
+
+# How many interactions wait in each queue, kept by triggers on ``interactions`` (migration
+# 0006) in the very transaction that moves one into or out of a waiting state, so it always
+# equals a count of the rows. Each queue's count is spread over shards (by interaction id; one
+# shard on SQLite, which has one writer): transactions of one queue on several connections or
+# replicas then rarely wait for each other's row lock, as they would on a single counter row.
+queue_waiting = Table(
+    "queue_waiting",
+    metadata,
+    Column("queue", String(100), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("waiting", Integer, nullable=False),
+    PrimaryKeyConstraint("queue", "shard"),
 )
 
 interaction_history = Table(
@@ -249,6 +284,14 @@ outbox = Table(
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_outbox_ordering_key_status_ordering_seq", "ordering_key", "status", "ordering_seq"),
     Index("ix_outbox_supersede_key", "supersede_key"),
+    # The claim's "an earlier message of this key is still pending" (migration 0006).
+    Index(
+        "ix_outbox_pending_ordering",
+        "ordering_key",
+        "ordering_seq",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
 
 # The last ordering_seq given out per ordering key; bumped in the transaction that writes the

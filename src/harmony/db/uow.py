@@ -18,6 +18,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -35,6 +36,7 @@ from harmony.db.tables import (
     interactions,
     outbox,
     outbox_sequences,
+    queue_waiting,
     queues,
 )
 from harmony.errors import Conflict, TryAgain
@@ -62,6 +64,9 @@ log = structlog.get_logger("harmony.db")
 STATE_COLUMNS = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
+WAITING_LITERALS: list[Any] = [
+    literal_column(f"'{state.value}'") for state in sorted(WAITING_STATES)
+]
 # Interaction state changes are the INFO story of a run: their own logger name.
 state_log = structlog.get_logger("harmony.interactions")
 
@@ -373,32 +378,33 @@ class SqlQueues:
         )
 
     async def stats(self) -> list[QueueStats]:
-        """One grouped query over the (queue, state) index."""
+        """Counts kept by triggers (a few rows per queue) and each queue's oldest waiting
+        interaction from the waiting index: no aggregate over the waiting rows themselves."""
         waiting = (
-            select(
-                interactions.c.queue,
-                func.count().label("waiting"),
-                func.min(interactions.c.received_at).label("oldest"),
-            )
-            .where(interactions.c.state.in_(sorted(s.value for s in WAITING_STATES)))
-            .group_by(interactions.c.queue)
+            select(queue_waiting.c.queue, func.sum(queue_waiting.c.waiting).label("waiting"))
+            .group_by(queue_waiting.c.queue)
             .subquery()
         )
+        # Literal states, so that PostgreSQL matches the partial index even in a generic plan.
+        oldest = (
+            select(func.min(interactions.c.received_at))
+            .where(interactions.c.queue == queues.c.name)
+            .where(interactions.c.state.in_(WAITING_LITERALS))
+            .scalar_subquery()
+        )
         rows = await self._conn.execute(
-            select(queues, waiting.c.waiting, waiting.c.oldest)
+            select(queues, waiting.c.waiting, oldest.label("oldest"))
             .select_from(queues.outerjoin(waiting, waiting.c.queue == queues.c.name))
             .order_by(queues.c.name)
         )
-        result = []
-        for row in rows:
-            result.append(
-                QueueStats(
-                    Queue(row.name, Channel(row.channel), list(row.skills)),
-                    waiting=row.waiting or 0,
-                    oldest_received_at=row.oldest,
-                )
+        return [
+            QueueStats(
+                Queue(row.name, Channel(row.channel), list(row.skills)),
+                waiting=int(row.waiting or 0),
+                oldest_received_at=row.oldest,
             )
-        return result
+            for row in rows
+        ]
 
 
 class SqlInbox:
