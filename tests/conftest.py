@@ -150,6 +150,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "acd_adapters": {"generic": AdapterSettings(url=ACD_URL)},  # type: ignore[arg-type]
         "crm_adapters": {"generic": AdapterSettings(url=CRM_URL)},  # type: ignore[arg-type]
         "relay_base_backoff_seconds": 0.01,
+        # Bursts in tests wait for a slot instead of being refused (test_admission sets its own).
+        "admission_wait_seconds": 10,
     }
     return Settings(**{**values, **overrides})
 

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     relay_base_backoff_seconds: float = Field(default=0.5, gt=0, le=60)
     relay_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_inflight_events: int = Field(
-        default=16,
+        default=8,
         ge=1,
         le=1000,
         description="inbound events applied at once; one more waits up to "
