@@ -108,6 +108,26 @@ async def test_an_event_beyond_the_bound_is_refused_at_once_and_its_retry_is_tak
     assert stored["status"] == "applied"
 
 
+@pytest.mark.parametrize("overrides", [{"max_inflight_events": 4, "admission_wait_seconds": 0}])
+async def test_new_interactions_leave_slots_for_events_that_finish_work(harness: Harness) -> None:
+    h = harness
+    async with writes_held(h):
+        creates = [asyncio.create_task(h.create(f"chat-held-{n}")) for n in range(3)]
+        await until_applying(h, 3)
+
+        refused = await asyncio.wait_for(h.create("chat-one-too-many"), 5)
+        assert_overloaded(refused)  # three of the four slots are all new work may hold
+        finishing = asyncio.create_task(
+            h.post_event("crm", "agent.logged_out", {"agent_id": "crm-001"})
+        )
+        await until_applying(h, 4)  # the fourth slot is there for it
+        assert not finishing.done()
+
+    assert [(await c).status_code for c in creates] == [202, 202, 202]
+    assert (await finishing).status_code == 202
+    assert h.container.admission.refused == {"busy": 1, "lag": 0}
+
+
 @pytest.mark.parametrize("overrides", [{"max_inflight_events": 1, "admission_wait_seconds": 10}])
 async def test_an_event_waits_for_a_slot_that_frees_within_the_wait(harness: Harness) -> None:
     h = harness

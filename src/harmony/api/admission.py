@@ -38,6 +38,8 @@ log = structlog.get_logger("harmony.admission")
 
 # Between two `inbound_refused` warnings: one line per interval under sustained overload.
 LOG_EVERY_SECONDS = 10.0
+# The least an event that finishes work under way waits for a slot before it is refused.
+FINISHING_WAIT_SECONDS = 1.0
 
 
 class Overloaded(HarmonyError):
@@ -69,6 +71,10 @@ class Admission:
         seconds (0 if none is); without it, or with ``max_lag_seconds`` 0, there is no lag
         check."""
         self._slots = asyncio.Semaphore(max_inflight)
+        # New interactions may hold all but a quarter of the slots: under a flood of creates,
+        # the callbacks that finish work already taken (selections, acceptances, completions)
+        # still find a slot, so accepted work keeps moving while new work is refused.
+        self._new_work_slots = asyncio.Semaphore(max(1, max_inflight - max(1, max_inflight // 4)))
         self.max_inflight = max_inflight
         self._wait = wait_seconds
         self._retry_after = retry_after_seconds
@@ -97,30 +103,46 @@ class Admission:
             )
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the ``max_inflight`` slots for the block; raise ``Overloaded`` if none
-        frees up within the wait."""
-        if self._slots.locked():
+    async def slot(self, command: commands.Command) -> AsyncIterator[None]:
+        """Hold one of the ``max_inflight`` slots for the block (a new interaction: one of the
+        slots new work may use, too); raise ``Overloaded`` if none frees up within the wait.
+
+        Events that finish work under way wait up to a second at least: refusing them only
+        delays work already accepted, by the sender's Retry-After."""
+        async with contextlib.AsyncExitStack() as held:
+            if isinstance(command, commands.CreateInteraction):
+                await held.enter_async_context(self._held(self._new_work_slots, self._wait))
+                await held.enter_async_context(self._held(self._slots, self._wait))
+            else:
+                wait = max(self._wait, FINISHING_WAIT_SECONDS)
+                await held.enter_async_context(self._held(self._slots, wait))
+            self.in_flight += 1
             try:
-                if self._wait <= 0:
+                yield
+            finally:
+                self.in_flight -= 1
+
+    @contextlib.asynccontextmanager
+    async def _held(self, slots: asyncio.Semaphore, wait: float) -> AsyncIterator[None]:
+        if slots.locked():
+            try:
+                if wait <= 0:
                     raise TimeoutError
-                async with asyncio.timeout(self._wait):
-                    await self._slots.acquire()
+                async with asyncio.timeout(wait):
+                    await slots.acquire()
             except TimeoutError:
                 self.refused["busy"] += 1
                 raise Overloaded(
                     f"{self.max_inflight} events are being applied; none finished within "
-                    f"{self._wait:g} s",
+                    f"{wait:g} s",
                     retry_after=self._retry_after,
                 ) from None
         else:
-            await self._slots.acquire()
-        self.in_flight += 1
+            await slots.acquire()
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self._slots.release()
+            slots.release()
 
     async def sample(self) -> float:
         """Read the relay lag now (what ``run`` does periodically) and return it."""

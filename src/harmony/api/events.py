@@ -72,7 +72,7 @@ async def _receive(
         raise Unauthorized(f"signature check failed: {exc}") from exc
     event = adapter.parse_inbound(body, headers)
     wired.admission.check_new_work(event.command)
-    async with wired.admission.slot():
+    async with wired.admission.slot(event.command):
         result = await commands.receive(event, wired.db.uow, wired.clock, policy_of(wired.settings))
     return answer(result)
 
