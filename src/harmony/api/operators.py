@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from harmony.api.deps import Container, container
-from harmony.api.plumbing import StrictJsonRoute, errors, model_response
+from harmony.api.plumbing import StrictJsonRoute, errors, json_response
 from harmony.api.schemas import (
     AgentHistoryPage,
     AgentIn,
@@ -126,7 +126,7 @@ async def list_agents(
             profile=profile,
         )
         page = await uow.agents.search(flt, now, limit, cursor)
-    return model_response(AgentPage.of(page, now))
+    return json_response(AgentPage.fields_of(page, now))
 
 
 @router.get(
@@ -138,7 +138,7 @@ async def get_agent(wired: Wired, agent_id: AgentId) -> Response:
         agent = await uow.agents.get(agent_id)
     if agent is None:
         raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
-    return model_response(AgentOut.of(agent, wired.clock.now()))
+    return json_response(AgentOut.fields_of(agent, wired.clock.now()))
 
 
 @router.put(
@@ -212,7 +212,7 @@ async def agent_history(
         # History rows exist only for an existing agent: look the agent up only without any.
         if not page.items and await uow.agents.get(agent_id) is None:
             raise NotFound(f"no agent '{agent_id}'", code="unknown_agent")
-    return model_response(AgentHistoryPage.of(page))
+    return json_response(AgentHistoryPage.fields_of(page))
 
 
 @router.get("/v1/profiles", response_model=list[ProfileOut], tags=["agents"])
