@@ -572,6 +572,8 @@ _MARK_SENT_MANY = (
     )
     .returning(outbox.c.id)
 )
+# The due message a relay has waited longest to send: what admission control samples.
+_OLDEST_DUE = _due(select(outbox.c.next_attempt_at))
 
 
 def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
@@ -762,25 +764,8 @@ class SqlOutbox:
         """When the longest-waiting message a relay could claim now became due (not one
         waiting for a retry, nor one held behind an earlier message of its ordering key);
         None if there is none."""
-        earlier = outbox.alias("earlier")
-        query = (
-            select(outbox.c.next_attempt_at)
-            .where(outbox.c.status == "pending")
-            .where(outbox.c.next_attempt_at <= now)
-            .where(
-                or_(
-                    outbox.c.ordering_key.is_(None),
-                    ~select(earlier.c.id)
-                    .where(earlier.c.ordering_key == outbox.c.ordering_key)
-                    .where(earlier.c.status == "pending")
-                    .where(earlier.c.ordering_seq < outbox.c.ordering_seq)
-                    .exists(),
-                )
-            )
-            .order_by(outbox.c.next_attempt_at)
-            .limit(1)
-        )
-        due: datetime | None = (await self._conn.execute(query)).scalar()
+        parameters = {"due_at": now, "claim_limit": 1}
+        due: datetime | None = (await self._conn.execute(_OLDEST_DUE, parameters)).scalar()
         return due
 
 
