@@ -17,6 +17,7 @@ from harmony import __version__
 from harmony.adapters import generic_http
 from harmony.adapters.base import AdapterRegistry
 from harmony.adapters.generic_http.protocol import MAX_BODY_BYTES
+from harmony.adapters.http_client import outbound_client
 from harmony.api import events, inbox, operators
 from harmony.api.admission import Admission
 from harmony.api.deps import Container
@@ -136,10 +137,8 @@ def create_app(
             await apply_seed(db, clock, load_seed(settings.seed_file), settings)
         for name in settings.adapters_using_dev_secret():
             log.warning("development_secret_in_use", adapter=name)
-        client = httpx.AsyncClient(
-            transport=transport,
-            limits=httpx.Limits(max_connections=settings.relay_concurrency * 2),
-            headers={"user-agent": f"harmony/{__version__}"},
+        client = outbound_client(
+            settings.relay_concurrency * 2, f"harmony/{__version__}", transport
         )
         registry = build_registry(settings, client)
         relay = Relay(

@@ -54,7 +54,7 @@ async def _snapshot(stack: Stack, harmonies: list[ProcessCpu], peers: list[Proce
         postgres_cpu=postgres,
         machine=machine_busy_ms(),
         peers_cpu=sum(p.now() for p in peers),
-        sql=stack.sql_counts(),
+        sql=await stack.sql_counts(),
         commits=await stack.db.commits(),
     )
 

@@ -232,6 +232,29 @@ async def wait_http(url: str, process: Process, within: float = 120.0) -> None:
     raise StartFailed(f"{process.name} not ready after {within:.0f} s:\n{process.tail()}")
 
 
+def _read_snapshot(path: Path) -> dict[str, Any]:
+    try:
+        counts: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return counts
+
+
+async def _fresh_snapshot(pid: int, path: Path, wait: float = 2.0) -> dict[str, Any]:
+    """Ask the counting ``harmony serve`` for a new snapshot and wait for it (the last one
+    written if it does not come in ``wait`` seconds)."""
+    before = _read_snapshot(path).get("snapshot", -1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        counts = _read_snapshot(path)
+        if counts.get("snapshot", -1) != before:  # a new snapshot, whatever its number
+            return counts
+        await asyncio.sleep(0.005)
+    return _read_snapshot(path)
+
+
 @dataclass
 class Stack:
     """A running Harmony (one or more replicas) with its peers and database."""
@@ -263,14 +286,14 @@ class Stack:
         """The peers' base URL (control endpoints)."""
         return f"http://127.0.0.1:{self.peers_port}"
 
-    def sql_counts(self) -> dict[str, int]:
-        """Statements, pool checkouts and commits counted in every replica so far."""
+    async def sql_counts(self) -> dict[str, int]:
+        """Statements, pool checkouts and commits counted in every replica so far: each one is
+        asked for a fresh snapshot (SIGUSR1), which it writes within a few milliseconds."""
         total = {"statements": 0, "checkouts": 0, "commits": 0}
-        for path in self.stats_files:
-            with contextlib.suppress(OSError, ValueError):
-                counts = json.loads(path.read_text())
-                for key in total:
-                    total[key] += int(counts.get(key, 0))
+        for harmony, path in zip(self.harmonies, self.stats_files, strict=False):
+            counts = await _fresh_snapshot(harmony.pid, path)
+            for key in total:
+                total[key] += int(counts.get(key, 0))
         return total
 
     async def peers_call(self, method: str, path: str, body: Any = None) -> Any:

@@ -1,0 +1,55 @@
+"""The HTTP client adapters send with: httpx's API over aiohttp's connection pool.
+
+httpx is the client the adapters are written against (and what tests fake the network with).
+Its own transport (httpcore, on anyio streams, parsing with h11) costs about 0.5 ms of CPU per
+request on this project's machines, several times what the send's other work costs; the relay
+sends three messages per routed interaction. ``httpx_aiohttp.AiohttpTransport`` keeps httpx's
+requests and responses and moves the socket and the parsing to aiohttp (whose parser is in C):
+together about 0.35 ms per request where httpx's own transport takes 0.75 (client and a trivial
+server in one process).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+__all__ = ["PooledTransport", "outbound_client"]
+
+
+class PooledTransport(AiohttpTransport):
+    """``AiohttpTransport`` whose every failure reaches the caller as an ``httpx`` error.
+
+    The package maps the common aiohttp errors to httpx's; any other client error (a malformed
+    response, say) or a bare timeout would otherwise escape ``transport_errors`` and be taken
+    for a bug instead of a failed send to retry.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on a pooled keep-alive connection."""
+        try:
+            return await super().handle_async_request(request)
+        except httpx.HTTPError:
+            raise
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(f"timed out: {exc}", request=request) from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(
+                f"{type(exc).__name__}: {exc}", request=request
+            ) from exc
+
+
+def outbound_client(
+    max_connections: int,
+    user_agent: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The client every adapter shares: ``transport`` replaces the network in tests; otherwise
+    a pool of at most ``max_connections`` keep-alive connections."""
+    if transport is None:
+        transport = PooledTransport(
+            limits=httpx.Limits(max_connections=max_connections),
+            trust_env=False,
+        )
+    return httpx.AsyncClient(transport=transport, headers={"user-agent": user_agent})
