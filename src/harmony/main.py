@@ -179,6 +179,7 @@ def create_app(
         )
         tasks = []
         if run_relay:
+            db.handoff = relay
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
             tasks.append(asyncio.create_task(housekeeper.run(), name="housekeeping"))
             tasks.append(asyncio.create_task(admission.run(), name="admission"))

@@ -726,3 +726,101 @@ async def test_a_batch_that_fails_is_not_lost(
     rows = await world.rows(ROUTING_REQUESTED)
     assert [(r.status, r.attempts) for r in rows] == [("sent", 1)] * 3
     assert len(world.acd.attempts) == 3  # recorded, not sent again
+
+
+async def test_a_running_relay_is_handed_what_a_commit_promised_without_a_claim(
+    world: World,
+) -> None:
+    relay = world.relay(poll_seconds=3600)  # never polls: only the hand-off can send
+    world.db.handoff = relay
+    claims: list[int] = []
+    claim = relay._claim
+
+    async def counted_claim(limit: int) -> list[Any]:
+        entries = await claim(limit)
+        claims.append(len(entries))
+        return entries
+
+    relay._claim = counted_claim  # type: ignore[method-assign]
+    running = asyncio.create_task(relay.run())
+    try:
+        await _until(lambda: claims == [0])  # the relay's first look found nothing
+        interaction_id = await world.create("chat-1")
+        await _until(lambda: len(world.acd.sent) == 1)
+        row = await world.only(ROUTING_REQUESTED)
+        await _until_async(lambda: _status(world, ROUTING_REQUESTED), "sent")
+    finally:
+        relay.stop()
+        await running
+
+    [routing] = world.acd.sent
+    assert routing.id == row.id and routing.payload["interaction_id"] == interaction_id
+    sent = await world.only(ROUTING_REQUESTED)
+    assert (sent.status, sent.attempts, sent.claimed_by) == ("sent", 1, relay.name)
+    assert claims == [0]  # sent without a claim of its own
+
+
+async def test_a_handed_message_whose_relay_died_is_claimed_again_when_its_lease_ends(
+    world: World,
+) -> None:
+    dead = world.relay()
+    world.db.handoff = dead
+    dead.stop()  # a relay that takes nothing: as if its process died after the commit
+    await world.create("chat-1")
+    world.db.handoff = None
+    held = await world.only(ROUTING_REQUESTED)
+    assert (held.status, held.claimed_by, held.attempts) == ("pending", dead.name, 1)
+
+    survivor = world.relay()
+    assert await survivor.run_once() == 0  # leased to the dead relay
+    world.clock.advance(LEASE)
+    await survivor.drain()
+
+    [sent] = world.acd.sent
+    assert sent.id == held.id
+    row = await world.only(ROUTING_REQUESTED)
+    assert (row.status, row.attempts, row.claimed_by) == ("sent", 2, survivor.name)
+
+
+async def test_ordered_messages_are_not_handed_over_but_claimed(world: World) -> None:
+    relay = world.relay()
+    world.db.handoff = relay
+    relay.stop()  # takes nothing handed to it
+    await agents.report_state(
+        world.db.uow(),
+        world.clock,
+        reporter=agents.Reporter(K.CRM, "generic"),
+        event_id="not-ready-1",
+        agent_ref="crm-1",
+        report=agents.StateReport(
+            event="agent.state_changed", status=ChannelStatus.NOT_READY, reason="break"
+        ),
+        reasons=DEFAULT_NOT_READY_REASONS,
+        acd_adapter="generic",
+    )
+    mirrors = [row for row in await world.rows(AGENT_STATE) if row.status == "pending"]
+    assert mirrors
+    assert {(m.claim_token, m.attempts) for m in mirrors} == {(None, 0)}
+    world.db.handoff = None
+    await world.relay().drain()
+    assert sorted(m.id for m in world.acd.sent) == sorted(m.id for m in mirrors)
+
+
+async def _status(world: World, message_type: str) -> str:
+    return str((await world.only(message_type)).status)
+
+
+async def _until(condition: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def _until_async(read: Any, expected: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if await read() == expected:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never became {expected!r}")

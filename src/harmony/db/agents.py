@@ -29,7 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from harmony.db.cursor import (
     agent_cursor,
@@ -38,6 +37,7 @@ from harmony.db.cursor import (
     read_history_cursor,
 )
 from harmony.db.dialect import insert_for
+from harmony.db.execution import Prepared, Statements
 from harmony.db.tables import (
     agent_channels,
     agent_mirrors,
@@ -176,7 +176,7 @@ _CHANNEL_COLUMNS = (
 # Built once (building a statement costs more CPU than running it), by dialect, lookup key and
 # whether the agent row is locked.
 _ONE_AGENT = {
-    (dialect, key, for_update): _one_agent(dialect, key, for_update)
+    (dialect, key, for_update): Prepared(_one_agent(dialect, key, for_update))
     for dialect in _SKILLS_ARRAY
     for key in ("id", "acd_agent_id", "crm_agent_id")
     for for_update in (False, True)
@@ -196,10 +196,10 @@ def _reserve(require_ready: bool) -> Any:
     return statement
 
 
-_RESERVE = {require_ready: _reserve(require_ready) for require_ready in (False, True)}
+_RESERVE = {require_ready: Prepared(_reserve(require_ready)) for require_ready in (False, True)}
 _OVERFLOWING = agent_channels.c.overflow > 0
 # A unit held beyond capacity goes first, so ``load`` stays what capacity allows.
-_RELEASE = (
+_RELEASE = Prepared(
     update(agent_channels)
     .where(agent_channels.c.agent_id == bindparam("b_agent_id"))
     .where(agent_channels.c.channel == bindparam("b_channel"))
@@ -212,15 +212,15 @@ _RELEASE = (
         wrap_up_until=func.coalesce(bindparam("b_wrap_up_until"), agent_channels.c.wrap_up_until),
     )
 )
-_INSERT_HISTORY = insert(agent_state_history)
-_PROFILE_BY_NAME = select(profiles).where(profiles.c.name == bindparam("b_name"))
+_INSERT_HISTORY = Prepared(insert(agent_state_history))
+_PROFILE_BY_NAME = Prepared(select(profiles).where(profiles.c.name == bindparam("b_name")))
 
 
 class SqlAgents:
     """Agents in SQL; ``for_update`` takes a row lock on PostgreSQL."""
 
     def __init__(
-        self, conn: AsyncConnection, now: Callable[[], datetime], profiles_read: dict[str, Profile]
+        self, conn: Statements, now: Callable[[], datetime], profiles_read: dict[str, Profile]
     ) -> None:
         self._conn = conn
         self._now = now
@@ -691,7 +691,7 @@ class SqlProfiles:
     """Channel profiles in SQL."""
 
     def __init__(
-        self, conn: AsyncConnection, now: Callable[[], datetime], read: dict[str, Profile]
+        self, conn: Statements, now: Callable[[], datetime], read: dict[str, Profile]
     ) -> None:
         self._conn = conn
         self._now = now

@@ -8,7 +8,6 @@ from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 # SQLSTATEs for which PostgreSQL aborted the transaction only to let another one through:
 # the same work in a new transaction may succeed.
@@ -22,8 +21,9 @@ TRANSIENT_SQLSTATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
 DIALECT_INSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
 
 
-def insert_for(conn: AsyncConnection, table: Table) -> Any:
-    """An INSERT that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+def insert_for(conn: Any, table: Table) -> Any:
+    """An INSERT that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``, for
+    the dialect of ``conn`` (anything with a ``dialect``)."""
     return DIALECT_INSERTS[conn.dialect.name](table)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from harmony.db.uow import SqlUnitOfWork
+from harmony.db.uow import Handoff, SqlUnitOfWork
 
 REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -88,10 +88,14 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self.on_outbox_commit: Callable[[], None] | None = None
+        # The relay running in this process, if any: it takes what commits promise (see Handoff).
+        self.handoff: Handoff | None = None
 
     def uow(self) -> SqlUnitOfWork:
         """A unit of work that may write."""
-        return SqlUnitOfWork(self.engine, self._now, self._write_lock, self.on_outbox_commit)
+        return SqlUnitOfWork(
+            self.engine, self._now, self._write_lock, self.on_outbox_commit, self.handoff
+        )
 
     def reader(self) -> SqlUnitOfWork:
         """A unit of work for queries only; on SQLite it does not wait for writers."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import structlog
 from sqlalchemy import (
     Integer,
+    String,
     and_,
     any_,
     bindparam,
@@ -24,11 +26,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
 from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import DIALECT_INSERTS, insert_for, is_transient, sqlstate
+from harmony.db.execution import Prepared, Statements
 from harmony.db.tables import (
     agent_mirrors,
     inbox,
@@ -74,7 +78,7 @@ state_log = structlog.get_logger("harmony.interactions")
 # Statements the hot path runs are built once: building one and computing its cache key costs
 # more CPU than PostgreSQL spends executing it. Parameters are bound by name at execution.
 _INTERACTION_BY = {
-    (key, for_update): (
+    (key, for_update): Prepared(
         select(interactions).where(column == bindparam("b_key")).with_for_update()
         if for_update
         else select(interactions).where(column == bindparam("b_key"))
@@ -91,12 +95,15 @@ _INTERACTION_BY_EXTERNAL_ID = {
     for for_update in (False, True)
 }
 _INTERACTION_BY_EXTERNAL_ID[True] = _INTERACTION_BY_EXTERNAL_ID[True].with_for_update()
-_INSERT_INTERACTION_HISTORY = insert(interaction_history)
+_INTERACTION_BY_EXTERNAL_ID_RUN = {
+    for_update: Prepared(statement) for for_update, statement in _INTERACTION_BY_EXTERNAL_ID.items()
+}
+_INSERT_INTERACTION_HISTORY = Prepared(insert(interaction_history))
 _INSERT_INTERACTION = {
-    dialect: dialect_insert(interactions).on_conflict_do_nothing()
+    dialect: Prepared(dialect_insert(interactions).on_conflict_do_nothing())
     for dialect, dialect_insert in DIALECT_INSERTS.items()
 }
-_QUEUE_BY_NAME = select(queues).where(queues.c.name == bindparam("b_name"))
+_QUEUE_BY_NAME = Prepared(select(queues).where(queues.c.name == bindparam("b_name")))
 
 
 def _store_inbox_row(dialect_insert: Any) -> Any:
@@ -120,14 +127,15 @@ def _store_inbox_row(dialect_insert: Any) -> Any:
 
 
 _STORE_INBOX_ROW = {
-    dialect: _store_inbox_row(dialect_insert) for dialect, dialect_insert in DIALECT_INSERTS.items()
+    dialect: Prepared(_store_inbox_row(dialect_insert))
+    for dialect, dialect_insert in DIALECT_INSERTS.items()
 }
-_LINK_INBOX_ROW = (
+_LINK_INBOX_ROW = Prepared(
     update(inbox)
     .where(inbox.c.source == bindparam("b_source"))
     .where(inbox.c.event_id == bindparam("b_event_id"))
 )
-_INSERT_OUTBOX = insert(outbox)
+_INSERT_OUTBOX = Prepared(insert(outbox))
 
 
 def _interaction_from_row(row: Any) -> Interaction:
@@ -170,14 +178,23 @@ def _interaction_values(interaction: Interaction) -> dict[str, Any]:
 
 
 # Statements of the relay's batches, built once (see _CLAIM_PG).
-_GET_MANY = (
-    select(interactions)
-    .where(interactions.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(interactions.c.id)
-)
-_GET_MANY_FOR_UPDATE = _GET_MANY.with_for_update()
+# By dialect and whether the rows are locked. PostgreSQL takes the ids as one array parameter (a
+# statement compiled once); SQLite's IN list is rendered per call.
+_IDS_IN = {
+    "postgresql": interactions.c.id == any_(bindparam("ids", type_=ARRAY(String))),
+    "sqlite": interactions.c.id.in_(bindparam("ids", expanding=True)),
+}
+_GET_MANY = {
+    (dialect, for_update): Prepared(
+        select(interactions).where(ids_in).order_by(interactions.c.id).with_for_update()
+        if for_update
+        else select(interactions).where(ids_in).order_by(interactions.c.id)
+    )
+    for dialect, ids_in in _IDS_IN.items()
+    for for_update in (False, True)
+}
 _SAVED_COLUMNS = {"state", "request_id", "agent_id", "updated_at", *STATE_COLUMNS.values()}
-_SAVE = (
+_SAVE = Prepared(
     update(interactions)
     .where(interactions.c.id == bindparam("saved_id"))
     .where(interactions.c.version == bindparam("read_version"))
@@ -194,7 +211,7 @@ _SAVE = (
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Statements) -> None:
         self._conn = conn
         self.state_changes: list[HistoryEntry] = []
 
@@ -237,7 +254,7 @@ class SqlInteractions:
         taken in with ``for_update``); ids not found are left out."""
         if not interaction_ids:
             return []
-        query = _GET_MANY_FOR_UPDATE if for_update else _GET_MANY
+        query = _GET_MANY[self._conn.dialect.name, for_update]
         rows = await self._conn.execute(query, {"ids": sorted(set(interaction_ids))})
         return [_interaction_from_row(row) for row in rows]
 
@@ -246,7 +263,7 @@ class SqlInteractions:
     ) -> Interaction | None:
         """Load the interaction a CRM knows by ``external_id``."""
         return await self._one(
-            _INTERACTION_BY_EXTERNAL_ID[for_update],
+            _INTERACTION_BY_EXTERNAL_ID_RUN[for_update],
             {"b_crm_adapter": crm_adapter, "b_external_id": external_id},
         )
 
@@ -358,7 +375,7 @@ class SqlInteractions:
 class SqlQueues:
     """Queues and their waiting counts in SQL."""
 
-    def __init__(self, conn: AsyncConnection, now: Callable[[], datetime]) -> None:
+    def __init__(self, conn: Statements, now: Callable[[], datetime]) -> None:
         self._conn = conn
         self._now = now
 
@@ -410,7 +427,7 @@ class SqlQueues:
 class SqlInbox:
     """Incoming events with their verified payloads, unique on (source, event id)."""
 
-    def __init__(self, conn: AsyncConnection, received: ReceivedEvent | None) -> None:
+    def __init__(self, conn: Statements, received: ReceivedEvent | None) -> None:
         self._conn = conn
         self._received = received
 
@@ -507,11 +524,12 @@ class SqlInbox:
 
     async def interaction_for(self, source: str, event_id: str) -> str | None:
         """The interaction a previously applied event concerned."""
-        return (
+        interaction_id: str | None = (
             await self._conn.execute(
                 select(inbox.c.interaction_id).where(self._row(source, event_id))
             )
         ).scalar()
+        return interaction_id
 
 
 def _due(query: Any) -> Any:
@@ -552,7 +570,7 @@ _PICKED = select(
         _due(select(outbox.c.id)).with_for_update(skip_locked=True, of=outbox).scalar_subquery()
     ).label("ids")
 ).cte("picked")
-_CLAIM_PG = (
+_CLAIM_PG = Prepared(
     update(outbox)
     .where(outbox.c.id == any_(_PICKED.c.ids))
     .values(_LEASE)
@@ -563,17 +581,39 @@ _DUE_SQLITE = _due(select(outbox))
 _LEASE_SQLITE = (
     update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(_LEASE)
 )
-_MARK_SENT_MANY = (
-    update(outbox)
-    .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
-    .where(outbox.c.status == "pending")
-    .values(
-        status="sent", sent_at=bindparam("sent_at", type_=outbox.c.sent_at.type), last_error=None
+_SENT = {
+    "status": "sent",
+    "sent_at": bindparam("sent_at", type_=outbox.c.sent_at.type),
+    "last_error": None,
+}
+# Each row fenced by its own claim token. PostgreSQL joins the (id, token) pairs given as two
+# arrays (a statement compiled once); SQLite's list of pairs is rendered per call.
+_HELD = (
+    func.unnest(
+        bindparam("held_ids", type_=ARRAY(String)), bindparam("held_tokens", type_=ARRAY(String))
     )
-    .returning(outbox.c.id)
+    .table_valued("id", "token")
+    .render_derived(name="held")
 )
+_MARK_SENT_MANY = {
+    "postgresql": Prepared(
+        update(outbox)
+        .where(outbox.c.id == _HELD.c.id)
+        .where(outbox.c.claim_token == _HELD.c.token)
+        .where(outbox.c.status == "pending")
+        .values(_SENT)
+        .returning(outbox.c.id)
+    ),
+    "sqlite": Prepared(
+        update(outbox)
+        .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
+        .where(outbox.c.status == "pending")
+        .values(_SENT)
+        .returning(outbox.c.id)
+    ),
+}
 # The due message a relay has waited longest to send: what admission control samples.
-_OLDEST_DUE = _due(select(outbox.c.next_attempt_at))
+_OLDEST_DUE = Prepared(_due(select(outbox.c.next_attempt_at)))
 
 
 def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
@@ -598,6 +638,27 @@ def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> Outb
     )
 
 
+class Handoff(Protocol):
+    """A relay in this process that takes the messages a transaction promised, already claimed
+    for it, once the transaction commits: no claim transaction and no wake-up between a commit
+    and the send. Crash-safe as any claim: a message whose relay died is claimed again when
+    its lease ends."""
+
+    @property
+    def claimer(self) -> str:
+        """Who holds the claims, as stored on the rows."""
+        ...
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim lasts before another relay may take the message."""
+        ...
+
+    def take(self, entries: list[OutboxEntry]) -> None:
+        """Send these committed messages, each leased to this relay under its claim token."""
+        ...
+
+
 class SqlOutbox:
     """Promised outbound messages.
 
@@ -607,9 +668,13 @@ class SqlOutbox:
     the outcome of the relay that holds it.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Statements, handoff: Handoff | None = None) -> None:
         self._conn = conn
+        self._handoff = handoff
         self.added = 0
+        # Messages inserted already claimed for the handoff relay, for it to take after commit.
+        self.claimed: list[OutboxEntry] = []
+        self._claim_token: str | None = None
 
     async def next_sequence(self, ordering_key: str) -> int:
         """The next number for ``ordering_key``; the counter row stays locked until commit, so
@@ -629,24 +694,46 @@ class SqlOutbox:
         """Store the message, due now; an unsent older message it supersedes is retired."""
         if message.supersede_key is not None:
             await self._supersede(message, at)
-        await self._conn.execute(
-            _INSERT_OUTBOX,
-            {
-                "id": message.id,
-                "target_kind": message.target_kind.value,
-                "target": message.target,
-                "type": message.type,
-                "interaction_id": message.interaction_id,
-                "payload": message.payload,
-                "status": "pending",
-                "attempts": 0,
-                "created_at": at,
-                "next_attempt_at": at,
-                "ordering_key": message.ordering_key,
-                "ordering_seq": message.sequence,
-                "supersede_key": message.supersede_key,
-            },
-        )
+        values = {
+            "id": message.id,
+            "target_kind": message.target_kind.value,
+            "target": message.target,
+            "type": message.type,
+            "interaction_id": message.interaction_id,
+            "payload": message.payload,
+            "status": "pending",
+            "attempts": 0,
+            "created_at": at,
+            "next_attempt_at": at,
+            "ordering_key": message.ordering_key,
+            "ordering_seq": message.sequence,
+            "supersede_key": message.supersede_key,
+            "claim_token": None,
+            "claimed_by": None,
+        }
+        # Ordered and superseding messages wait for the claim, which knows what precedes them.
+        handoff = self._handoff
+        if handoff is not None and message.ordering_key is None and message.supersede_key is None:
+            if self._claim_token is None:
+                self._claim_token = uuid.uuid4().hex
+            lease_until = at + timedelta(seconds=handoff.lease_seconds)
+            values.update(
+                attempts=1,
+                next_attempt_at=lease_until,
+                claim_token=self._claim_token,
+                claimed_by=handoff.claimer[:200],
+            )
+            self.claimed.append(
+                OutboxEntry(
+                    message=replace(message, attempts=1),
+                    attempts=1,
+                    created_at=at,
+                    claim_token=self._claim_token,
+                    lease_until=lease_until,
+                    last_error=None,
+                )
+            )
+        await self._conn.execute(_INSERT_OUTBOX, values)
         self.added += 1
 
     async def _supersede(self, message: OutboundMessage, at: datetime) -> None:
@@ -728,7 +815,15 @@ class SqlOutbox:
         the ids written; a message whose claim was lost is left as it is."""
         if not held:
             return set()
-        result = await self._conn.execute(_MARK_SENT_MANY, {"held": list(held), "sent_at": at})
+        if self._conn.dialect.name == "postgresql":
+            parameters: dict[str, Any] = {
+                "held_ids": [message_id for message_id, _ in held],
+                "held_tokens": [token for _, token in held],
+                "sent_at": at,
+            }
+        else:
+            parameters = {"held": list(held), "sent_at": at}
+        result = await self._conn.execute(_MARK_SENT_MANY[self._conn.dialect.name], parameters)
         return set(result.scalars().all())
 
     async def mark_retry(
@@ -827,11 +922,13 @@ class SqlUnitOfWork:
         now: Callable[[], datetime],
         write_lock: asyncio.Lock | None,
         on_outbox_commit: Callable[[], None] | None,
+        handoff: Handoff | None = None,
     ) -> None:
         self._engine = engine
         self._now = now
         self._write_lock = write_lock
         self._on_outbox_commit = on_outbox_commit
+        self._handoff = handoff
         self._conn: AsyncConnection | None = None
         self._holds_lock = False
         self._received: ReceivedEvent | None = None
@@ -848,17 +945,19 @@ class SqlUnitOfWork:
         try:
             self._conn = await self._engine.connect()
             await self._conn.begin()
+            statements = Statements(self._conn)
+            await statements.begin_now()
         except BaseException as exc:
             await self._cleanup()
             _raise_try_again_if_transient(exc)
             raise
-        self.interactions = SqlInteractions(self._conn)
+        self.interactions = SqlInteractions(statements)
         profiles_read: dict[str, Profile] = {}
-        self.agents = SqlAgents(self._conn, self._now, profiles_read)
-        self.profiles = SqlProfiles(self._conn, self._now, profiles_read)
-        self.queues = SqlQueues(self._conn, self._now)
-        self.inbox = SqlInbox(self._conn, self._received)
-        self.outbox = SqlOutbox(self._conn)
+        self.agents = SqlAgents(statements, self._now, profiles_read)
+        self.profiles = SqlProfiles(statements, self._now, profiles_read)
+        self.queues = SqlQueues(statements, self._now)
+        self.inbox = SqlInbox(statements, self._received)
+        self.outbox = SqlOutbox(statements, self._handoff)
         return self
 
     async def __aexit__(
@@ -900,5 +999,11 @@ class SqlUnitOfWork:
                 cause=change.cause,
             )
         self.interactions.state_changes.clear()
-        if self.outbox.added and self._on_outbox_commit is not None:
+        handed = 0
+        if self.outbox.claimed and self._handoff is not None:
+            claimed, self.outbox.claimed = self.outbox.claimed, []
+            handed = len(claimed)
+            self._handoff.take(claimed)
+        # Messages left for the claim (ordered ones): wake the relay for them.
+        if self.outbox.added > handed and self._on_outbox_commit is not None:
             self._on_outbox_commit()

@@ -12,6 +12,10 @@ in one transaction, every acknowledgement that arrived while the previous batch 
 written (so a lone message is recorded at once, and under load one transaction records many).
 Failures and retries, which are rare, are recorded one message at a time.
 
+Messages without an ordering key that a transaction of this process promises skip the claim:
+they are inserted already leased to the running relay (``take``), which sends them once the
+transaction commits; should the process die first, they are claimed again when the lease ends.
+
 While running, a claimer keeps up to the claim limit of messages in hand, claiming again as
 soon as a commit promises new ones (``wake``), a send frees room the last claim left none of,
 or the outcome of an ordered message lets the next one of its order go; it does not wait for
@@ -102,6 +106,24 @@ class Relay:
         # Acknowledged sends waiting for the recorder, each with its sender's answer.
         self._acknowledged: list[Acknowledged] = []
         self._recorder: asyncio.Task[None] | None = None
+
+    @property
+    def claimer(self) -> str:
+        """Who holds this relay's claims, as stored on the rows (its name)."""
+        return self.name
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim of this relay lasts."""
+        return self._lease_seconds
+
+    def take(self, entries: list[OutboxEntry]) -> None:
+        """Send messages a transaction inserted already claimed for this relay (called once it
+        committed). Stopping, it leaves them: they are claimed again when their lease ends."""
+        if self._stopping.is_set():
+            return
+        for entry in entries:
+            self._take_in_hand(entry)
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows, so they go out without polling delay."""

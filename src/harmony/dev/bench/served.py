@@ -5,13 +5,14 @@ settings, same uvicorn: one worker, and uvloop and httptools, which uvicorn's ``
 they are importable; this module refuses to start without them, so a benchmark never runs on the
 slower defaults unnoticed).
 
-With ``HARMONY_BENCH_STATS=FILE`` set it also listens to SQLAlchemy's engine events on every
-engine of the process (a class-level listener: nothing in Harmony changes) and, each time it gets
-SIGUSR1, rewrites FILE with ``{"statements", "checkouts", "commits", "pid", "snapshot"}``: SQL
-statements executed, pool checkouts and commits since start, and how many snapshots were asked
-for. On request, not on a timer: a thread rewriting the file ten times a second cost 4% of
-Harmony's CPU at 40 routed/s, which the benchmark would have charged to Harmony. Unset, nothing is
-counted.
+With ``HARMONY_BENCH_STATS=FILE`` set it also counts, from outside Harmony's code, the SQL
+statements sent to PostgreSQL (each call of asyncpg that sends one, wrapped at class level: both
+SQLAlchemy's and Harmony's direct ones; BEGIN, COMMIT and ROLLBACK are not counted), pool
+checkouts and commits (SQLAlchemy's events) and, each time it gets SIGUSR1, rewrites FILE with
+``{"statements", "checkouts", "commits", "pid", "snapshot"}``: the counts since start and how
+many snapshots were asked for. On request, not on a timer: a thread rewriting the file ten times
+a second cost 4% of Harmony's CPU at 40 routed/s, which the benchmark would have charged to
+Harmony. Unset, nothing is counted.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ __all__ = ["SqlCounter", "main"]
 STATS_ENV = "HARMONY_BENCH_STATS"
 
 
+_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _is_transaction_control(query: Any) -> bool:
+    return isinstance(query, str) and query.lstrip().upper().startswith(_CONTROL)
+
+
 class SqlCounter:
-    """Counts statements and pool checkouts of every SQLAlchemy engine in the process."""
+    """Counts the statements, pool checkouts and commits of the process."""
 
     def __init__(self) -> None:
         self.statements = 0
@@ -39,17 +47,33 @@ class SqlCounter:
         self.snapshots = 0
 
     def install(self) -> None:
-        """Listen on the Engine and Pool classes, so engines made later are counted too."""
+        """Wrap asyncpg's statement-sending methods and listen on SQLAlchemy's Engine and Pool
+        classes, so connections and engines made later are counted too."""
+        import asyncpg  # type: ignore[import-untyped]
+        from asyncpg.prepared_stmt import PreparedStatement  # type: ignore[import-untyped]
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
         from sqlalchemy.pool import Pool
 
-        event.listen(Engine, "before_cursor_execute", self._statement)
+        for cls, names in (
+            (asyncpg.Connection, ("fetch", "fetchrow", "fetchval", "executemany")),
+            (PreparedStatement, ("fetch", "fetchrow", "fetchval", "executemany", "cursor")),
+        ):
+            for name in names:
+                setattr(cls, name, self._counting(getattr(cls, name)))
+        asyncpg.Connection.execute = self._counting(asyncpg.Connection.execute, control=True)
         event.listen(Pool, "checkout", self._checkout)
         event.listen(Engine, "commit", self._commit)
 
-    def _statement(self, *_: Any) -> None:
-        self.statements += 1
+    def _counting(self, method: Any, control: bool = False) -> Any:
+        counter = self
+
+        def counted(this: Any, *args: Any, **kwargs: Any) -> Any:
+            if not (control and len(args) == 1 and _is_transaction_control(args[0])):
+                counter.statements += 1
+            return method(this, *args, **kwargs)
+
+        return counted
 
     def _checkout(self, *_: Any) -> None:
         self.checkouts += 1

@@ -1,0 +1,123 @@
+"""Statements run straight on asyncpg read and write exactly what SQLAlchemy would, inside the
+unit of work's transaction, and fail the way SQLAlchemy's do (on both databases)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from harmony.clock import SystemClock
+from harmony.db.dialect import sqlstate
+from harmony.db.engine import Database
+from harmony.db.execution import Prepared, Statements
+from harmony.db.tables import profiles, queues
+
+AT = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+INSERT_QUEUE = Prepared(insert(queues))
+QUEUE = Prepared(select(queues).where(queues.c.name == bindparam("b_name")))
+RENAME_SKILLS = Prepared(
+    update(queues).where(queues.c.name == bindparam("b_name")).values(skills=bindparam("b_skills"))
+)
+INSERT_PROFILES = Prepared(insert(profiles))
+PROFILES = Prepared(
+    select(profiles).where(profiles.c.name.like(bindparam("b_prefix"))).order_by(profiles.c.name)
+)
+
+
+def queue_values(name: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "channel": "chat",
+        "skills": ["support", "ü-lang"],
+        "created_at": AT,
+        "updated_at": AT + timedelta(hours=1),
+    }
+
+
+async def test_rows_read_and_written_as_through_sqlalchemy(database_url: str) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.begin()
+            run = Statements(conn)
+            await run.begin_now()
+            await run.execute(INSERT_QUEUE, queue_values("direct"))
+            await conn.execute(INSERT_QUEUE.statement, queue_values("through-sqlalchemy"))
+            changed = await run.execute(
+                RENAME_SKILLS, {"b_name": "direct", "b_skills": ["billing"]}
+            )
+            assert changed.rowcount == 1
+            missing = await run.execute(RENAME_SKILLS, {"b_name": "nobody", "b_skills": []})
+            assert missing.rowcount == 0
+            await run.execute(
+                INSERT_PROFILES,
+                [
+                    {
+                        "name": f"p{n}",
+                        "capacity": {"chat": n, "email": 2},
+                        "wrap_up_seconds": {"chat": 1.5},
+                        "blocks": [{"nested": [1, None]}],
+                        "created_at": AT + timedelta(seconds=n),
+                        "updated_at": AT,
+                    }
+                    for n in range(3)
+                ],
+            )
+            await conn.commit()
+
+        async with db.engine.connect() as conn:
+            await conn.begin()
+            run = Statements(conn)
+            await run.begin_now()
+            direct = (await run.execute(QUEUE, {"b_name": "direct"})).first()
+            other_direct = (await run.execute(QUEUE, {"b_name": "through-sqlalchemy"})).first()
+            other = (await conn.execute(QUEUE.statement, {"b_name": "through-sqlalchemy"})).first()
+            written = (await run.execute(PROFILES, {"b_prefix": "p%"})).all()
+            assert (await run.execute(QUEUE, {"b_name": "nobody"})).first() is None
+    finally:
+        await db.dispose()
+
+    assert direct.skills == ["billing"]
+    assert direct.created_at == AT and direct.created_at.tzinfo is not None
+    assert direct.updated_at == AT + timedelta(hours=1)
+    assert tuple(other_direct) == tuple(other)
+    assert [row.name for row in written] == ["p0", "p1", "p2"]
+    assert written[2].capacity == {"chat": 2, "email": 2}
+    assert written[2].blocks == [{"nested": [1, None]}]
+    assert written[1].created_at == AT + timedelta(seconds=1)
+
+
+async def test_statements_run_inside_the_transaction(database_url: str) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.begin()
+            run = Statements(conn)
+            await run.begin_now()
+            await run.execute(INSERT_QUEUE, queue_values("rolled-back"))
+            await conn.rollback()
+        async with db.engine.connect() as conn:
+            found = (await conn.execute(QUEUE.statement, {"b_name": "rolled-back"})).first()
+    finally:
+        await db.dispose()
+    assert found is None
+
+
+async def test_a_violated_constraint_is_sqlalchemys_integrity_error(database_url: str) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.begin()
+            run = Statements(conn)
+            await run.begin_now()
+            await run.execute(INSERT_QUEUE, queue_values("twice"))
+            with pytest.raises(IntegrityError) as raised:
+                await run.execute(INSERT_QUEUE, queue_values("twice"))
+            await conn.rollback()
+    finally:
+        await db.dispose()
+    if "postgresql" in database_url:
+        assert sqlstate(raised.value) == "23505"
