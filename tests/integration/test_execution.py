@@ -14,6 +14,7 @@ from harmony.db.dialect import sqlstate
 from harmony.db.engine import Database
 from harmony.db.execution import Prepared, Statements
 from harmony.db.tables import profiles, queues
+from harmony.dev.bench.served import SqlCounter
 
 AT = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 INSERT_QUEUE = Prepared(insert(queues))
@@ -121,3 +122,31 @@ async def test_a_violated_constraint_is_sqlalchemys_integrity_error(database_url
         await db.dispose()
     if "postgresql" in database_url:
         assert sqlstate(raised.value) == "23505"
+
+
+@pytest.mark.postgres
+async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, SystemClock().now)
+    async with db.engine.connect():
+        pass  # the first connection's own set-up queries are not counted below
+    counter = SqlCounter()
+    counter.install()
+    try:
+        try:
+            async with db.engine.connect() as conn:
+                await conn.begin()
+                run = Statements(conn)
+                await run.begin_now()  # BEGIN: not a statement
+                await run.execute(INSERT_QUEUE, queue_values("counted"))  # direct
+                await run.execute(QUEUE, {"b_name": "counted"})  # direct
+                await conn.execute(QUEUE.statement, {"b_name": "counted"})  # SQLAlchemy
+                await conn.commit()  # COMMIT: not a statement
+        finally:
+            await db.dispose()
+    finally:
+        counter.uninstall()
+    assert counter.statements == 3
+    assert counter.commits == 1
+    assert counter.checkouts >= 1

@@ -45,6 +45,7 @@ class SqlCounter:
         self.checkouts = 0
         self.commits = 0
         self.snapshots = 0
+        self._wrapped: list[tuple[Any, str, Any]] = []
 
     def install(self) -> None:
         """Wrap asyncpg's statement-sending methods and listen on SQLAlchemy's Engine and Pool
@@ -60,10 +61,27 @@ class SqlCounter:
             (PreparedStatement, ("fetch", "fetchrow", "fetchval", "executemany", "cursor")),
         ):
             for name in names:
-                setattr(cls, name, self._counting(getattr(cls, name)))
-        asyncpg.Connection.execute = self._counting(asyncpg.Connection.execute, control=True)
+                self._wrap(cls, name)
+        self._wrap(asyncpg.Connection, "execute", control=True)
         event.listen(Pool, "checkout", self._checkout)
         event.listen(Engine, "commit", self._commit)
+
+    def uninstall(self) -> None:
+        """Undo ``install`` (for tests: the benchmark's process counts until it ends)."""
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        for cls, name, original in reversed(self._wrapped):
+            setattr(cls, name, original)
+        self._wrapped.clear()
+        event.remove(Pool, "checkout", self._checkout)
+        event.remove(Engine, "commit", self._commit)
+
+    def _wrap(self, cls: Any, name: str, control: bool = False) -> None:
+        original = getattr(cls, name)
+        self._wrapped.append((cls, name, original))
+        setattr(cls, name, self._counting(original, control))
 
     def _counting(self, method: Any, control: bool = False) -> Any:
         counter = self
