@@ -3,11 +3,14 @@ unit of work's transaction, and fail the way SQLAlchemy's do (on both databases)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from harmony.clock import SystemClock
 from harmony.db.dialect import sqlstate
@@ -38,13 +41,20 @@ def queue_values(name: str) -> dict[str, object]:
     }
 
 
+@contextlib.asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[tuple[AsyncConnection, Statements]]:
+    """A connection in a transaction begun at once, and its statements (not committed)."""
+    async with db.engine.connect() as conn:
+        await conn.begin()
+        run = Statements(conn)
+        await run.begin_now()
+        yield conn, run
+
+
 async def test_rows_read_and_written_as_through_sqlalchemy(database_url: str) -> None:
     db = Database(database_url, SystemClock().now)
     try:
-        async with db.engine.connect() as conn:
-            await conn.begin()
-            run = Statements(conn)
-            await run.begin_now()
+        async with transaction(db) as (conn, run):
             await run.execute(INSERT_QUEUE, queue_values("direct"))
             await conn.execute(INSERT_QUEUE.statement, queue_values("through-sqlalchemy"))
             changed = await run.execute(
@@ -69,10 +79,7 @@ async def test_rows_read_and_written_as_through_sqlalchemy(database_url: str) ->
             )
             await conn.commit()
 
-        async with db.engine.connect() as conn:
-            await conn.begin()
-            run = Statements(conn)
-            await run.begin_now()
+        async with transaction(db) as (conn, run):
             direct = (await run.execute(QUEUE, {"b_name": "direct"})).first()
             other_direct = (await run.execute(QUEUE, {"b_name": "through-sqlalchemy"})).first()
             other = (await conn.execute(QUEUE.statement, {"b_name": "through-sqlalchemy"})).first()
@@ -84,6 +91,7 @@ async def test_rows_read_and_written_as_through_sqlalchemy(database_url: str) ->
     assert direct.skills == ["billing"]
     assert direct.created_at == AT and direct.created_at.tzinfo is not None
     assert direct.updated_at == AT + timedelta(hours=1)
+    assert other is not None
     assert tuple(other_direct) == tuple(other)
     assert [row.name for row in written] == ["p0", "p1", "p2"]
     assert written[2].capacity == {"chat": 2, "email": 2}
@@ -94,10 +102,7 @@ async def test_rows_read_and_written_as_through_sqlalchemy(database_url: str) ->
 async def test_statements_run_inside_the_transaction(database_url: str) -> None:
     db = Database(database_url, SystemClock().now)
     try:
-        async with db.engine.connect() as conn:
-            await conn.begin()
-            run = Statements(conn)
-            await run.begin_now()
+        async with transaction(db) as (conn, run):
             await run.execute(INSERT_QUEUE, queue_values("rolled-back"))
             await conn.rollback()
         async with db.engine.connect() as conn:
@@ -110,10 +115,7 @@ async def test_statements_run_inside_the_transaction(database_url: str) -> None:
 async def test_a_violated_constraint_is_sqlalchemys_integrity_error(database_url: str) -> None:
     db = Database(database_url, SystemClock().now)
     try:
-        async with db.engine.connect() as conn:
-            await conn.begin()
-            run = Statements(conn)
-            await run.begin_now()
+        async with transaction(db) as (conn, run):
             await run.execute(INSERT_QUEUE, queue_values("twice"))
             with pytest.raises(IntegrityError) as raised:
                 await run.execute(INSERT_QUEUE, queue_values("twice"))
@@ -135,10 +137,7 @@ async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
     counter.install()
     try:
         try:
-            async with db.engine.connect() as conn:
-                await conn.begin()
-                run = Statements(conn)
-                await run.begin_now()  # BEGIN: not a statement
+            async with transaction(db) as (conn, run):  # BEGIN: not a statement
                 await run.execute(INSERT_QUEUE, queue_values("counted"))  # direct
                 await run.execute(QUEUE, {"b_name": "counted"})  # direct
                 await conn.execute(QUEUE.statement, {"b_name": "counted"})  # SQLAlchemy
