@@ -165,7 +165,10 @@ def create_app(
             now = clock.now()
             async with db.reader() as uow:
                 due = await uow.outbox.oldest_due(now)
-            return 0.0 if due is None else (now - due).total_seconds()
+            # Messages handed to this process's relay wait in memory, not as due rows.
+            waiting = relay.oldest_waiting()
+            oldest = min((t for t in (due, waiting) if t is not None), default=None)
+            return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
 
         admission = Admission(
             max_inflight=settings.max_inflight_events,

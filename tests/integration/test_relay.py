@@ -6,6 +6,7 @@ Time only moves when a test moves it, so "not before it is due" is checked exact
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -824,3 +825,40 @@ async def _until_async(read: Any, expected: Any, seconds: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"never became {expected!r}")
+
+
+async def test_handed_messages_waiting_for_a_send_slot_count_as_relay_lag(world: World) -> None:
+    silent = SilentAdapter(K.ACD)
+    registry = AdapterRegistry()
+    registry.register(silent)
+    registry.register(world.crm)
+    relay = Relay(
+        world.db.uow,
+        registry,
+        world.clock,
+        concurrency=1,
+        poll_seconds=3600,
+        lease_seconds=LEASE,
+        send_timeout_seconds=1.0,  # the checks below take milliseconds; stopping waits 3 s
+    )
+    world.db.handoff = relay
+    running = asyncio.create_task(relay.run())
+    try:
+        assert relay.oldest_waiting() is None
+        await world.create("chat-1")  # its send takes the one slot and never ends
+        await _until(lambda: len(silent.attempts) == 1)
+        assert relay.oldest_waiting() is None
+        second_at = world.clock.now()
+        await world.create("chat-2")
+        world.clock.advance(5)
+        await world.create("chat-3")
+        # Both wait in memory for the slot: the older one is the lag admission control sees.
+        assert relay.oldest_waiting() == second_at
+        async with world.db.reader() as uow:  # the database knows nothing due
+            assert await uow.outbox.oldest_due(world.clock.now()) is None
+        assert len(silent.attempts) == 1
+    finally:
+        relay.stop()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

@@ -86,17 +86,14 @@ _INTERACTION_BY = {
     for key, column in (("id", interactions.c.id), ("request_id", interactions.c.request_id))
     for for_update in (False, True)
 }
+_BY_EXTERNAL_ID = (
+    select(interactions)
+    .where(interactions.c.crm_adapter == bindparam("b_crm_adapter"))
+    .where(interactions.c.external_id == bindparam("b_external_id"))
+)
 _INTERACTION_BY_EXTERNAL_ID = {
-    for_update: (
-        select(interactions)
-        .where(interactions.c.crm_adapter == bindparam("b_crm_adapter"))
-        .where(interactions.c.external_id == bindparam("b_external_id"))
-    )
-    for for_update in (False, True)
-}
-_INTERACTION_BY_EXTERNAL_ID[True] = _INTERACTION_BY_EXTERNAL_ID[True].with_for_update()
-_INTERACTION_BY_EXTERNAL_ID_RUN = {
-    for_update: Prepared(statement) for for_update, statement in _INTERACTION_BY_EXTERNAL_ID.items()
+    False: Prepared(_BY_EXTERNAL_ID),
+    True: Prepared(_BY_EXTERNAL_ID.with_for_update()),
 }
 _INSERT_INTERACTION_HISTORY = Prepared(insert(interaction_history))
 _INSERT_INTERACTION = {
@@ -263,7 +260,7 @@ class SqlInteractions:
     ) -> Interaction | None:
         """Load the interaction a CRM knows by ``external_id``."""
         return await self._one(
-            _INTERACTION_BY_EXTERNAL_ID_RUN[for_update],
+            _INTERACTION_BY_EXTERNAL_ID[for_update],
             {"b_crm_adapter": crm_adapter, "b_external_id": external_id},
         )
 

@@ -37,7 +37,7 @@ import os
 import socket
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -101,6 +101,8 @@ class Relay:
         self._stopping = asyncio.Event()
         # What ``run`` holds: one task per claimed message until its outcome is recorded.
         self._in_hand: set[asyncio.Task[None]] = set()
+        # Messages in hand waiting for a send slot, by id: since when (admission's relay lag).
+        self._waiting_since: dict[str, datetime] = {}
         # Set when a claim filled the room in hand: more may be due once a message is done.
         self._room_ran_out = False
         # Acknowledged sends waiting for the recorder, each with its sender's answer.
@@ -123,7 +125,12 @@ class Relay:
         if self._stopping.is_set():
             return
         for entry in entries:
-            self._take_in_hand(entry)
+            self._take_in_hand(entry, waiting_since=entry.created_at)
+
+    def oldest_waiting(self) -> datetime | None:
+        """Since when the message in hand that has waited longest for a send slot has waited
+        (None if none waits): messages handed over are due but not in the database's view."""
+        return min(self._waiting_since.values(), default=None)
 
     def wake(self) -> None:
         """Called after a commit that wrote outbox rows, so they go out without polling delay."""
@@ -158,12 +165,14 @@ class Relay:
             if self._in_hand:
                 await asyncio.gather(*self._in_hand, return_exceptions=True)
 
-    def _take_in_hand(self, entry: OutboxEntry) -> None:
+    def _take_in_hand(self, entry: OutboxEntry, waiting_since: datetime | None = None) -> None:
+        self._waiting_since[entry.message.id] = waiting_since or self._clock.now()
         task = asyncio.create_task(self._handle(entry), name=f"relay-{entry.message.id}")
         self._in_hand.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._in_hand.discard(finished)
+            self._waiting_since.pop(entry.message.id, None)
             # The next message of an ordered message's order may be due now; and a claim that
             # filled the room left due messages behind.
             if self._room_ran_out or entry.message.ordering_key is not None:
@@ -211,6 +220,7 @@ class Relay:
     async def _send(self, entry: OutboxEntry) -> None:
         message = entry.message
         async with self._sending:
+            self._waiting_since.pop(message.id, None)
             held = await self._still_held(entry)
             if held is None:
                 log.warning("message_claim_lost_before_send", type=message.type)
