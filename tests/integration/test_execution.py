@@ -149,3 +149,23 @@ async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
     assert counter.statements == 3
     assert counter.commits == 1
     assert counter.checkouts >= 1
+
+
+async def test_none_in_a_json_column_is_json_null_as_through_sqlalchemy(database_url: str) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            await run.execute(INSERT_QUEUE, {**queue_values("direct-null"), "skills": None})
+            await conn.execute(
+                INSERT_QUEUE.statement, {**queue_values("sqlalchemy-null"), "skills": None}
+            )
+            stored = (
+                await conn.execute(
+                    select(queues.c.name, queues.c.skills.is_(None)).order_by(queues.c.name)
+                )
+            ).all()
+            await conn.rollback()
+    finally:
+        await db.dispose()
+    # Neither is SQL NULL (the column is NOT NULL): both are the JSON value null.
+    assert [tuple(row) for row in stored] == [("direct-null", False), ("sqlalchemy-null", False)]

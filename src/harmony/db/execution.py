@@ -123,7 +123,8 @@ class _Compiled:
         for name in self.order:
             value = params[name] if name in params else defaults[name]
             processor = processors.get(name)
-            values.append(value if processor is None or value is None else processor(value))
+            # Called for None too, as SQLAlchemy does (JSON stores None as JSON null).
+            values.append(value if processor is None else processor(value))
         return values
 
     def make_rows(self, records: Sequence[Any]) -> list[Any]:
@@ -134,7 +135,7 @@ class _Compiled:
             return [make(record) for record in records]
         return [
             make(
-                value if processor is None or value is None else processor(value)
+                value if processor is None else processor(value)
                 for value, processor in zip(record, processors, strict=True)
             )
             for record in records
