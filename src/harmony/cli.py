@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         database=_display_url(settings.database_url),
     )
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_heap=True),
         host=host,
         port=port,
         log_config=None,
