@@ -46,7 +46,9 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        # By the sorted names of the parameters given: an INSERT's columns are those given.
+        # By the names of the parameters given, in the caller's order (each call site builds its
+        # mapping the same way, so sorting them per execution would only cost time): an
+        # INSERT's columns are those given.
         self._compiled: dict[tuple[str, ...], _Compiled | None] = {}
 
     def compiled(self, dialect: Dialect, names: tuple[str, ...]) -> _Compiled | None:
@@ -226,7 +228,7 @@ class Statements:
             return await self._conn.execute(target, params)
         many = isinstance(params, list)
         first: Params = (params[0] if params else {}) if many else (params or {})
-        compiled = statement.compiled(self._dialect, tuple(sorted(first)))
+        compiled = statement.compiled(self._dialect, tuple(first))
         if compiled is None:
             return await self._conn.execute(statement.statement, params)
         try:
