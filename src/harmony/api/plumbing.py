@@ -3,7 +3,6 @@ every failure, including the last-resort 500."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,6 +19,7 @@ from harmony.api.admission import Overloaded
 from harmony.api.schemas import ErrorBody
 from harmony.errors import HarmonyError, UnsupportedMediaType
 from harmony.inputs import describe_validation, parse_json
+from harmony.routing.ids import random_hex
 
 log = structlog.get_logger("harmony.api")
 
@@ -237,7 +237,8 @@ def _request_id(scope: Scope) -> str:
             # Echoed in a header and in log lines: printable ASCII only.
             if given and given.isascii() and given.isprintable():
                 return given
-    return uuid.uuid4().hex
+    # Random bytes read in batches: a uuid4 per request would be a system call each.
+    return random_hex()
 
 
 def install_error_handlers(app: FastAPI) -> None:

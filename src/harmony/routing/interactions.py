@@ -7,7 +7,6 @@ talks to the network.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from harmony.routing.agent_state import (
     offer_refusal,
 )
 from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
+from harmony.routing.ids import random_hex, random_uuid
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -156,7 +156,7 @@ async def receive_interaction(
     routing request.
     """
     source = _source(TargetKind.CRM, crm_adapter)
-    interaction_id = str(uuid.uuid4())
+    interaction_id = str(random_uuid())
     async with uow:
         duplicate = await _claim_or_duplicate(
             uow, source, event_id, "interaction.created", clock, interaction_id
@@ -181,7 +181,7 @@ async def receive_interaction(
             at=now,
             cause=f"interaction.created {event_id} from {source}",
         )
-        interaction.request_id = f"rr_{uuid.uuid4().hex}"
+        interaction.request_id = f"rr_{random_hex()}"
         interaction.move_to(
             S.ROUTING,
             now,

@@ -6,11 +6,12 @@ the relay sends it later. Its id is the envelope id and the idempotency key on t
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from harmony.routing.ids import random_hex
 
 ROUTING_REQUESTED = "routing.requested"
 WORK_ENDED = "work.ended"
@@ -40,7 +41,7 @@ class OutboundMessage:
     type: str
     interaction_id: str
     payload: dict[str, Any]
-    id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+    id: str = field(default_factory=lambda: f"msg_{random_hex()}")
     attempts: int = 0
     ordering_key: str | None = None
     sequence: int | None = None

@@ -7,7 +7,6 @@ the same envelope.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
 from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
+from harmony.routing.ids import random_hex
 from harmony.routing.messages import (
     AGENT_CAPACITY,
     AGENT_STATE,
@@ -96,7 +96,7 @@ class Envelope(BaseModel):
 
 def new_event_id() -> str:
     """Return a fresh, globally unique event id."""
-    return f"evt_{uuid.uuid4().hex}"
+    return f"evt_{random_hex()}"
 
 
 def envelope(event_type: str, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
 async def post_event(
     client: httpx.AsyncClient,
-    url: str,
+    url: str | httpx.URL,
     signer: Signer,
     message: dict[str, Any],
     timeout: float | None = None,  # noqa: ASYNC109 - httpx request timeout, not a task deadline
