@@ -224,6 +224,7 @@ def create_app(
         {"crm": sorted(settings.crm_adapters), "acd": sorted(settings.acd_adapters)},
     )
     app.include_router(events.router)
+    events.install_event_routes(app)
     app.include_router(operators.router)
     app.include_router(inbox.router)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)

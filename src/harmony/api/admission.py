@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -52,6 +52,40 @@ class Overloaded(HarmonyError):
     def __init__(self, detail: str, *, retry_after: int) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class _Slot:
+    """What ``Admission.slot`` returns: the slots an event holds while it is applied (a plain
+    class: every event enters one, and generator-based context managers cost several times
+    more)."""
+
+    __slots__ = ("_admission", "_held", "_new_work")
+
+    def __init__(self, admission: Admission, new_work: bool) -> None:
+        self._admission = admission
+        self._new_work = new_work
+        self._held: tuple[asyncio.Semaphore, ...] = ()
+
+    async def __aenter__(self) -> None:
+        admission = self._admission
+        if self._new_work:
+            await admission._take(admission._new_work_slots, admission._wait)
+            try:
+                await admission._take(admission._slots, admission._wait)
+            except BaseException:
+                admission._new_work_slots.release()
+                raise
+            self._held = (admission._new_work_slots, admission._slots)
+        else:
+            await admission._take(admission._slots, max(admission._wait, FINISHING_WAIT_SECONDS))
+            self._held = (admission._slots,)
+        admission.in_flight += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        self._admission.in_flight -= 1
+        for slots in self._held:
+            slots.release()
+        self._held = ()
 
 
 class Admission:
@@ -102,47 +136,30 @@ class Admission:
                 retry_after=self._retry_after,
             )
 
-    @contextlib.asynccontextmanager
-    async def slot(self, command: commands.Command) -> AsyncIterator[None]:
-        """Hold one of the ``max_inflight`` slots for the block (a new interaction: one of the
-        slots new work may use, too); raise ``Overloaded`` if none frees up within the wait.
+    def slot(self, command: commands.Command) -> _Slot:
+        """Hold one of the ``max_inflight`` slots for the ``async with`` block (a new
+        interaction: one of the slots new work may use, too); raise ``Overloaded`` if none
+        frees up within the wait.
 
         Events that finish work under way wait up to a second at least: refusing them only
         delays work already accepted, by the sender's Retry-After."""
-        async with contextlib.AsyncExitStack() as held:
-            if isinstance(command, commands.CreateInteraction):
-                await held.enter_async_context(self._held(self._new_work_slots, self._wait))
-                await held.enter_async_context(self._held(self._slots, self._wait))
-            else:
-                wait = max(self._wait, FINISHING_WAIT_SECONDS)
-                await held.enter_async_context(self._held(self._slots, wait))
-            self.in_flight += 1
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+        return _Slot(self, isinstance(command, commands.CreateInteraction))
 
-    @contextlib.asynccontextmanager
-    async def _held(self, slots: asyncio.Semaphore, wait: float) -> AsyncIterator[None]:
-        if slots.locked():
-            try:
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
-                    await slots.acquire()
-            except TimeoutError:
-                self.refused["busy"] += 1
-                raise Overloaded(
-                    f"{self.max_inflight} events are being applied; none finished within "
-                    f"{wait:g} s",
-                    retry_after=self._retry_after,
-                ) from None
-        else:
+    async def _take(self, slots: asyncio.Semaphore, wait: float) -> None:
+        if not slots.locked():
             await slots.acquire()
+            return
         try:
-            yield
-        finally:
-            slots.release()
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                await slots.acquire()
+        except TimeoutError:
+            self.refused["busy"] += 1
+            raise Overloaded(
+                f"{self.max_inflight} events are being applied; none finished within {wait:g} s",
+                retry_after=self._retry_after,
+            ) from None
 
     async def sample(self) -> float:
         """Read the relay lag now (what ``run`` does periodically) and return it."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
 
 import httpx
 from fastapi import Request
@@ -13,6 +15,7 @@ from harmony.config import Settings
 from harmony.db.engine import Database
 from harmony.outbox.housekeeping import Housekeeper
 from harmony.outbox.relay import Relay
+from harmony.routing import commands
 from harmony.routing.ports import Clock
 
 
@@ -28,6 +31,16 @@ class Container:
     http: httpx.AsyncClient
     housekeeper: Housekeeper
     admission: Admission
+
+    @cached_property
+    def policy(self) -> commands.Policy:
+        """The settings the use cases read, built once from ``settings`` (every event needs
+        them)."""
+        return commands.Policy(
+            acd_adapter=self.settings.routing_acd,
+            not_ready_reasons=self.settings.not_ready_reasons,
+            inbox_retention=timedelta(days=self.settings.inbox_retention_days),
+        )
 
 
 async def container(request: Request) -> Container:

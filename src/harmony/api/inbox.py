@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from harmony.adapters.generic_http.protocol import EVENT_ID_PATTERN
 from harmony.api.deps import Container, container
-from harmony.api.events import answer, policy_of
+from harmony.api.events import answer
 from harmony.api.plumbing import errors
 from harmony.api.schemas import AgentEventAccepted, EventAccepted
 from harmony.errors import NotFound
@@ -97,6 +97,6 @@ async def redrive_inbox_event(
         return wired.registry.get(TargetKind(kind), name).parse_stored(payload)
 
     result = await commands.redrive(
-        source, event_id, parse, wired.db.uow, wired.clock, policy_of(wired.settings)
+        source, event_id, parse, wired.db.uow, wired.clock, wired.policy
     )
     return answer(result)
