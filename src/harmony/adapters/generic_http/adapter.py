@@ -36,7 +36,8 @@ class GenericHttpAdapter:
     ) -> None:
         self.kind = kind
         self.name = name
-        self._url = str(settings.url).rstrip("/") + "/events"
+        # Parsed once: httpx would parse the string again on every send.
+        self._url = httpx.URL(str(settings.url).rstrip("/") + "/events")
         self._timeout = settings.timeout_seconds
         self._signer = Signer(settings.secret)
         self._client = client
