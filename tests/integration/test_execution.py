@@ -4,8 +4,9 @@ unit of work's transaction, and fail the way SQLAlchemy's do (on both databases)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
@@ -169,3 +170,131 @@ async def test_none_in_a_json_column_is_json_null_as_through_sqlalchemy(database
         await db.dispose()
     # Neither is SQL NULL (the column is NOT NULL): both are the JSON value null.
     assert [tuple(row) for row in stored] == [("direct-null", False), ("sqlalchemy-null", False)]
+
+
+def profile_values(name: str, n: int) -> dict[str, object]:
+    return {
+        "name": name,
+        "capacity": {"chat": n},
+        "wrap_up_seconds": {"chat": 0.5},
+        "blocks": [],
+        "created_at": AT + timedelta(seconds=n),
+        "updated_at": AT,
+    }
+
+
+@contextlib.contextmanager
+def statements_sent_on(driver_connection: object) -> Iterator[list[str]]:
+    """The SQL of every statement asyncpg sends on this one connection (others are not
+    counted: the whole process's statements would include other tests' leftovers)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    sent: list[str] = []
+    originals = {name: getattr(asyncpg.Connection, name) for name in ("execute", "fetch")}
+
+    def recording(original: Any) -> Any:
+        def send(this: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            if this is driver_connection:
+                sent.append(query)
+            return original(this, query, *args, **kwargs)
+
+        return send
+
+    for name, original in originals.items():
+        setattr(asyncpg.Connection, name, recording(original))
+    try:
+        yield sent
+    finally:
+        for name, original in originals.items():
+            setattr(asyncpg.Connection, name, original)
+
+
+async def test_rows_inserted_later_ride_with_the_next_write(database_url: str) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            driver = (await conn.get_raw_connection()).driver_connection
+            with statements_sent_on(driver) as sent:
+                await run.execute(INSERT_QUEUE, queue_values("carrier"))
+                await run.insert_later(
+                    INSERT_PROFILES, [profile_values("later-a", 1), profile_values("later-b", 2)]
+                )
+                # A write to another table: on PostgreSQL the profiles go with it.
+                renamed = await run.execute(
+                    RENAME_SKILLS, {"b_name": "carrier", "b_skills": ["billing"]}
+                )
+                stored = (await run.execute(PROFILES, {"b_prefix": "later-%"})).all()
+            await conn.commit()
+    finally:
+        await db.dispose()
+    assert renamed.rowcount == 1  # the update's own count, not the carried inserts'
+    assert [(row.name, row.capacity, row.created_at) for row in stored] == [
+        ("later-a", {"chat": 1}, AT + timedelta(seconds=1)),
+        ("later-b", {"chat": 2}, AT + timedelta(seconds=2)),
+    ]
+    if "postgresql" in database_url:
+        assert [statement.split()[0] for statement in sent] == ["INSERT", "WITH", "SELECT"]
+        assert sent[1].startswith("WITH later_0 AS \n(INSERT INTO profiles")
+        assert "UPDATE queues" in sent[1]
+
+
+async def test_a_statement_naming_their_table_sends_rows_inserted_later_first(
+    database_url: str,
+) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            await run.insert_later(INSERT_QUEUE, [queue_values("pending")])
+            read = (await run.execute(QUEUE, {"b_name": "pending"})).first()
+            await run.insert_later(INSERT_QUEUE, [queue_values("pending-2")])
+            renamed = await run.execute(
+                RENAME_SKILLS, {"b_name": "pending-2", "b_skills": ["billing"]}
+            )
+            await conn.rollback()
+    finally:
+        await db.dispose()
+    assert read is not None and read.skills == ["support", "ü-lang"]
+    assert renamed.rowcount == 1
+
+
+async def test_flush_sends_rows_inserted_later_and_a_rollback_drops_them(
+    database_url: str,
+) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            await run.insert_later(INSERT_QUEUE, [queue_values("flushed")])
+            await run.insert_later(INSERT_PROFILES, [profile_values("flushed", 3)])
+            await run.flush()
+            await run.flush()  # nothing left: sends nothing
+            await conn.commit()
+        async with transaction(db) as (conn, run):
+            await run.insert_later(INSERT_QUEUE, [queue_values("dropped")])
+            await run.execute(RENAME_SKILLS, {"b_name": "flushed", "b_skills": []})
+            await conn.rollback()
+        async with db.engine.connect() as conn:
+            names = set((await conn.execute(select(queues.c.name))).scalars())
+            profile = (await conn.execute(PROFILES.statement, {"b_prefix": "flushed"})).first()
+    finally:
+        await db.dispose()
+    assert "flushed" in names and "dropped" not in names
+    assert profile is not None and profile.capacity == {"chat": 3}
+
+
+async def test_a_row_inserted_later_that_violates_a_constraint_fails_its_carrier(
+    database_url: str,
+) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            await run.execute(INSERT_QUEUE, queue_values("taken"))
+            # Raised where the row is sent: at once on SQLite, by the flush on PostgreSQL.
+            with pytest.raises(IntegrityError) as raised:
+                await run.insert_later(INSERT_PROFILES, [profile_values("with-it", 1)])
+                await run.insert_later(INSERT_QUEUE, [queue_values("taken")])
+                await run.flush()
+            await conn.rollback()
+    finally:
+        await db.dispose()
+    if "postgresql" in database_url:
+        assert sqlstate(raised.value) == "23505"

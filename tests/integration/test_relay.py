@@ -19,6 +19,7 @@ from sqlalchemy import select
 from harmony.adapters.base import AdapterError, AdapterRegistry
 from harmony.db.engine import Database
 from harmony.db.tables import outbox
+from harmony.dev.bench.served import SqlCounter
 from harmony.errors import TryAgain
 from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
 from harmony.routing import agents, interactions
@@ -588,6 +589,9 @@ class _FailsOnEntry:
     def __init__(self, error: BaseException) -> None:
         self._error = error
 
+    def single_statement(self) -> Any:
+        return self
+
     async def __aenter__(self) -> Any:
         raise self._error
 
@@ -862,3 +866,42 @@ async def test_handed_messages_waiting_for_a_send_slot_count_as_relay_lag(world:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_acknowledgements_with_no_delivery_are_recorded_in_one_statement(
+    world: World, database_url: str
+) -> None:
+    mail = await world.create("mail-1", Channel.EMAIL)
+    async with world.db.uow() as uow:
+        [claimed] = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "relay-a")
+        await uow.commit()
+    counter = SqlCounter()
+    counter.install()
+    try:
+        recorded = await interactions.messages_sent(
+            world.db.uow(), world.clock, [(claimed.message, claimed.claim_token)]
+        )
+    finally:
+        counter.uninstall()
+
+    assert recorded == {claimed.message.id}
+    routing = await world.only(ROUTING_REQUESTED)
+    assert (routing.status, routing.interaction_id) == ("sent", mail)
+    if "postgresql" in database_url:
+        # No BEGIN and COMMIT around it: the one UPDATE is atomic by itself.
+        assert (counter.statements, counter.commits) == (1, 0)
+
+
+@pytest.mark.postgres
+async def test_a_single_statement_unit_of_work_refuses_a_second_statement(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, FakeClock().now)
+    try:
+        await db.migrate()
+        async with db.uow().single_statement() as uow:
+            assert await uow.outbox.pending_count() == 0
+            with pytest.raises(RuntimeError, match="second statement"):
+                await uow.outbox.pending_count()
+    finally:
+        await db.dispose()

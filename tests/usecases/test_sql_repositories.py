@@ -42,17 +42,22 @@ async def test_a_unit_of_work_left_without_commit_discards_everything(
 async def test_save_detects_a_stale_version_and_bumps_it(world: World) -> None:
     created = await world.create("chat-1")
     async with world.store.uow() as uow:
-        mine = await uow.interactions.get(created.interaction_id, for_update=True)
         stale = await uow.interactions.get(created.interaction_id)
+    async with world.store.uow() as uow:
+        mine = await uow.interactions.get(created.interaction_id, for_update=True)
         assert mine is not None and stale is not None
         mine.note("first", world.clock.now(), "test", {})
         await uow.interactions.save(mine)
         assert mine.version == 1 and mine.new_history == []
+        await uow.commit()
+    async with world.store.uow() as uow:
         stale.note("second", world.clock.now(), "test", {})
         with pytest.raises(Conflict) as caught:
             await uow.interactions.save(stale)
         assert caught.value.code == "concurrent_update"
-        await uow.commit()
+        # The stale save's history must not be committed with anything else of this unit.
+        with pytest.raises(Conflict):
+            await uow.commit()
     assert (await world.interaction(created.interaction_id)).version == 1
     assert [h.event for h in await world.store.history(created.interaction_id)][-1] == "first"
 

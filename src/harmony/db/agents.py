@@ -520,10 +520,11 @@ class SqlAgents:
         )
 
     async def append_history(self, entries: list[AgentStateEntry]) -> None:
-        """Append lines in one INSERT."""
+        """Append lines in one INSERT, sent with the unit of work's next write (nothing reads
+        history back within one)."""
         if not entries:
             return
-        await self._conn.execute(
+        await self._conn.insert_later(
             _INSERT_HISTORY,
             [
                 {

@@ -17,6 +17,13 @@ of Harmony's CPU.
   SQLAlchemy at run time: expanding ``IN`` lists, Python-side column defaults) goes through
   SQLAlchemy unchanged.
 
+Rows that nothing reads back before the unit of work ends (history lines, outbox messages) are
+inserted with ``insert_later``: on asyncpg they ride along with the unit of work's next write as
+data-modifying CTEs of that statement (``WITH later_0 AS (INSERT ...) UPDATE ...``), or are sent
+in one statement by ``flush`` before the commit, so they cost no round trip of their own. A
+statement that reads or writes one of their tables, or that is not run here directly, sends them
+first: nothing ever reads around a row it wrote. Elsewhere they are inserted at once.
+
 The transaction is SQLAlchemy's: ``begin_now`` starts the driver's at once instead of at the
 first statement, so that statements run here are inside it; commit and rollback are
 SQLAlchemy's. This leans on three members of SQLAlchemy's asyncpg adapter (``_start_transaction``,
@@ -29,10 +36,12 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
+from sqlalchemy import Table, bindparam, insert, literal_column, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable, Insert
+from sqlalchemy.sql import Delete, Executable, Insert, Update
+from sqlalchemy.sql.util import find_tables
 
 __all__ = ["Prepared", "Statements"]
 
@@ -42,10 +51,17 @@ Params = Mapping[str, Any]
 class Prepared:
     """A statement built once, which ``Statements.execute`` may run on the driver directly."""
 
-    __slots__ = ("_compiled", "statement")
+    __slots__ = ("_compiled", "statement", "tables", "writes")
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
+        # What a row inserted later must not be read around by: every table the statement names.
+        self.tables = frozenset(
+            table.name
+            for table in find_tables(cast(Any, statement), include_crud=True, include_aliases=True)
+            if isinstance(table, Table)
+        )
+        self.writes = isinstance(statement, Insert | Update | Delete)
         # By the names of the parameters given, in the caller's order (each call site builds its
         # mapping the same way, so sorting them per execution would only cost time): an
         # INSERT's columns are those given.
@@ -144,6 +160,48 @@ class _Compiled:
         ]
 
 
+# The statement that carries rows inserted later when nothing else does (``flush``).
+_NOTHING_ELSE = Prepared(select(literal_column("1")))
+# Statements carrying rows inserted later, compiled once per shape: the carrier and its
+# parameter names, then each table's insert (its statement, column names, row count). Bounded:
+# row counts vary, and a shape beyond the bound is sent as separate statements instead.
+_CarriedShape = tuple[Prepared, tuple[str, ...], tuple[tuple[Prepared, tuple[str, ...], int], ...]]
+# The compiled statement, and the names of the carried rows' parameters: per insert, per row,
+# in its columns' order.
+_Carried = tuple["_Compiled", tuple[tuple[tuple[str, ...], ...], ...]]
+_CARRIED: dict[_CarriedShape, _Carried | None] = {}
+_CARRIED_SHAPES_MAX = 512
+
+
+def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
+    try:
+        return _CARRIED[shape]
+    except KeyError:
+        pass
+    carrier, names, later = shape
+    ctes = []
+    row_names = []
+    for number, (statement, columns, count) in enumerate(later):
+        table = cast(Insert, statement.statement).table
+        rows = tuple(
+            tuple(f"later_{number}_{row}_{column}" for column in columns) for row in range(count)
+        )
+        row_names.append(rows)
+        values = [
+            {
+                column: bindparam(name, type_=table.c[column].type)
+                for column, name in zip(columns, row, strict=True)
+            }
+            for row in rows
+        ]
+        ctes.append(insert(table).values(values).cte(f"later_{number}"))
+    compiled = _Compiled.of(cast(Any, carrier.statement).add_cte(*ctes), dialect, names)
+    carried = None if compiled is None else (compiled, tuple(row_names))
+    if len(_CARRIED) < _CARRIED_SHAPES_MAX:
+        _CARRIED[shape] = carried
+    return carried
+
+
 class DirectResult:
     """What ``Statements.execute`` returns on asyncpg: the part of SQLAlchemy's ``Result``
     that the repositories use (rows read by attribute, like SQLAlchemy's)."""
@@ -199,6 +257,8 @@ class Statements:
         self._dialect = conn.dialect
         self._adapted: Any = None
         self._driver: Any = None
+        # Rows to insert with the next write or at flush: (insert statement, rows) in order.
+        self._later: list[tuple[Prepared, list[Params]]] = []
 
     @property
     def dialect(self) -> Dialect:
@@ -207,30 +267,76 @@ class Statements:
 
     async def begin_now(self) -> None:
         """Start the transaction now (on asyncpg; elsewhere SQLAlchemy starts it as usual)."""
-        if self._dialect.driver != "asyncpg":
+        adapted = await self._take_driver()
+        if adapted is None:
             return
-        fairy = await self._conn.get_raw_connection()
-        adapted = fairy.dbapi_connection
-        if adapted is None or adapted._transaction is not None:  # pragma: no cover
-            return
-        self._adapted = adapted
         try:
             await adapted._start_transaction()
         except Exception as exc:
             await self._raise_translated(exc, "BEGIN")
+
+    async def without_transaction(self) -> None:
+        """Run statements on the driver in its own autocommit mode, each atomic by itself,
+        with no transaction around them (on asyncpg; elsewhere SQLAlchemy's as usual)."""
+        await self._take_driver()
+
+    async def _take_driver(self) -> Any:
+        """The asyncpg connection under SQLAlchemy's, from now on run on directly (None where
+        the driver is another, or SQLAlchemy has begun a transaction on it already)."""
+        if self._dialect.driver != "asyncpg":
+            return None
+        fairy = await self._conn.get_raw_connection()
+        adapted = fairy.dbapi_connection
+        if adapted is None or adapted._transaction is not None:  # pragma: no cover
+            return None
+        self._adapted = adapted
         self._driver = adapted.driver_connection
+        return adapted
+
+    async def insert_later(self, statement: Prepared, rows: list[Params]) -> None:
+        """Insert ``rows`` with ``statement`` (a plain INSERT, each row naming the same
+        columns in the same order) before the next statement that names their table, and at
+        the latest at ``flush``; at once where statements are not run here directly."""
+        if not rows:
+            return
+        if self._driver is None:
+            await self.execute(statement, rows)
+            return
+        self._later.append((statement, rows))
+
+    async def flush(self) -> None:
+        """Send the rows still waiting to be inserted (before a commit)."""
+        if not self._later:
+            return
+        carried = self._carry(_NOTHING_ELSE, (), {}, many=False) if len(self._later) > 1 else None
+        if carried is not None:
+            await self._run(*carried, many=False)
+            return
+        later, self._later = self._later, []
+        for statement, rows in later:
+            await self.execute(statement, rows)
 
     async def execute(self, statement: Prepared | Executable, params: Any = None) -> Any:
         """Run ``statement`` with ``params`` (a mapping, or a list of them for an INSERT of
         several rows); the result reads like SQLAlchemy's."""
         if self._driver is None or not isinstance(statement, Prepared):
+            await self.flush()
             target = statement.statement if isinstance(statement, Prepared) else statement
             return await self._conn.execute(target, params)
         many = isinstance(params, list)
         first: Params = (params[0] if params else {}) if many else (params or {})
-        compiled = statement.compiled(self._dialect, tuple(first))
+        names = tuple(first)
+        if self._later:
+            carried = self._carry(statement, names, first, many=many)
+            if carried is not None:
+                return await self._run(*carried, many=False)
+            await self.flush()
+        compiled = statement.compiled(self._dialect, names)
         if compiled is None:
             return await self._conn.execute(statement.statement, params)
+        return await self._run(compiled, params if many else first, many=many)
+
+    async def _run(self, compiled: _Compiled, params: Any, *, many: bool) -> DirectResult:
         try:
             if many:
                 if compiled.returns_rows:  # pragma: no cover - not used so
@@ -239,7 +345,7 @@ class Statements:
                     compiled.sql, [compiled.arguments(p) for p in params]
                 )
                 return DirectResult([], len(params))
-            arguments = compiled.arguments(first)
+            arguments = compiled.arguments(params)
             if compiled.returns_rows:
                 records = await self._driver.fetch(compiled.sql, *arguments)
                 return DirectResult(compiled.make_rows(records), len(records))
@@ -248,6 +354,35 @@ class Statements:
         except Exception as exc:
             await self._raise_translated(exc, compiled.sql)
             raise  # pragma: no cover - _raise_translated always raises
+
+    def _carry(
+        self, statement: Prepared, names: tuple[str, ...], params: Params, *, many: bool
+    ) -> tuple[_Compiled, Params] | None:
+        """``statement`` compiled to carry the rows waiting to be inserted, with its parameters
+        and theirs; None where it must not (it reads or writes one of their tables, it is not a
+        write, or runs for several rows) and they must be sent before it."""
+        later = self._later
+        if statement is not _NOTHING_ELSE and (
+            many
+            or not statement.writes
+            or any(inserted.tables & statement.tables for inserted, _ in later)
+        ):
+            return None
+        shape = (
+            statement,
+            names,
+            tuple((inserted, tuple(rows[0]), len(rows)) for inserted, rows in later),
+        )
+        carried = _carrying(shape, self._dialect)
+        if carried is None:
+            return None
+        compiled, names_of_rows = carried
+        merged = dict(params)
+        for (_, rows), row_names in zip(later, names_of_rows, strict=True):
+            for row, names_of_row in zip(rows, row_names, strict=True):
+                merged.update(zip(names_of_row, row.values(), strict=True))
+        self._later = []
+        return compiled, merged
 
     async def _raise_translated(self, exc: Exception, sql: str) -> None:
         """Raise ``exc`` as SQLAlchemy would have: its DBAPI error wrapped in ``DBAPIError``'s

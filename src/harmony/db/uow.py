@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -45,6 +44,7 @@ from harmony.db.tables import (
 )
 from harmony.errors import Conflict, TryAgain
 from harmony.routing.agent_state import Profile
+from harmony.routing.ids import random_hex
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
@@ -211,6 +211,9 @@ class SqlInteractions:
     def __init__(self, conn: Statements) -> None:
         self._conn = conn
         self.state_changes: list[HistoryEntry] = []
+        # A save that met a newer version: its history went with its update, so this unit of
+        # work must not commit (it never does in a use case: the Conflict rolls it back).
+        self.conflicted = False
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
@@ -276,7 +279,9 @@ class SqlInteractions:
 
     async def save_many(self, changed: Sequence[Interaction]) -> None:
         """Write each one's new state if nobody else changed its row since it was read
-        (Conflict otherwise); their new history in one multi-row insert."""
+        (Conflict otherwise); their new history in one multi-row insert, sent with the first
+        update (a conflict rolls the whole unit of work back, history included)."""
+        await self._append_history(*changed)
         for interaction in changed:
             values = _interaction_values(interaction)
             # _SAVE was built for these columns: one more would silently not be written.
@@ -290,19 +295,20 @@ class SqlInteractions:
                 },
             )
             if result.rowcount != 1:
+                self.conflicted = True
                 raise Conflict(
                     f"interaction {interaction.id} was changed concurrently; retry",
                     code="concurrent_update",
                 )
             interaction.version += 1
-        await self._append_history(*changed)
 
     async def _append_history(self, *changed: Interaction) -> None:
         entries = [entry for interaction in changed for entry in interaction.new_history]
         if not entries:
             return
         self.state_changes.extend(e for e in entries if e.from_state != e.to_state)
-        await self._conn.execute(
+        # Nothing reads history back within a unit of work: it goes with the next write.
+        await self._conn.insert_later(
             _INSERT_INTERACTION_HISTORY,
             [
                 {
@@ -712,7 +718,7 @@ class SqlOutbox:
         handoff = self._handoff
         if handoff is not None and message.ordering_key is None and message.supersede_key is None:
             if self._claim_token is None:
-                self._claim_token = uuid.uuid4().hex
+                self._claim_token = random_hex()
             lease_until = at + timedelta(seconds=handoff.lease_seconds)
             values.update(
                 attempts=1,
@@ -730,7 +736,8 @@ class SqlOutbox:
                     last_error=None,
                 )
             )
-        await self._conn.execute(_INSERT_OUTBOX, values)
+        # Nothing reads it back before the commit: it goes with the next write.
+        await self._conn.insert_later(_INSERT_OUTBOX, [values])
         self.added += 1
 
     async def _supersede(self, message: OutboundMessage, at: datetime) -> None:
@@ -766,7 +773,7 @@ class SqlOutbox:
         On PostgreSQL one statement picks and leases the rows, skipping (not waiting for) rows
         other relays are claiming; on SQLite, whose writers take turns, a select then an update.
         """
-        token = uuid.uuid4().hex
+        token = random_hex()
         lease_until = now + timedelta(seconds=lease_seconds)
         params = {
             "due_at": now,
@@ -872,6 +879,27 @@ def _raise_try_again_if_transient(exc: BaseException) -> None:
     ) from exc
 
 
+class _OneStatement(Statements):
+    """Statements of a single-statement unit of work: the one runs in autocommit, and a second
+    is refused, since it would not be atomic with the first."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn)
+        self._ran = False
+
+    async def execute(self, statement: Prepared | Any, params: Any = None) -> Any:
+        """Run the one statement; refuse another."""
+        if self._ran:
+            raise RuntimeError("a single-statement unit of work ran a second statement")
+        self._ran = True
+        return await super().execute(statement, params)
+
+    async def insert_later(self, statement: Prepared, rows: list[Any]) -> None:
+        """Insert at once: this is the one statement."""
+        if rows:
+            await self.execute(statement, rows)
+
+
 class SqlUnitOfWork:
     """One database transaction exposing the repositories.
 
@@ -927,12 +955,20 @@ class SqlUnitOfWork:
         self._on_outbox_commit = on_outbox_commit
         self._handoff = handoff
         self._conn: AsyncConnection | None = None
+        self._statements: Statements | None = None
         self._holds_lock = False
         self._received: ReceivedEvent | None = None
+        self._single = False
 
     def receiving(self, event: ReceivedEvent) -> Self:
         """Note the event this unit of work applies (its payload goes into its inbox row)."""
         self._received = event
+        return self
+
+    def single_statement(self) -> Self:
+        """This unit of work runs one statement: on PostgreSQL without BEGIN and COMMIT around
+        it (two round trips fewer), elsewhere in a transaction as usual."""
+        self._single = True
         return self
 
     async def __aenter__(self) -> Self:
@@ -941,9 +977,14 @@ class SqlUnitOfWork:
             self._holds_lock = True
         try:
             self._conn = await self._engine.connect()
-            await self._conn.begin()
             statements = Statements(self._conn)
-            await statements.begin_now()
+            if self._single and self._conn.dialect.driver == "asyncpg":
+                statements = _OneStatement(self._conn)
+                await statements.without_transaction()
+            else:
+                await self._conn.begin()
+                await statements.begin_now()
+            self._statements = statements
         except BaseException as exc:
             await self._cleanup()
             _raise_try_again_if_transient(exc)
@@ -983,8 +1024,15 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         """Commit, then wake the relay if this transaction promised outbound messages."""
-        assert self._conn is not None
-        await self._conn.commit()
+        assert self._conn is not None and self._statements is not None
+        if self.interactions.conflicted:
+            raise Conflict(
+                "a save in this unit of work met a concurrent update: it cannot commit; retry",
+                code="concurrent_update",
+            )
+        await self._statements.flush()
+        if self._conn.in_transaction():
+            await self._conn.commit()
         # The one INFO line per interaction state change, written once the change is durable.
         for change in self.interactions.state_changes:
             state_log.info(

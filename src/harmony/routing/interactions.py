@@ -453,8 +453,11 @@ async def messages_sent(
 
     Returns the ids recorded. A message whose claim was lost is left out, with nothing changed
     for it: the relay now holding it records its fate. Lock order: the outbox rows, then the
-    delivered interactions in id order.
+    delivered interactions in id order. With no delivery among them, recording them is one
+    statement.
     """
+    if not any(message.type == INTERACTION_DELIVER for message, _ in sent):
+        uow = uow.single_statement()
     async with uow:
         now = clock.now()
         recorded = await uow.outbox.mark_sent_many(

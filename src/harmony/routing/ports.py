@@ -433,6 +433,12 @@ class UnitOfWork(Protocol):
         writes its payload in the same statement as the claim (or the refusal)."""
         ...
 
+    def single_statement(self) -> Self:
+        """Say, before it begins, that this unit of work runs one statement only, which is
+        atomic by itself: the store may run it without a transaction around it (a second
+        statement is then a programming error, refused)."""
+        ...
+
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self) -> UnitOfWork: ...
