@@ -3,7 +3,9 @@ unit of work's transaction, and fail the way SQLAlchemy's do (on both databases)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,6 +152,44 @@ async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
     assert counter.statements == 3
     assert counter.commits == 1
     assert counter.checkouts >= 1
+
+
+@pytest.mark.postgres
+async def test_the_benchmarks_counter_leaves_out_other_threads_statements(
+    postgres_url: str,
+) -> None:
+    """The test suite's own threads (databases copied ahead, dropped after) send statements
+    while a test counts; only the installing thread's are Harmony's."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    dsn = postgres_url.replace("postgresql+asyncpg", "postgresql")
+
+    async def elsewhere() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.fetchval("select 1")
+            await conn.execute("select 2")
+        finally:
+            await conn.close()
+
+    db = Database(postgres_url, SystemClock().now)
+    async with db.engine.connect():
+        pass  # the first connection's own set-up queries are not counted below
+    counter = SqlCounter()
+    counter.install()
+    try:
+        try:
+            worker = threading.Thread(target=lambda: asyncio.run(elsewhere()))
+            worker.start()
+            worker.join()
+            async with db.engine.connect() as conn:
+                await conn.execute(QUEUE.statement, {"b_name": "none"})
+        finally:
+            await db.dispose()
+    finally:
+        counter.uninstall()
+    assert counter.statements == 1
+    assert counter.checkouts == 1
 
 
 async def test_none_in_a_json_column_is_json_null_as_through_sqlalchemy(database_url: str) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,13 @@ def _is_transaction_control(query: Any) -> bool:
 
 
 class SqlCounter:
-    """Counts the statements, pool checkouts and commits of the process."""
+    """Counts the statements, pool checkouts and commits sent from the thread that installed it.
+
+    Harmony's server sends every statement from its event loop's thread, the one that installs
+    the counter; another thread's (the test suite copying databases ahead) are not Harmony's."""
 
     def __init__(self) -> None:
+        self._thread = threading.get_ident()
         self.statements = 0
         self.checkouts = 0
         self.commits = 0
@@ -50,6 +55,7 @@ class SqlCounter:
     def install(self) -> None:
         """Wrap asyncpg's statement-sending methods and listen on SQLAlchemy's Engine and Pool
         classes, so connections and engines made later are counted too."""
+        self._thread = threading.get_ident()
         import asyncpg  # type: ignore[import-untyped]
         from asyncpg.prepared_stmt import PreparedStatement  # type: ignore[import-untyped]
         from sqlalchemy import event
@@ -87,17 +93,24 @@ class SqlCounter:
         counter = self
 
         def counted(this: Any, *args: Any, **kwargs: Any) -> Any:
-            if not (control and len(args) == 1 and _is_transaction_control(args[0])):
+            if counter._mine() and not (
+                control and len(args) == 1 and _is_transaction_control(args[0])
+            ):
                 counter.statements += 1
             return method(this, *args, **kwargs)
 
         return counted
 
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
     def _checkout(self, *_: Any) -> None:
-        self.checkouts += 1
+        if self._mine():
+            self.checkouts += 1
 
     def _commit(self, *_: Any) -> None:
-        self.commits += 1
+        if self._mine():
+            self.commits += 1
 
     def snapshot(self) -> dict[str, int]:
         """The counts so far."""
