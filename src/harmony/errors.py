@@ -10,6 +10,9 @@
     ├── UnsupportedMediaType          415 unsupported_media_type
     └── TryAgain                      503 try_again (contention outlasted the retries)
 
+``Collided`` is not among them: a use case's fast path raises it and its careful path catches
+it, so it never reaches a caller.
+
 The API's single exception handler turns these into ``{"error": code, "detail": ...}``; any
 other exception is logged with its traceback and answered ``500 {"error": "internal", "detail":
 ..., "request_id": ...}`` (api.plumbing.RequestIdMiddleware).
@@ -88,3 +91,9 @@ class UnsupportedMediaType(HarmonyError):
 
     status_code = 415
     code = "unsupported_media_type"
+
+
+class Collided(Exception):
+    """A one-write unit of work's write met a row already stored (a repeated event, a CRM id
+    seen before) or another constraint: nothing of the unit of work was stored. Not a
+    HarmonyError: the use case that asked for one write runs its careful path instead."""

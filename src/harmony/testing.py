@@ -9,7 +9,7 @@ unit of work (``harmony.db``; a SQLite file is cheap)::
     registry.register(acd)
     db = Database("sqlite+aiosqlite:///test.db", clock.now)
     await db.migrate()
-    await interactions.receive_interaction(db.uow(), clock, ...)
+    await interactions.receive_interaction(db.uow, clock, ...)
     await Relay(db.uow, registry, clock).drain()
     assert acd.sent_of_type("routing.requested")
 

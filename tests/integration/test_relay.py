@@ -65,7 +65,7 @@ class World:
         self, external_id: str, channel: Channel = Channel.CHAT, acd_adapter: str = "generic"
     ) -> str:
         outcome = await interactions.receive_interaction(
-            self.db.uow(),
+            self.db.uow,
             self.clock,
             crm_adapter="generic",
             acd_adapter=acd_adapter,

@@ -68,7 +68,7 @@ class World:
         **extra: Any,
     ) -> interactions.Outcome:
         return await interactions.receive_interaction(
-            self.store.uow(),
+            self.store.uow,
             self.clock,
             crm_adapter=extra.pop("crm_adapter", CRM),
             acd_adapter=extra.pop("acd_adapter", ACD),

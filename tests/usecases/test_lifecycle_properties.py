@@ -267,7 +267,7 @@ class Lifecycle(RuleBasedStateMachine):
     def create(self, external_id: str, channel: Channel, event_id: str) -> None:
         outcome = self.run(
             interactions.receive_interaction(
-                self.store.uow(),
+                self.store.uow,
                 self.clock,
                 crm_adapter="generic",
                 acd_adapter="generic",

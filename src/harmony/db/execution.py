@@ -79,7 +79,16 @@ class Prepared:
 
 
 class _Compiled:
-    __slots__ = ("defaults", "order", "processors", "returns_rows", "row", "row_processors", "sql")
+    __slots__ = (
+        "defaults",
+        "order",
+        "processors",
+        "returns_rows",
+        "row",
+        "row_processors",
+        "sql",
+        "writes",
+    )
 
     def __init__(
         self,
@@ -97,6 +106,7 @@ class _Compiled:
         self.returns_rows = bool(columns)
         self.row: Any = namedtuple("Row", columns, rename=True) if columns else None
         self.row_processors = row_processors if any(row_processors) else None
+        self.writes = False
 
     @classmethod
     def of(
@@ -125,7 +135,7 @@ class _Compiled:
         row_processors = [
             entry.type._cached_result_processor(dialect, None) for entry in compiled._result_columns
         ]
-        return cls(
+        made = cls(
             compiled.string,
             order,
             dict(compiled._bind_processors),
@@ -133,6 +143,8 @@ class _Compiled:
             columns,
             row_processors,
         )
+        made.writes = isinstance(statement, Insert | Update | Delete)
+        return made
 
     def arguments(self, params: Params) -> list[Any]:
         processors = self.processors
@@ -196,6 +208,8 @@ def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
         ]
         ctes.append(insert(table).values(values).cte(f"later_{number}"))
     compiled = _Compiled.of(cast(Any, carrier.statement).add_cte(*ctes), dialect, names)
+    if compiled is not None:
+        compiled.writes = True
     carried = None if compiled is None else (compiled, tuple(row_names))
     if len(_CARRIED) < _CARRIED_SHAPES_MAX:
         _CARRIED[shape] = carried
@@ -265,6 +279,13 @@ class Statements:
         """The connection's dialect."""
         return self._dialect
 
+    @property
+    def carries_later_rows(self) -> bool:
+        """Whether rows inserted later wait for the next write (on asyncpg) instead of going
+        in at once: a row they refer to by foreign key must then be written by that write,
+        not before them."""
+        return self._driver is not None
+
     async def begin_now(self) -> None:
         """Start the transaction now (on asyncpg; elsewhere SQLAlchemy starts it as usual)."""
         adapted = await self._take_driver()
@@ -322,7 +343,7 @@ class Statements:
         if self._driver is None or not isinstance(statement, Prepared):
             await self.flush()
             target = statement.statement if isinstance(statement, Prepared) else statement
-            return await self._conn.execute(target, params)
+            return await self._through_sqlalchemy(target, params)
         many = isinstance(params, list)
         first: Params = (params[0] if params else {}) if many else (params or {})
         names = tuple(first)
@@ -333,8 +354,14 @@ class Statements:
             await self.flush()
         compiled = statement.compiled(self._dialect, names)
         if compiled is None:
-            return await self._conn.execute(statement.statement, params)
+            return await self._through_sqlalchemy(statement.statement, params)
         return await self._run(compiled, params if many else first, many=many)
+
+    async def _through_sqlalchemy(self, statement: Executable, params: Any) -> Any:
+        return await self._conn.execute(statement, params)
+
+    def _later_tables(self) -> frozenset[str]:
+        return frozenset().union(*(inserted.tables for inserted, _ in self._later))
 
     async def _run(self, compiled: _Compiled, params: Any, *, many: bool) -> DirectResult:
         try:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harmony.db.agents import SqlAgents, SqlProfiles
@@ -42,7 +43,7 @@ from harmony.db.tables import (
     queue_waiting,
     queues,
 )
-from harmony.errors import Conflict, TryAgain
+from harmony.errors import Collided, Conflict, TryAgain
 from harmony.routing.agent_state import Profile
 from harmony.routing.ids import random_hex
 from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
@@ -123,6 +124,19 @@ def _store_inbox_row(dialect_insert: Any) -> Any:
     )
 
 
+# A one-write unit of work's claim and new interaction: plain INSERTs, which fail on a row
+# stored before instead of answering or updating it (the careful path does that).
+_INSERT_INBOX_ROW = Prepared(insert(inbox))
+# Its parameters are prefixed: bare column names would also bind the columns of the rows it
+# carries (history has an ``id`` too).
+_ADD_INTERACTION = Prepared(
+    insert(interactions).values(
+        {
+            column.name: bindparam(f"new_{column.name}", type_=column.type)
+            for column in interactions.c
+        }
+    )
+)
 _STORE_INBOX_ROW = {
     dialect: Prepared(_store_inbox_row(dialect_insert))
     for dialect, dialect_insert in DIALECT_INSERTS.items()
@@ -205,6 +219,28 @@ _SAVE = Prepared(
 )
 
 
+def _new_interaction_row(interaction: Interaction) -> dict[str, Any]:
+    return {
+        "id": interaction.id,
+        "crm_adapter": interaction.crm_adapter,
+        "external_id": interaction.external_id,
+        "channel": interaction.channel.value,
+        "queue": interaction.queue,
+        "priority": interaction.priority,
+        "skills": interaction.skills,
+        "customer": interaction.customer,
+        "subject": interaction.subject,
+        "acd_adapter": interaction.acd_adapter,
+        "received_at": interaction.received_at,
+        "version": 0,
+        **_interaction_values(interaction),
+    }
+
+
+def _prefixed_new_row(interaction: Interaction) -> dict[str, Any]:
+    return {f"new_{column}": value for column, value in _new_interaction_row(interaction).items()}
+
+
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
@@ -217,27 +253,23 @@ class SqlInteractions:
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
-        values = {
-            "id": interaction.id,
-            "crm_adapter": interaction.crm_adapter,
-            "external_id": interaction.external_id,
-            "channel": interaction.channel.value,
-            "queue": interaction.queue,
-            "priority": interaction.priority,
-            "skills": interaction.skills,
-            "customer": interaction.customer,
-            "subject": interaction.subject,
-            "acd_adapter": interaction.acd_adapter,
-            "received_at": interaction.received_at,
-            "version": 0,
-            **_interaction_values(interaction),
-        }
         statement = _INSERT_INTERACTION[self._conn.dialect.name]
-        result = await self._conn.execute(statement, values)
+        result = await self._conn.execute(statement, _new_interaction_row(interaction))
         if result.rowcount == 0:
             return False
         await self._append_history(interaction)
         return True
+
+    async def add(self, interaction: Interaction) -> None:
+        """Insert, with its history; an external id stored before fails the INSERT."""
+        if self._conn.carries_later_rows:
+            # The history rides with the INSERT, in one statement.
+            await self._append_history(interaction)
+            await self._conn.execute(_ADD_INTERACTION, _prefixed_new_row(interaction))
+            return
+        # Inserted at once: the history's foreign key needs the interaction first.
+        await self._conn.execute(_ADD_INTERACTION, _prefixed_new_row(interaction))
+        await self._append_history(interaction)
 
     async def _one(self, statement: Any, parameters: dict[str, Any]) -> Interaction | None:
         row = (await self._conn.execute(statement, parameters)).first()
@@ -467,6 +499,23 @@ class SqlInbox:
         }
         result = await self._conn.execute(_STORE_INBOX_ROW[self._conn.dialect.name], values)
         return bool(result.rowcount == 1)
+
+    async def claim_with_next_write(
+        self, source: str, event_id: str, event_type: str, at: datetime, interaction_id: str
+    ) -> None:
+        """Insert the event applied, with the next write; a row stored before fails it."""
+        values = {
+            "source": source,
+            "event_id": event_id,
+            "event_type": event_type,
+            "received_at": at,
+            "payload": self._payload_of(source, event_id),
+            "interaction_id": interaction_id,
+            "status": InboxStatus.APPLIED.value,
+            "handled_at": at,
+            "error": None,
+        }
+        await self._conn.insert_later(_INSERT_INBOX_ROW, [values])
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
         """Write the refusal on a row not applied meanwhile (by a concurrent delivery); the
@@ -900,6 +949,37 @@ class _OneStatement(Statements):
             await self.execute(statement, rows)
 
 
+class _OneWrite(Statements):
+    """Statements of a one-write unit of work on asyncpg: reads, each in autocommit, then one
+    write carrying every row inserted later. Anything that would make a second write, or send
+    those rows on their own before the write, is refused before it is sent: it would not be
+    atomic with the first."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn)
+        self._wrote = False
+
+    async def execute(self, statement: Prepared | Any, params: Any = None) -> Any:
+        """Run a read, or the one write (with the rows inserted later); refuse the rest."""
+        if not isinstance(statement, Prepared):
+            raise RuntimeError("a one-write unit of work runs prepared statements only")
+        if statement.writes and self._wrote:
+            raise RuntimeError("a one-write unit of work wrote a second time")
+        if self._later and (isinstance(params, list) or statement.tables & self._later_tables()):
+            raise RuntimeError("a one-write unit of work would send rows inserted later alone")
+        return await super().execute(statement, params)
+
+    async def _run(self, compiled: Any, params: Any, *, many: bool) -> Any:
+        if compiled.writes or many:
+            if self._wrote:
+                raise RuntimeError("a one-write unit of work wrote a second time")
+            self._wrote = True
+        return await super()._run(compiled, params, many=many)
+
+    async def _through_sqlalchemy(self, statement: Any, params: Any) -> Any:
+        raise RuntimeError("a one-write unit of work runs its statements on the driver only")
+
+
 class SqlUnitOfWork:
     """One database transaction exposing the repositories.
 
@@ -959,6 +1039,7 @@ class SqlUnitOfWork:
         self._holds_lock = False
         self._received: ReceivedEvent | None = None
         self._single = False
+        self._one_write = False
 
     def receiving(self, event: ReceivedEvent) -> Self:
         """Note the event this unit of work applies (its payload goes into its inbox row)."""
@@ -971,6 +1052,14 @@ class SqlUnitOfWork:
         self._single = True
         return self
 
+    def one_write(self) -> Self:
+        """This unit of work reads, then writes once (see the port): on PostgreSQL without
+        BEGIN and COMMIT (two round trips fewer), its rows added before the write carried by
+        it; elsewhere in a transaction as usual. A write meeting a constraint raises
+        ``Collided`` on leaving."""
+        self._one_write = True
+        return self
+
     async def __aenter__(self) -> Self:
         if self._write_lock is not None:
             await self._write_lock.acquire()
@@ -980,6 +1069,9 @@ class SqlUnitOfWork:
             statements = Statements(self._conn)
             if self._single and self._conn.dialect.driver == "asyncpg":
                 statements = _OneStatement(self._conn)
+                await statements.without_transaction()
+            elif self._one_write and self._conn.dialect.driver == "asyncpg":
+                statements = _OneWrite(self._conn)
                 await statements.without_transaction()
             else:
                 await self._conn.begin()
@@ -1010,6 +1102,8 @@ class SqlUnitOfWork:
         finally:
             await self._cleanup()
         if exc is not None:
+            if self._one_write and isinstance(exc, IntegrityError):
+                raise Collided(f"the one write met a stored row: {sqlstate(exc)}") from exc
             _raise_try_again_if_transient(exc)
 
     async def _cleanup(self) -> None:

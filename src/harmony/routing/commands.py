@@ -208,7 +208,7 @@ async def _create(
         subject=c.subject,
     )
     return await interactions.receive_interaction(
-        uows(),
+        uows,
         clock,
         crm_adapter=c.crm_adapter,
         acd_adapter=policy.acd_adapter,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.errors import Collided, Conflict, NotFound, ValidationFailed
 from harmony.routing.agent_state import (
     AgentStateEntry,
     StateOutcome,
@@ -39,7 +39,7 @@ from harmony.routing.model import (
     Queue,
     validate_capacity,
 )
-from harmony.routing.ports import Clock, UnitOfWork
+from harmony.routing.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 S = InteractionState
 
@@ -142,7 +142,7 @@ def _delivery(interaction: Interaction, agent: Agent) -> OutboundMessage:
 
 
 async def receive_interaction(
-    uow: UnitOfWork,
+    uows: UnitOfWorkFactory,
     clock: Clock,
     *,
     crm_adapter: str,
@@ -153,51 +153,105 @@ async def receive_interaction(
     """A CRM reported a new chat or email: store it and place a routing request in the ACD.
 
     The same event id, or the same CRM external id, twice yields one interaction and one
-    routing request.
+    routing request. Unlike the other use cases this one takes a factory of units of work: the
+    usual case, a first delivery about a new interaction, is written in a one-write unit of
+    work (two round trips on PostgreSQL: the queue read, then one statement); when that write
+    meets a row stored before, nothing was stored and a second, careful unit of work sorts out
+    the repeat.
     """
-    source = _source(TargetKind.CRM, crm_adapter)
+    arguments = _Receiving(crm_adapter, acd_adapter, event_id, new)
+    try:
+        return await _receive_first(uows().one_write(), clock, arguments)
+    except Collided:
+        return await _receive_again(uows(), clock, arguments)
+
+
+@dataclass(frozen=True)
+class _Receiving:
+    crm_adapter: str
+    acd_adapter: str
+    event_id: str
+    new: NewInteraction
+
+    @property
+    def source(self) -> str:
+        return _source(TargetKind.CRM, self.crm_adapter)
+
+
+async def _receive_first(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcome:
+    """Read the queue, then write the interaction with its history, the routing request and
+    the event's inbox row in the one write (a repeat makes it fail: ``Collided``)."""
+    interaction_id = str(random_uuid())
+    async with uow:
+        queue = await _queue_named(uow, r.new.queue)
+        now = clock.now()
+        interaction = _received(interaction_id, r, queue, now)
+        await uow.inbox.claim_with_next_write(
+            r.source, r.event_id, "interaction.created", now, interaction_id
+        )
+        await uow.outbox.add(_routing_request(interaction), now)
+        await uow.interactions.add(interaction)  # the one write: it carries the rows above
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def _receive_again(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcome:
+    """The careful path: claim the event first (a repeat answers as the first delivery did, a
+    refused one is applied now), then insert unless the external id is stored already."""
     interaction_id = str(random_uuid())
     async with uow:
         duplicate = await _claim_or_duplicate(
-            uow, source, event_id, "interaction.created", clock, interaction_id
+            uow, r.source, r.event_id, "interaction.created", clock, interaction_id
         )
         if duplicate:
             return duplicate
-        queue = await uow.queues.get(new.queue)
-        if queue is None:
-            raise ValidationFailed(f"data.queue: unknown queue '{new.queue}'", code="unknown_queue")
+        queue = await _queue_named(uow, r.new.queue)
         now = clock.now()
-        interaction = Interaction.receive(
-            interaction_id=interaction_id,
-            crm_adapter=crm_adapter,
-            external_id=new.external_id,
-            channel=new.channel,
-            queue=queue,
-            priority=new.priority,
-            skills=new.skills,
-            customer=new.customer,
-            subject=new.subject,
-            acd_adapter=acd_adapter,
-            at=now,
-            cause=f"interaction.created {event_id} from {source}",
-        )
-        interaction.request_id = f"rr_{random_hex()}"
-        interaction.move_to(
-            S.ROUTING,
-            now,
-            event="routing_requested",
-            cause=f"routing request placed with acd:{acd_adapter}",
-            detail={"request_id": interaction.request_id},
-        )
+        interaction = _received(interaction_id, r, queue, now)
         if not await uow.interactions.add_if_absent(interaction):
-            existing = await uow.interactions.get_by_external_id(crm_adapter, new.external_id)
+            existing = await uow.interactions.get_by_external_id(r.crm_adapter, r.new.external_id)
             assert existing is not None
-            await uow.inbox.link(source, event_id, existing.id)
+            await uow.inbox.link(r.source, r.event_id, existing.id)
             await uow.commit()
             return Outcome(existing.id, duplicate=True)
         await uow.outbox.add(_routing_request(interaction), now)
         await uow.commit()
         return Outcome(interaction.id)
+
+
+async def _queue_named(uow: UnitOfWork, name: str) -> Queue:
+    queue = await uow.queues.get(name)
+    if queue is None:
+        raise ValidationFailed(f"data.queue: unknown queue '{name}'", code="unknown_queue")
+    return queue
+
+
+def _received(interaction_id: str, r: _Receiving, queue: Queue, now: datetime) -> Interaction:
+    """The new interaction, received and with its routing request placed."""
+    new = r.new
+    interaction = Interaction.receive(
+        interaction_id=interaction_id,
+        crm_adapter=r.crm_adapter,
+        external_id=new.external_id,
+        channel=new.channel,
+        queue=queue,
+        priority=new.priority,
+        skills=new.skills,
+        customer=new.customer,
+        subject=new.subject,
+        acd_adapter=r.acd_adapter,
+        at=now,
+        cause=f"interaction.created {r.event_id} from {r.source}",
+    )
+    interaction.request_id = f"rr_{random_hex()}"
+    interaction.move_to(
+        S.ROUTING,
+        now,
+        event="routing_requested",
+        cause=f"routing request placed with acd:{r.acd_adapter}",
+        detail={"request_id": interaction.request_id},
+    )
+    return interaction
 
 
 async def _interaction_for_crm_event(

@@ -79,6 +79,11 @@ class InteractionRepository(Protocol):
         """Store a new interaction; False (nothing stored) if its CRM external id exists."""
         ...
 
+    async def add(self, interaction: Interaction) -> None:
+        """Store a new interaction and its history; a CRM external id stored before makes the
+        write fail (``Collided`` on leaving a one-write unit of work)."""
+        ...
+
     async def get(self, interaction_id: str, *, for_update: bool = False) -> Interaction | None:
         """Load one interaction; ``for_update`` locks it until the unit of work ends."""
         ...
@@ -295,6 +300,14 @@ class ReceivedEvent:
 
 
 class Inbox(Protocol):
+    async def claim_with_next_write(
+        self, source: str, event_id: str, event_type: str, at: datetime, interaction_id: str
+    ) -> None:
+        """Store an incoming event as applied, with the unit of work's next write; an event
+        stored before, applied or refused, makes that write fail (``Collided`` on leaving a
+        one-write unit of work), where ``claim`` would have answered or flipped it."""
+        ...
+
     async def claim(
         self,
         source: str,
@@ -437,6 +450,16 @@ class UnitOfWork(Protocol):
         """Say, before it begins, that this unit of work runs one statement only, which is
         atomic by itself: the store may run it without a transaction around it (a second
         statement is then a programming error, refused)."""
+        ...
+
+    def one_write(self) -> Self:
+        """Say, before it begins, that this unit of work reads, then writes once: that write
+        carries every row added before it (``Inbox.claim_with_next_write``, outbox messages,
+        history), so it is atomic by itself and the store may run the reads and the write
+        without a transaction around them (a second write is a programming error, refused).
+        When the write meets a constraint, nothing was stored and leaving raises ``Collided``;
+        reads take no locks, so only rows the write inserts, or updates under a version
+        check, may depend on them."""
         ...
 
 
