@@ -28,6 +28,7 @@ from harmony.dev.bench.scale import clone_sql
 from harmony.dev.bench.stats import (
     BackendCpu,
     RateVerdict,
+    best_rate,
     falls_behind,
     max_sustained,
     next_probe,
@@ -53,6 +54,13 @@ def test_percentile_interpolates_between_ranks() -> None:
 def test_spread_of_nothing_has_no_figures() -> None:
     assert spread([]) == {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
     assert spread([1.04, 2.0, 3.0]) == {"n": 3, "p50": 2.0, "p95": 2.9, "p99": 3.0, "max": 3.0}
+
+
+def test_the_best_rate_is_the_plateau_when_none_was_sustained() -> None:
+    # Two replicas on two cores, from one replica's maximum: 156 offered, 140 routed.
+    assert best_rate([RateVerdict(156.2, 140.15, 332.2)]) == (140.15, "plateau")
+    assert best_rate([RateVerdict(100, 99, 50), RateVerdict(150, 120, 900)]) == (99, "sustained")
+    assert best_rate([]) == (0.0, "plateau")
 
 
 def test_a_rate_is_sustained_with_goodput_near_offered_and_delivery_p99_under_a_second() -> None:

@@ -204,7 +204,11 @@ def markdown(results: dict[str, Any]) -> str:
         ("`GET /v1/queues` p50 at 50,000 waiting", "queues_p50_ms_at_many_waiting", " ms"),
         ("simulators as peers: routed/s", "sims_routed_per_s", ""),
         ("simulators: create -> delivery p99", "sims_p99_create_to_delivery_ms", " ms"),
-        ("2 replicas: max routed/s", "replicas2_max_routed_per_s", ""),
+        (
+            f"2 replicas: max routed/s ({out.get('replicas2_max_from') or 'sustained'})",
+            "replicas2_max_routed_per_s",
+            "",
+        ),
         ("2 replicas / 1", "replicas2_over_1", ""),
     ]
     rows += [(label, _fmt(out[key], unit)) for label, key, unit in optional if key in out]

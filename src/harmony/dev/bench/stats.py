@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = [
     "ProcessCpu",
     "RateVerdict",
+    "best_rate",
     "max_sustained",
     "percentile",
     "postgres_cpu_ms",
@@ -87,6 +88,15 @@ def falls_behind(verdict: RateVerdict) -> bool:
 def max_sustained(verdicts: Iterable[RateVerdict]) -> float:
     """The best goodput among the sustained rates (0 if none was)."""
     return max((v.goodput for v in verdicts if sustains(v)), default=0.0)
+
+
+def best_rate(verdicts: Sequence[RateVerdict]) -> tuple[float, str]:
+    """The best sustained goodput, or, when no rate was sustained, the best goodput measured
+    (the plateau), with which of the two it is."""
+    sustained = max_sustained(verdicts)
+    if sustained:
+        return sustained, "sustained"
+    return max((v.goodput for v in verdicts), default=0.0), "plateau"
 
 
 def next_probe(verdicts: Sequence[RateVerdict]) -> float | None:
