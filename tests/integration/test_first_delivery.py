@@ -16,7 +16,8 @@ import pytest
 from harmony.adapters.generic_http.protocol import encode, envelope
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET
-from harmony.errors import Collided
+from harmony.db.dialect import sqlstate
+from harmony.errors import Collided, Conflict
 from harmony.routing import interactions
 from harmony.routing.messages import ROUTING_REQUESTED, OutboundMessage, TargetKind
 from harmony.routing.model import Channel, Interaction, InteractionState, Queue
@@ -252,3 +253,115 @@ async def test_concurrent_repeats_make_one_interaction_and_one_request(
     assert len(h.acd.of_type("routing.requested")) == 2
     found = (await h.client.get("/v1/interactions", params={"limit": 100})).json()
     assert sorted(i["external_id"] for i in found["items"]) == ["chat-other", "chat-same"]
+
+
+async def accept(
+    store: SqlStore, event_id: str, external_id: str, crm_agent_id: str | None = None
+) -> interactions.Outcome:
+    return await interactions.accept_interaction(
+        store.uow,
+        FakeClock(),
+        crm_adapter="generic",
+        event_id=event_id,
+        external_id=external_id,
+        crm_agent_id=crm_agent_id,
+    )
+
+
+async def delivered(store: SqlStore, external_id: str) -> str:
+    """A chat moved to ``delivered`` to agent-1 by hand (its capacity is not the point)."""
+    await interactions.upsert_agent(
+        store.uow(),
+        FakeClock(),
+        agent_id="agent-1",
+        name="Ann",
+        crm_agent_id="crm-1",
+        acd_agent_id="acd-1",
+        skills=["support"],
+    )
+    created = await receive(store, f"evt-created-{external_id}", external_id)
+    async with store.uow() as uow:
+        interaction = await uow.interactions.get(created.interaction_id, for_update=True)
+        assert interaction is not None
+        at = FakeClock().now()
+        interaction.agent_id = "agent-1"
+        interaction.move_to(InteractionState.OFFERED, at, event="agent_selected", cause="test")
+        interaction.move_to(InteractionState.DELIVERED, at, event="delivered", cause="test")
+        await uow.interactions.save(interaction)
+        await uow.commit()
+    return created.interaction_id
+
+
+async def test_a_first_acceptance_is_one_write_and_a_repeat_a_duplicate(
+    store: SqlStore, database_url: str
+) -> None:
+    interaction_id = await delivered(store, "chat-1")
+    with sql_sent() as sent:
+        accepted = await accept(store, "evt-accepted", "chat-1", "crm-1")
+
+    assert accepted == interactions.Outcome(interaction_id)
+    interaction = await store.interaction(interaction_id)
+    assert interaction is not None
+    assert interaction.state == InteractionState.ACCEPTED
+    assert [h.event for h in await store.history(interaction_id)][-1] == "accepted"
+    async with store.db.reader() as reader:
+        event = await reader.inbox.get("crm:generic", "evt-accepted")
+    assert event is not None
+    assert (event.status, event.interaction_id) == ("applied", interaction_id)
+    if "postgresql" in database_url:
+        # The interaction's read, its agent's, then one statement: no BEGIN, no COMMIT.
+        assert len(sent) == 3, sent
+        assert "FROM interactions" in sent[0]
+        assert "FROM agents" in sent[1]
+        assert "harmony_one_row_changed" in sent[2]
+        assert "INSERT INTO inbox " in sent[2]
+        assert "UPDATE interactions " in sent[2]
+
+    before = await store.dump()
+    again = await accept(store, "evt-accepted", "chat-1")
+    assert again == interactions.Outcome(interaction_id, duplicate=True)
+    assert await store.dump() == before
+
+
+async def test_an_acceptance_refused_by_the_rules_is_refused_as_before(store: SqlStore) -> None:
+    await delivered(store, "chat-1")
+    before = await store.dump()
+    with pytest.raises(Conflict, match="delivered to crm-1, not crm-2") as refused:
+        await accept(store, "evt-by-another", "chat-1", "crm-2")
+    assert refused.value.code == "invalid_transition"
+    assert await store.dump() == before
+
+    await accept(store, "evt-accepted", "chat-1")
+    before = await store.dump()
+    with pytest.raises(Conflict) as refused:
+        await accept(store, "evt-accepted-again", "chat-1")
+    assert refused.value.code == "invalid_transition"
+    assert await store.dump() == before
+
+
+async def test_a_guarded_write_whose_version_moved_stores_nothing(
+    store: SqlStore, database_url: str
+) -> None:
+    interaction_id = await delivered(store, "chat-1")
+    before = await store.dump()
+    clock = FakeClock()
+
+    with pytest.raises(Collided) as collided:
+        async with store.uow().one_write() as uow:
+            interaction = await uow.interactions.get(interaction_id)
+            assert interaction is not None
+            interaction.version -= 1  # as if another writer moved it on since this read
+            interaction.advance_to(
+                InteractionState.ACCEPTED, clock.now(), event="accepted", cause="t"
+            )
+            await uow.inbox.claim_with_next_write(
+                "crm:generic", "evt-stale", "interaction.accepted", clock.now(), interaction_id
+            )
+            await uow.interactions.save(interaction)
+            await uow.commit()
+
+    # Neither the inbox row nor the history line it carried was stored.
+    assert await store.dump() == before
+    if "postgresql" in database_url:
+        # One statement, failed whole by the guard (SQLite rolled its transaction back).
+        assert sqlstate(collided.value.__cause__) == "HA001"
