@@ -12,12 +12,7 @@ from typing import get_args
 import pytest
 
 import harmony.routing
-from harmony.routing.commands import (
-    COMMAND_HANDLERS,
-    OPENING_THEIR_OWN,
-    PLAIN_USE_CASES,
-    Command,
-)
+from harmony.routing.commands import COMMAND_HANDLERS, PLAIN_USE_CASES, Command
 
 
 def test_every_command_has_one_handler() -> None:
@@ -29,13 +24,6 @@ def test_a_plain_command_names_exactly_its_use_case_keywords(command: type) -> N
     parameters = inspect.signature(PLAIN_USE_CASES[command]).parameters
     keywords = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert {f.name for f in fields(command)} == keywords
-
-
-@pytest.mark.parametrize("command", list(PLAIN_USE_CASES), ids=lambda c: c.__name__)
-def test_a_use_case_opening_its_own_units_of_work_is_given_the_factory(command: type) -> None:
-    first = next(iter(inspect.signature(PLAIN_USE_CASES[command]).parameters.values()))
-    expected = "UnitOfWorkFactory" if command in OPENING_THEIR_OWN else "UnitOfWork"
-    assert first.annotation == expected
 
 
 def test_routing_imports_only_the_standard_library_and_harmony_errors() -> None:

@@ -106,7 +106,7 @@ class World:
         self, external_id: str, crm_agent_id: str | None = None, *, event_id: str | None = None
     ) -> interactions.Outcome:
         return await interactions.accept_interaction(
-            self.store.uow,
+            self.store.uow(),
             self.clock,
             crm_adapter=CRM,
             event_id=event_id or self.event_id(),

@@ -314,7 +314,7 @@ class Lifecycle(RuleBasedStateMachine):
 
         def call() -> Awaitable[interactions.Outcome]:
             return interactions.accept_interaction(
-                self.store.uow,
+                self.store.uow(),
                 self.clock,
                 crm_adapter="generic",
                 event_id=event_id,

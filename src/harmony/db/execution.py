@@ -36,7 +36,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal_column, select
+from sqlalchemy import Table, bindparam, insert, literal_column, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -49,17 +49,12 @@ Params = Mapping[str, Any]
 
 
 class Prepared:
-    """A statement built once, which ``Statements.execute`` may run on the driver directly.
+    """A statement built once, which ``Statements.execute`` may run on the driver directly."""
 
-    ``changes_one_row`` marks a write meant to change exactly one row (an UPDATE under a version
-    check): where rows it carries would otherwise be stored without it, it is sent so that it
-    fails as a whole (SQLSTATE ``HA001``) when it changes another count."""
+    __slots__ = ("_compiled", "statement", "tables", "writes")
 
-    __slots__ = ("_compiled", "changes_one_row", "statement", "tables", "writes")
-
-    def __init__(self, statement: Executable, *, changes_one_row: bool = False) -> None:
+    def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self.changes_one_row = changes_one_row
         # What a row inserted later must not be read around by: every table the statement names.
         self.tables = frozenset(
             table.name
@@ -182,10 +177,7 @@ _NOTHING_ELSE = Prepared(select(literal_column("1")))
 # Statements carrying rows inserted later, compiled once per shape: the carrier and its
 # parameter names, then each table's insert (its statement, column names, row count). Bounded:
 # row counts vary, and a shape beyond the bound is sent as separate statements instead.
-# The last item says whether the carrier must change exactly one row or fail as a whole.
-_CarriedShape = tuple[
-    Prepared, tuple[str, ...], tuple[tuple[Prepared, tuple[str, ...], int], ...], bool
-]
+_CarriedShape = tuple[Prepared, tuple[str, ...], tuple[tuple[Prepared, tuple[str, ...], int], ...]]
 # The compiled statement, and the names of the carried rows' parameters: per insert, per row,
 # in its columns' order.
 _Carried = tuple["_Compiled", tuple[tuple[tuple[str, ...], ...], ...]]
@@ -198,7 +190,7 @@ def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
         return _CARRIED[shape]
     except KeyError:
         pass
-    carrier, names, later, guarded = shape
+    carrier, names, later = shape
     ctes = []
     row_names = []
     for number, (statement, columns, count) in enumerate(later):
@@ -215,15 +207,7 @@ def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
             for row in rows
         ]
         ctes.append(insert(table).values(values).cte(f"later_{number}"))
-    if guarded:
-        # The carrier's changed rows, counted by a function that raises unless it is one: the
-        # statement, carried rows included, then fails whole (migration 0007).
-        changed = cast(Any, carrier.statement).returning(literal_column("1")).cte("changed")
-        counted = select(func.count()).select_from(changed).scalar_subquery()
-        sent: Executable = select(func.harmony_one_row_changed(counted)).add_cte(*ctes)
-    else:
-        sent = cast(Any, carrier.statement).add_cte(*ctes)
-    compiled = _Compiled.of(sent, dialect, names)
+    compiled = _Compiled.of(cast(Any, carrier.statement).add_cte(*ctes), dialect, names)
     if compiled is not None:
         compiled.writes = True
     carried = None if compiled is None else (compiled, tuple(row_names))
@@ -281,10 +265,6 @@ def _status_count(status: str) -> int:
 
 class Statements:
     """Executes a unit of work's statements on its connection (see the module's docstring)."""
-
-    # Whether a carrier that must change one row is sent to fail whole otherwise: where the
-    # statements run with no transaction around them (a transaction rolls its rows back).
-    guards_one_row_writes = False
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -419,7 +399,6 @@ class Statements:
             statement,
             names,
             tuple((inserted, tuple(rows[0]), len(rows)) for inserted, rows in later),
-            self.guards_one_row_writes and statement.changes_one_row,
         )
         carried = _carrying(shape, self._dialect)
         if carried is None:

@@ -215,8 +215,7 @@ _SAVE = Prepared(
             column: bindparam(f"new_{column}", type_=interactions.c[column].type)
             for column in sorted(_SAVED_COLUMNS)
         },
-    ),
-    changes_one_row=True,
+    )
 )
 
 
@@ -918,20 +917,6 @@ class SqlOutbox:
         return due
 
 
-# Raised by harmony_one_row_changed (migration 0007): a guarded write changed no row.
-ONE_ROW_NOT_CHANGED = "HA001"
-
-
-def _collided(exc: BaseException) -> bool:
-    """Whether a one-write unit of work's write failed on what was stored before it: a unique
-    key (a repeat), or a version moved since the read (guarded or plainly counted)."""
-    if isinstance(exc, IntegrityError):
-        return True
-    if isinstance(exc, Conflict):
-        return exc.code == "concurrent_update"
-    return sqlstate(exc) == ONE_ROW_NOT_CHANGED
-
-
 def _raise_try_again_if_transient(exc: BaseException) -> None:
     if not is_transient(exc):
         return
@@ -969,8 +954,6 @@ class _OneWrite(Statements):
     write carrying every row inserted later. Anything that would make a second write, or send
     those rows on their own before the write, is refused before it is sent: it would not be
     atomic with the first."""
-
-    guards_one_row_writes = True
 
     def __init__(self, conn: AsyncConnection) -> None:
         super().__init__(conn)
@@ -1119,8 +1102,8 @@ class SqlUnitOfWork:
         finally:
             await self._cleanup()
         if exc is not None:
-            if self._one_write and _collided(exc):
-                raise Collided(f"the one write did not apply: {exc}") from exc
+            if self._one_write and isinstance(exc, IntegrityError):
+                raise Collided(f"the one write met a stored row: {sqlstate(exc)}") from exc
             _raise_try_again_if_transient(exc)
 
     async def _cleanup(self) -> None:

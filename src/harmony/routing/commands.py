@@ -185,13 +185,12 @@ class Policy:
 Handler = Callable[[Any, UnitOfWorkFactory, Clock, Policy], Awaitable[Result]]
 
 
-def _as_is(use_case: Callable[..., Awaitable[Result]], *, opens_its_own: bool = False) -> Handler:
-    """A handler for a command whose fields are exactly its use case's keyword arguments; the
-    use case gets a unit of work, or with ``opens_its_own`` the factory of them."""
+def _as_is(use_case: Callable[..., Awaitable[Result]]) -> Handler:
+    """A handler for a command whose fields are exactly its use case's keyword arguments."""
 
     async def handle(command: Any, uows: UnitOfWorkFactory, clock: Clock, _: Policy) -> Result:
         arguments = {f.name: getattr(command, f.name) for f in fields(command)}
-        return await use_case(uows if opens_its_own else uows(), clock, **arguments)
+        return await use_case(uows(), clock, **arguments)
 
     return handle
 
@@ -244,15 +243,10 @@ PLAIN_USE_CASES: dict[type[Any], Callable[..., Awaitable[Result]]] = {
     VoiceStarted: agents.voice_started,
     VoiceEnded: agents.voice_ended,
 }
-# Those of them that open their own units of work (a one-write first path, then a careful one).
-OPENING_THEIR_OWN = {AcceptInteraction}
 COMMAND_HANDLERS: dict[type[Any], Handler] = {
     CreateInteraction: _create,
     ReportAgentState: _report_state,
-    **{
-        command: _as_is(use_case, opens_its_own=command in OPENING_THEIR_OWN)
-        for command, use_case in PLAIN_USE_CASES.items()
-    },
+    **{command: _as_is(use_case) for command, use_case in PLAIN_USE_CASES.items()},
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from harmony.errors import Collided, Conflict, HarmonyError, NotFound, ValidationFailed
+from harmony.errors import Collided, Conflict, NotFound, ValidationFailed
 from harmony.routing.agent_state import (
     AgentStateEntry,
     StateOutcome,
@@ -269,7 +269,7 @@ async def _interaction_for_crm_event(
 
 
 async def accept_interaction(
-    uows: UnitOfWorkFactory,
+    uow: UnitOfWork,
     clock: Clock,
     *,
     crm_adapter: str,
@@ -277,83 +277,29 @@ async def accept_interaction(
     external_id: str,
     crm_agent_id: str | None,
 ) -> Outcome:
-    """The agent accepted the delivered work in the CRM.
-
-    Like ``receive_interaction`` it takes a factory of units of work: the usual case, a first
-    delivery that applies, is one write (the interaction's versioned UPDATE carrying the inbox
-    row and the history). A repeat, a version moved since the read, or an event the rules
-    refuse goes to the careful path, which claims the event first and answers or refuses it.
-    """
-    accepting = _Accepting(crm_adapter, event_id, external_id, crm_agent_id)
-    try:
-        return await _accept_first(uows().one_write(), clock, accepting)
-    except Collided:
-        return await _accept_again(uows(), clock, accepting)
-
-
-@dataclass(frozen=True)
-class _Accepting:
-    crm_adapter: str
-    event_id: str
-    external_id: str
-    crm_agent_id: str | None
-
-    @property
-    def source(self) -> str:
-        return _source(TargetKind.CRM, self.crm_adapter)
-
-
-async def _accept_first(uow: UnitOfWork, clock: Clock, a: _Accepting) -> Outcome:
+    """The agent accepted the delivered work in the CRM."""
+    source = _source(TargetKind.CRM, crm_adapter)
     async with uow:
-        interaction = await _interaction_for_crm_event(uow, a.crm_adapter, a.external_id)
-        try:
-            await _check_accepted_by(uow, interaction, a.crm_agent_id)
-            _advance_to_accepted(interaction, clock, a.event_id)
-        except HarmonyError as refused:
-            # Maybe a repeat of an event applied before: only the careful path can tell.
-            raise Collided(f"refused on the first path: {refused.code}") from refused
-        await uow.inbox.claim_with_next_write(
-            a.source, a.event_id, "interaction.accepted", clock.now(), interaction.id
-        )
-        await uow.interactions.save(interaction)  # the one write: it carries the rows above
-        await uow.commit()
-        return Outcome(interaction.id)
-
-
-async def _accept_again(uow: UnitOfWork, clock: Clock, a: _Accepting) -> Outcome:
-    async with uow:
-        interaction = await _interaction_for_crm_event(uow, a.crm_adapter, a.external_id)
+        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
         duplicate = await _claim_or_duplicate(
-            uow, a.source, a.event_id, "interaction.accepted", clock, interaction.id
+            uow, source, event_id, "interaction.accepted", clock, interaction.id
         )
         if duplicate:
             return duplicate
-        await _check_accepted_by(uow, interaction, a.crm_agent_id)
-        _advance_to_accepted(interaction, clock, a.event_id)
+        if crm_agent_id is not None and interaction.agent_id is not None:
+            agent = await uow.agents.get(interaction.agent_id)
+            if agent is not None and agent.crm_agent_id != crm_agent_id:
+                raise Conflict(
+                    f"data.agent_id: interaction {interaction.id} was delivered to "
+                    f"{agent.crm_agent_id}, not {crm_agent_id}",
+                    code="invalid_transition",
+                )
+        interaction.advance_to(
+            S.ACCEPTED, clock.now(), event="accepted", cause=f"interaction.accepted {event_id}"
+        )
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
-
-
-async def _check_accepted_by(
-    uow: UnitOfWork, interaction: Interaction, crm_agent_id: str | None
-) -> None:
-    """Refuse an acceptance by another agent than the one the work was delivered to."""
-    if crm_agent_id is None or interaction.agent_id is None:
-        return
-    agent = await uow.agents.get(interaction.agent_id)
-    if agent is not None and agent.crm_agent_id != crm_agent_id:
-        raise Conflict(
-            f"data.agent_id: interaction {interaction.id} was delivered to "
-            f"{agent.crm_agent_id}, not {crm_agent_id}",
-            code="invalid_transition",
-        )
-
-
-def _advance_to_accepted(interaction: Interaction, clock: Clock, event_id: str) -> None:
-    interaction.advance_to(
-        S.ACCEPTED, clock.now(), event="accepted", cause=f"interaction.accepted {event_id}"
-    )
 
 
 async def complete_interaction(
