@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
@@ -21,6 +20,7 @@ from harmony.db.engine import Database
 from harmony.db.execution import Prepared, Statements
 from harmony.db.tables import profiles, queues
 from harmony.dev.bench.served import SqlCounter
+from tests.sql_sent import statements_sent
 
 AT = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 INSERT_QUEUE = Prepared(insert(queues))
@@ -223,38 +223,12 @@ def profile_values(name: str, n: int) -> dict[str, object]:
     }
 
 
-@contextlib.contextmanager
-def statements_sent_on(driver_connection: object) -> Iterator[list[str]]:
-    """The SQL of every statement asyncpg sends on this one connection (others are not
-    counted: the whole process's statements would include other tests' leftovers)."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    sent: list[str] = []
-    originals = {name: getattr(asyncpg.Connection, name) for name in ("execute", "fetch")}
-
-    def recording(original: Any) -> Any:
-        def send(this: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-            if this is driver_connection:
-                sent.append(query)
-            return original(this, query, *args, **kwargs)
-
-        return send
-
-    for name, original in originals.items():
-        setattr(asyncpg.Connection, name, recording(original))
-    try:
-        yield sent
-    finally:
-        for name, original in originals.items():
-            setattr(asyncpg.Connection, name, original)
-
-
 async def test_rows_inserted_later_ride_with_the_next_write(database_url: str) -> None:
     db = Database(database_url, SystemClock().now)
     try:
         async with transaction(db) as (conn, run):
             driver = (await conn.get_raw_connection()).driver_connection
-            with statements_sent_on(driver) as sent:
+            with statements_sent(on=driver) as sent:
                 await run.execute(INSERT_QUEUE, queue_values("carrier"))
                 await run.insert_later(
                     INSERT_PROFILES, [profile_values("later-a", 1), profile_values("later-b", 2)]

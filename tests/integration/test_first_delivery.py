@@ -6,9 +6,7 @@ answers it (on both databases, under concurrency too)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -22,6 +20,7 @@ from harmony.routing.messages import ROUTING_REQUESTED, OutboundMessage, TargetK
 from harmony.routing.model import Channel, Interaction, InteractionState, Queue
 from harmony.testing import FakeClock
 from tests.conftest import Harness
+from tests.sql_sent import statements_sent
 from tests.sql_store import SqlStore
 
 
@@ -73,39 +72,13 @@ def received(interaction_id: str, external_id: str, clock: FakeClock) -> Interac
     )
 
 
-@contextlib.contextmanager
-def sql_sent() -> Iterator[list[str]]:
-    """The SQL of every statement asyncpg sends, BEGIN and COMMIT included (simple queries go
-    through ``execute``; SQLAlchemy's prepared statements through ``prepare``)."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    sent: list[str] = []
-    names = ("execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare")
-    originals = {name: getattr(asyncpg.Connection, name) for name in names}
-
-    def recording(original: Any) -> Any:
-        def send(this: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-            sent.append(query)
-            return original(this, query, *args, **kwargs)
-
-        return send
-
-    for name, original in originals.items():
-        setattr(asyncpg.Connection, name, recording(original))
-    try:
-        yield sent
-    finally:
-        for name, original in originals.items():
-            setattr(asyncpg.Connection, name, original)
-
-
 async def test_a_first_delivery_stores_the_interaction_its_request_and_the_event(
     store: SqlStore, database_url: str
 ) -> None:
     if "postgresql" in database_url:
         async with store.db.engine.connect():
             pass  # the pool's first connection sets itself up: not the use case's statements
-    with sql_sent() as sent:
+    with statements_sent() as sent:
         outcome = await receive(store, "evt-1", "chat-1")
 
     assert not outcome.duplicate

@@ -487,16 +487,7 @@ class SqlInbox:
         before. On PostgreSQL a concurrent claim blocks on the row until this transaction ends,
         then finds it applied; if this transaction rolls back instead, the waiting claim takes
         it."""
-        applied = {"status": InboxStatus.APPLIED.value, "handled_at": at, "error": None}
-        values = {
-            "source": source,
-            "event_id": event_id,
-            "event_type": event_type,
-            "received_at": at,
-            "payload": self._payload_of(source, event_id),
-            "interaction_id": interaction_id,
-            **applied,
-        }
+        values = self._applied_row(source, event_id, event_type, at, interaction_id)
         result = await self._conn.execute(_STORE_INBOX_ROW[self._conn.dialect.name], values)
         return bool(result.rowcount == 1)
 
@@ -504,7 +495,18 @@ class SqlInbox:
         self, source: str, event_id: str, event_type: str, at: datetime, interaction_id: str
     ) -> None:
         """Insert the event applied, with the next write; a row stored before fails it."""
-        values = {
+        values = self._applied_row(source, event_id, event_type, at, interaction_id)
+        await self._conn.insert_later(_INSERT_INBOX_ROW, [values])
+
+    def _applied_row(
+        self,
+        source: str,
+        event_id: str,
+        event_type: str,
+        at: datetime,
+        interaction_id: str | None,
+    ) -> dict[str, Any]:
+        return {
             "source": source,
             "event_id": event_id,
             "event_type": event_type,
@@ -515,7 +517,6 @@ class SqlInbox:
             "handled_at": at,
             "error": None,
         }
-        await self._conn.insert_later(_INSERT_INBOX_ROW, [values])
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
         """Write the refusal on a row not applied meanwhile (by a concurrent delivery); the
