@@ -56,6 +56,7 @@ from harmony.routing.model import (
     Queue,
 )
 from harmony.routing.ports import (
+    EventClaim,
     InboxEntry,
     InboxStatus,
     InteractionFilter,
@@ -104,11 +105,13 @@ _INSERT_INTERACTION = {
 _QUEUE_BY_NAME = Prepared(select(queues).where(queues.c.name == bindparam("b_name")))
 
 
-def _store_inbox_row(dialect_insert: Any) -> Any:
-    """INSERT the row, or on a stored one not yet applied take the new status, time and error
-    (keeping a payload already stored): one statement, so a claim is one round trip and takes
-    the inbox row's lock first (the lock order's 1)."""
+def _store_inbox_row(dialect_insert: Any, rows: Any = None) -> Any:
+    """INSERT the row (or ``rows``, a SELECT of ``INBOX_COLUMNS``), or on a stored one not yet
+    applied take the new status, time and error (keeping a payload already stored): one
+    statement, so a claim is one round trip."""
     statement = dialect_insert(inbox)
+    if rows is not None:
+        statement = statement.from_select(INBOX_COLUMNS, rows)
     return statement.on_conflict_do_update(
         index_elements=[inbox.c.source, inbox.c.event_id],
         set_={
@@ -122,6 +125,48 @@ def _store_inbox_row(dialect_insert: Any) -> Any:
         },
         where=inbox.c.status != InboxStatus.APPLIED.value,
     )
+
+
+INBOX_COLUMNS = (
+    "source",
+    "event_id",
+    "event_type",
+    "received_at",
+    "payload",
+    "interaction_id",
+    "status",
+    "handled_at",
+    "error",
+)
+
+
+def _locked_then_claimed(*where: Any) -> Prepared:
+    """On PostgreSQL, one statement: lock the interaction ``where`` finds (FOR UPDATE), then
+    claim the event for it, the insert reading the locked row, so the lock order's interaction
+    comes before its inbox row; the interaction's columns and ``claimed`` (1 when claimed, 0
+    when applied before; no row when there is no such interaction)."""
+    found = select(interactions).where(*where).with_for_update().cte("found")
+    row = select(
+        *(
+            found.c.id
+            if column == "interaction_id"
+            else bindparam(f"c_{column}", type_=inbox.c[column].type)
+            for column in INBOX_COLUMNS
+        )
+    )
+    claim = _store_inbox_row(DIALECT_INSERTS["postgresql"], row)
+    claimed = claim.returning(literal_column("1").label("one")).cte("claimed")
+    count = select(func.count()).select_from(claimed).scalar_subquery().label("claimed")
+    return Prepared(select(found, count))
+
+
+_LOCKED_THEN_CLAIMED = {
+    "external_id": _locked_then_claimed(
+        interactions.c.crm_adapter == bindparam("b_crm_adapter"),
+        interactions.c.external_id == bindparam("b_external_id"),
+    ),
+    "request_id": _locked_then_claimed(interactions.c.request_id == bindparam("b_key")),
+}
 
 
 # A one-write unit of work's claim and new interaction: plain INSERTs, which fail on a row
@@ -244,12 +289,66 @@ def _prefixed_new_row(interaction: Interaction) -> dict[str, Any]:
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
-    def __init__(self, conn: Statements) -> None:
+    def __init__(self, conn: Statements, received: ReceivedEvent | None = None) -> None:
         self._conn = conn
+        self._received = received
         self.state_changes: list[HistoryEntry] = []
         # A save that met a newer version: its history went with its update, so this unit of
         # work must not commit (it never does in a use case: the Conflict rolls it back).
         self.conflicted = False
+
+    async def get_by_external_id_claiming(
+        self, crm_adapter: str, external_id: str, claim: EventClaim
+    ) -> tuple[Interaction | None, bool]:
+        """Lock it, then claim the event for it (one statement on PostgreSQL)."""
+        key = {"b_crm_adapter": crm_adapter, "b_external_id": external_id}
+        return await self._locked_then_claimed("external_id", key, claim)
+
+    async def get_by_request_id_claiming(
+        self, request_id: str, claim: EventClaim
+    ) -> tuple[Interaction | None, bool]:
+        """Lock it, then claim the event for it (one statement on PostgreSQL)."""
+        return await self._locked_then_claimed("request_id", {"b_key": request_id}, claim)
+
+    async def _locked_then_claimed(
+        self, by: str, key: dict[str, Any], claim: EventClaim
+    ) -> tuple[Interaction | None, bool]:
+        received = self._received
+        payload = None
+        if received is not None and (received.source, received.event_id) == (
+            claim.source,
+            claim.event_id,
+        ):
+            payload = received.payload
+        values = {
+            "source": claim.source,
+            "event_id": claim.event_id,
+            "event_type": claim.event_type,
+            "received_at": claim.at,
+            "payload": payload,
+            "status": InboxStatus.APPLIED.value,
+            "handled_at": claim.at,
+            "error": None,
+        }
+        if self._conn.dialect.name == "postgresql":
+            parameters = {**key, **{f"c_{name}": value for name, value in values.items()}}
+            row = (await self._conn.execute(_LOCKED_THEN_CLAIMED[by], parameters)).first()
+            if row is None:
+                return None, False
+            return _interaction_from_row(row), bool(row.claimed)
+        # Elsewhere (SQLite, one writer at a time): the same two steps, one after the other.
+        if by == "external_id":
+            found = await self.get_by_external_id(
+                key["b_crm_adapter"], key["b_external_id"], for_update=True
+            )
+        else:
+            found = await self.get_by_request_id(key["b_key"], for_update=True)
+        if found is None:
+            return None, False
+        stored = await self._conn.execute(
+            _STORE_INBOX_ROW[self._conn.dialect.name], {**values, "interaction_id": found.id}
+        )
+        return found, stored.rowcount == 1
 
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Insert unless the CRM external id exists (also under concurrent inserts)."""
@@ -1082,7 +1181,7 @@ class SqlUnitOfWork:
             await self._cleanup()
             _raise_try_again_if_transient(exc)
             raise
-        self.interactions = SqlInteractions(statements)
+        self.interactions = SqlInteractions(statements, self._received)
         profiles_read: dict[str, Profile] = {}
         self.agents = SqlAgents(statements, self._now, profiles_read)
         self.profiles = SqlProfiles(statements, self._now, profiles_read)

@@ -39,7 +39,7 @@ from harmony.routing.model import (
     Queue,
     validate_capacity,
 )
-from harmony.routing.ports import Clock, UnitOfWork, UnitOfWorkFactory
+from harmony.routing.ports import Clock, EventClaim, UnitOfWork, UnitOfWorkFactory
 
 S = InteractionState
 
@@ -254,18 +254,25 @@ def _received(interaction_id: str, r: _Receiving, queue: Queue, now: datetime) -
     return interaction
 
 
-async def _interaction_for_crm_event(
-    uow: UnitOfWork, crm_adapter: str, external_id: str
-) -> Interaction:
-    interaction = await uow.interactions.get_by_external_id(
-        crm_adapter, external_id, for_update=True
+async def _crm_event_claimed(
+    uow: UnitOfWork, crm_adapter: str, external_id: str, claim: EventClaim
+) -> tuple[Interaction, Outcome | None]:
+    """The interaction a CRM event concerns, locked, and the event claimed for it; the
+    outcome to answer instead when the event was applied before."""
+    interaction, claimed = await uow.interactions.get_by_external_id_claiming(
+        crm_adapter, external_id, claim
     )
     if interaction is None:
         raise NotFound(
             f"data.external_id: no interaction '{external_id}' from crm:{crm_adapter}",
             code="unknown_interaction",
         )
-    return interaction
+    return interaction, None if claimed else await _duplicate_of(uow, claim, interaction)
+
+
+async def _duplicate_of(uow: UnitOfWork, claim: EventClaim, interaction: Interaction) -> Outcome:
+    previous = await uow.inbox.interaction_for(claim.source, claim.event_id)
+    return Outcome(interaction_id=previous or interaction.id, duplicate=True)
 
 
 async def accept_interaction(
@@ -280,10 +287,8 @@ async def accept_interaction(
     """The agent accepted the delivered work in the CRM."""
     source = _source(TargetKind.CRM, crm_adapter)
     async with uow:
-        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
-        duplicate = await _claim_or_duplicate(
-            uow, source, event_id, "interaction.accepted", clock, interaction.id
-        )
+        claim = EventClaim(source, event_id, "interaction.accepted", clock.now())
+        interaction, duplicate = await _crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
         if crm_agent_id is not None and interaction.agent_id is not None:
@@ -308,10 +313,8 @@ async def complete_interaction(
     """The agent finished: release the agent's capacity and tell the ACD the work ended."""
     source = _source(TargetKind.CRM, crm_adapter)
     async with uow:
-        interaction = await _interaction_for_crm_event(uow, crm_adapter, external_id)
-        duplicate = await _claim_or_duplicate(
-            uow, source, event_id, "interaction.completed", clock, interaction.id
-        )
+        claim = EventClaim(source, event_id, "interaction.completed", clock.now())
+        interaction, duplicate = await _crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
         now = clock.now()
@@ -379,17 +382,20 @@ async def _holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
     return agent
 
 
-async def _interaction_for_request(
-    uow: UnitOfWork, acd_adapter: str, request_id: str
-) -> Interaction:
-    interaction = await uow.interactions.get_by_request_id(request_id, for_update=True)
-    # A request placed with one ACD is unknown to any other: it cannot answer for it.
+async def _request_event_claimed(
+    uow: UnitOfWork, acd_adapter: str, request_id: str, claim: EventClaim
+) -> tuple[Interaction, Outcome | None]:
+    """The interaction of an ACD's routing request, locked, and the event claimed for it; the
+    outcome to answer instead when the event was applied before."""
+    interaction, claimed = await uow.interactions.get_by_request_id_claiming(request_id, claim)
+    # A request placed with one ACD is unknown to any other: it cannot answer for it (the
+    # claim rolls back with the refusal).
     if interaction is None or interaction.acd_adapter != acd_adapter:
         raise NotFound(
             f"data.request_id: no routing request '{request_id}' placed with acd:{acd_adapter}",
             code="unknown_interaction",
         )
-    return interaction
+    return interaction, None if claimed else await _duplicate_of(uow, claim, interaction)
 
 
 async def select_agent(
@@ -409,10 +415,8 @@ async def select_agent(
     """
     source = _source(TargetKind.ACD, acd_adapter)
     async with uow:
-        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
-        duplicate = await _claim_or_duplicate(
-            uow, source, event_id, "agent.selected", clock, interaction.id
-        )
+        claim = EventClaim(source, event_id, "agent.selected", clock.now())
+        interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
         if duplicate:
             return duplicate
         # Locking the agent serialises this check with voice calls and state changes.
@@ -468,10 +472,8 @@ async def queue_request(
     """The ACD holds the request until an agent frees up."""
     source = _source(TargetKind.ACD, acd_adapter)
     async with uow:
-        interaction = await _interaction_for_request(uow, acd_adapter, request_id)
-        duplicate = await _claim_or_duplicate(
-            uow, source, event_id, "request.queued", clock, interaction.id
-        )
+        claim = EventClaim(source, event_id, "request.queued", clock.now())
+        interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
         if duplicate:
             return duplicate
         detail = {"position": position} if position is not None else {}

@@ -74,7 +74,32 @@ class QueueStats:
     oldest_received_at: datetime | None
 
 
+@dataclass(frozen=True)
+class EventClaim:
+    """An incoming event to claim as applied (see ``Inbox.claim``)."""
+
+    source: str
+    event_id: str
+    event_type: str
+    at: datetime
+
+
 class InteractionRepository(Protocol):
+    async def get_by_external_id_claiming(
+        self, crm_adapter: str, external_id: str, claim: EventClaim
+    ) -> tuple[Interaction | None, bool]:
+        """Lock the interaction a CRM knows by ``external_id``, then claim the event for it
+        (``Inbox.claim``): the lock order's interaction before inbox row, in one statement
+        where the store can. ``(None, False)`` with nothing claimed when there is no such
+        interaction; the flag is False when the event was applied before."""
+        ...
+
+    async def get_by_request_id_claiming(
+        self, request_id: str, claim: EventClaim
+    ) -> tuple[Interaction | None, bool]:
+        """As ``get_by_external_id_claiming``, for the interaction of a routing request."""
+        ...
+
     async def add_if_absent(self, interaction: Interaction) -> bool:
         """Store a new interaction; False (nothing stored) if its CRM external id exists."""
         ...
