@@ -1091,7 +1091,8 @@ class SqlUnitOfWork:
 
     1. the relay's own outbox rows when it records outcomes, a batch of them in one
        statement (nobody waits for one while holding more); then
-    2. the interaction an event concerns, if it exists (``get..(for_update=True)``): taken
+    2. the interaction an event concerns, if it exists (``get..(for_update=True)``, or
+       ``get_by_..._claiming``, whose one statement's insert reads the locked row): taken
        before the event's inbox row, so the claim can store which interaction it was; several
        (the deliveries of a batch of the relay's outcomes) in id order, in one query
        (``get_many``); then
