@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from harmony.adapters.generic_http.protocol import encode, envelope
 from harmony.adapters.generic_http.signing import Signer
 from harmony.config import DEV_SECRET
+from harmony.db.recent import RecentQueues
+from harmony.db.tables import queues
 from harmony.errors import Collided
 from harmony.routing import interactions
 from harmony.routing.messages import ROUTING_REQUESTED, OutboundMessage, TargetKind
@@ -111,6 +114,52 @@ async def test_a_first_delivery_stores_the_interaction_its_request_and_the_event
         assert write.lstrip().upper().startswith("WITH")
         for table in ("inbox", "outbox", "interaction_history", "interactions"):
             assert f"INSERT INTO {table} " in write, (table, write)
+
+    # The next one a moment later: the queue as just read, so only the one statement.
+    with statements_sent() as sent:
+        second = await receive(store, "evt-2", "chat-2")
+    second_interaction = await store.interaction(second.interaction_id)
+    assert second_interaction is not None
+    assert second_interaction.skills == ["billing", "support"]
+    if "postgresql" in database_url:
+        assert len(sent) == 1, sent
+        assert "INSERT INTO interactions " in sent[0]
+
+
+async def test_a_queue_changed_elsewhere_applies_to_work_received_a_moment_later(
+    store: SqlStore,
+) -> None:
+    ticks = [0.0]
+    store.db.recent_queues = RecentQueues(ttl=1.0, monotonic=lambda: ticks[0])
+    await receive(store, "evt-1", "chat-1")  # reads support-chat and keeps it
+    # Another replica changes the queue's skills: not through this process.
+    async with store.db.engine.begin() as conn:
+        await conn.execute(
+            update(queues).where(queues.c.name == "support-chat").values(skills=["vip"])
+        )
+
+    ticks[0] = 0.5
+    kept = await receive(store, "evt-2", "chat-2")
+    ticks[0] = 1.0
+    fresh = await receive(store, "evt-3", "chat-3")
+
+    kept_interaction = await store.interaction(kept.interaction_id)
+    assert kept_interaction is not None
+    assert kept_interaction.skills == ["billing", "support"]  # as read half a second before
+    fresh_interaction = await store.interaction(fresh.interaction_id)
+    assert fresh_interaction is not None
+    assert fresh_interaction.skills == ["billing", "vip"]
+
+
+async def test_a_queue_changed_through_this_process_applies_at_once(store: SqlStore) -> None:
+    await receive(store, "evt-1", "chat-1")
+    await interactions.upsert_queue(store.uow(), Queue("support-chat", Channel.CHAT, ["vip"]))
+
+    after = await receive(store, "evt-2", "chat-2")
+
+    interaction = await store.interaction(after.interaction_id)
+    assert interaction is not None
+    assert interaction.skills == ["billing", "vip"]
 
 
 async def test_a_repeated_event_and_a_known_external_id_are_answered_as_duplicates(

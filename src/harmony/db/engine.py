@@ -16,6 +16,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from harmony.db.recent import RecentQueues
 from harmony.db.uow import Handoff, SqlUnitOfWork
 
 REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
@@ -90,16 +91,22 @@ class Database:
         self.on_outbox_commit: Callable[[], None] | None = None
         # The relay running in this process, if any: it takes what commits promise (see Handoff).
         self.handoff: Handoff | None = None
+        self.recent_queues = RecentQueues()
 
     def uow(self) -> SqlUnitOfWork:
         """A unit of work that may write."""
         return SqlUnitOfWork(
-            self.engine, self._now, self._write_lock, self.on_outbox_commit, self.handoff
+            self.engine,
+            self._now,
+            self._write_lock,
+            self.on_outbox_commit,
+            self.handoff,
+            self.recent_queues,
         )
 
     def reader(self) -> SqlUnitOfWork:
         """A unit of work for queries only; on SQLite it does not wait for writers."""
-        return SqlUnitOfWork(self.engine, self._now, None, None)
+        return SqlUnitOfWork(self.engine, self._now, None, None, None, self.recent_queues)
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""

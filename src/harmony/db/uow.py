@@ -33,6 +33,7 @@ from harmony.db.agents import SqlAgents, SqlProfiles
 from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import DIALECT_INSERTS, insert_for, is_transient, sqlstate
 from harmony.db.execution import Prepared, Statements
+from harmony.db.recent import RecentQueues
 from harmony.db.tables import (
     agent_mirrors,
     inbox,
@@ -509,17 +510,30 @@ class SqlInteractions:
 class SqlQueues:
     """Queues and their waiting counts in SQL."""
 
-    def __init__(self, conn: Statements, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, conn: Statements, now: Callable[[], datetime], recent: RecentQueues | None = None
+    ) -> None:
         self._conn = conn
         self._now = now
+        self._recent = recent
 
     async def get(self, name: str) -> Queue | None:
         """Load a queue by name."""
         row = (await self._conn.execute(_QUEUE_BY_NAME, {"b_name": name})).first()
-        return Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
+        queue = Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
+        if queue is not None and self._recent is not None:
+            self._recent.keep(queue)
+        return queue
+
+    async def get_recent(self, name: str) -> Queue | None:
+        """From the process's recent queues, else loaded (and kept)."""
+        recent = self._recent.get(name) if self._recent is not None else None
+        return recent if recent is not None else await self.get(name)
 
     async def upsert(self, queue: Queue) -> None:
         """Create or replace a queue's channel and skills in one statement (first writes race)."""
+        if self._recent is not None:
+            self._recent.forget(queue.name)
         now = self._now()
         values = {"channel": queue.channel.value, "skills": queue.skills, "updated_at": now}
         await self._conn.execute(
@@ -1129,12 +1143,14 @@ class SqlUnitOfWork:
         write_lock: asyncio.Lock | None,
         on_outbox_commit: Callable[[], None] | None,
         handoff: Handoff | None = None,
+        recent_queues: RecentQueues | None = None,
     ) -> None:
         self._engine = engine
         self._now = now
         self._write_lock = write_lock
         self._on_outbox_commit = on_outbox_commit
         self._handoff = handoff
+        self._recent_queues = recent_queues
         self._conn: AsyncConnection | None = None
         self._statements: Statements | None = None
         self._holds_lock = False
@@ -1186,7 +1202,7 @@ class SqlUnitOfWork:
         profiles_read: dict[str, Profile] = {}
         self.agents = SqlAgents(statements, self._now, profiles_read)
         self.profiles = SqlProfiles(statements, self._now, profiles_read)
-        self.queues = SqlQueues(statements, self._now)
+        self.queues = SqlQueues(statements, self._now, self._recent_queues)
         self.inbox = SqlInbox(statements, self._received)
         self.outbox = SqlOutbox(statements, self._handoff)
         return self

@@ -155,9 +155,9 @@ async def receive_interaction(
     The same event id, or the same CRM external id, twice yields one interaction and one
     routing request. Unlike the other use cases this one takes a factory of units of work: the
     usual case, a first delivery about a new interaction, is written in a one-write unit of
-    work (two round trips on PostgreSQL: the queue read, then one statement); when that write
-    meets a row stored before, nothing was stored and a second, careful unit of work sorts out
-    the repeat.
+    work (on PostgreSQL one statement, with the queue as read at most a moment ago, else the
+    queue read first); when that write meets a row stored before, nothing was stored and a
+    second, careful unit of work sorts out the repeat.
     """
     arguments = _Receiving(crm_adapter, acd_adapter, event_id, new)
     try:
@@ -183,7 +183,7 @@ async def _receive_first(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcom
     the event's inbox row in the one write (a repeat makes it fail: ``Collided``)."""
     interaction_id = str(random_uuid())
     async with uow:
-        queue = await _queue_named(uow, r.new.queue)
+        queue = await _queue_named(uow, r.new.queue, recent=True)
         now = clock.now()
         interaction = _received(interaction_id, r, queue, now)
         await uow.inbox.claim_with_next_write(
@@ -219,8 +219,8 @@ async def _receive_again(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcom
         return Outcome(interaction.id)
 
 
-async def _queue_named(uow: UnitOfWork, name: str) -> Queue:
-    queue = await uow.queues.get(name)
+async def _queue_named(uow: UnitOfWork, name: str, *, recent: bool = False) -> Queue:
+    queue = await (uow.queues.get_recent(name) if recent else uow.queues.get(name))
     if queue is None:
         raise ValidationFailed(f"data.queue: unknown queue '{name}'", code="unknown_queue")
     return queue

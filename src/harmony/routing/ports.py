@@ -281,6 +281,12 @@ class QueueRepository(Protocol):
         """Load a queue by name."""
         ...
 
+    async def get_recent(self, name: str) -> Queue | None:
+        """A queue as stored at most a moment ago (about a second; a change made through this
+        process is seen at once): for the hot path, where a definition read that late is as
+        if the work had arrived that much earlier. A queue not found is looked up each time."""
+        ...
+
     async def upsert(self, queue: Queue) -> None:
         """Create or replace a queue's definition."""
         ...
