@@ -129,26 +129,36 @@ async def test_a_violated_constraint_is_sqlalchemys_integrity_error(database_url
         assert sqlstate(raised.value) == "23505"
 
 
-@pytest.mark.postgres
-async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
-    postgres_url: str,
-) -> None:
+@contextlib.asynccontextmanager
+async def counting(postgres_url: str) -> AsyncIterator[tuple[Database, SqlCounter]]:
+    """A database whose first connection is set up already (its own queries are not counted),
+    and the benchmark's counter installed until the block ends (the database disposed)."""
     db = Database(postgres_url, SystemClock().now)
     async with db.engine.connect():
-        pass  # the first connection's own set-up queries are not counted below
+        pass
     counter = SqlCounter()
     counter.install()
     try:
         try:
-            async with transaction(db) as (conn, run):  # BEGIN: not a statement
-                await run.execute(INSERT_QUEUE, queue_values("counted"))  # direct
-                await run.execute(QUEUE, {"b_name": "counted"})  # direct
-                await conn.execute(QUEUE.statement, {"b_name": "counted"})  # SQLAlchemy
-                await conn.commit()  # COMMIT: not a statement
+            yield db, counter
         finally:
             await db.dispose()
     finally:
         counter.uninstall()
+
+
+@pytest.mark.postgres
+async def test_the_benchmarks_counter_sees_direct_and_sqlalchemy_statements(
+    postgres_url: str,
+) -> None:
+    async with (
+        counting(postgres_url) as (db, counter),
+        transaction(db) as (conn, run),  # BEGIN: not a statement
+    ):
+        await run.execute(INSERT_QUEUE, queue_values("counted"))  # direct
+        await run.execute(QUEUE, {"b_name": "counted"})  # direct
+        await conn.execute(QUEUE.statement, {"b_name": "counted"})  # SQLAlchemy
+        await conn.commit()  # COMMIT: not a statement
     assert counter.statements == 3
     assert counter.commits == 1
     assert counter.checkouts >= 1
@@ -172,22 +182,12 @@ async def test_the_benchmarks_counter_leaves_out_other_threads_statements(
         finally:
             await conn.close()
 
-    db = Database(postgres_url, SystemClock().now)
-    async with db.engine.connect():
-        pass  # the first connection's own set-up queries are not counted below
-    counter = SqlCounter()
-    counter.install()
-    try:
-        try:
-            worker = threading.Thread(target=lambda: asyncio.run(elsewhere()))
-            worker.start()
-            worker.join()
-            async with db.engine.connect() as conn:
-                await conn.execute(QUEUE.statement, {"b_name": "none"})
-        finally:
-            await db.dispose()
-    finally:
-        counter.uninstall()
+    async with counting(postgres_url) as (db, counter):
+        worker = threading.Thread(target=lambda: asyncio.run(elsewhere()))
+        worker.start()
+        worker.join()
+        async with db.engine.connect() as conn:
+            await conn.execute(QUEUE.statement, {"b_name": "none"})
     assert counter.statements == 1
     assert counter.checkouts == 1
 
