@@ -287,6 +287,31 @@ def _prefixed_new_row(interaction: Interaction) -> dict[str, Any]:
     return {f"new_{column}": value for column, value in _new_interaction_row(interaction).items()}
 
 
+def _payload_of(received: ReceivedEvent | None, source: str, event_id: str) -> str | None:
+    """The body of the event being received, if (source, event_id) is that event."""
+    if received is not None and (received.source, received.event_id) == (source, event_id):
+        return received.payload
+    return None
+
+
+def _applied_inbox_row(
+    claim: EventClaim, received: ReceivedEvent | None, interaction_id: str | None
+) -> dict[str, Any]:
+    """An inbox row storing ``claim``'s event as applied, with its body when it is the one
+    being received."""
+    return {
+        "source": claim.source,
+        "event_id": claim.event_id,
+        "event_type": claim.event_type,
+        "received_at": claim.at,
+        "payload": _payload_of(received, claim.source, claim.event_id),
+        "interaction_id": interaction_id,
+        "status": InboxStatus.APPLIED.value,
+        "handled_at": claim.at,
+        "error": None,
+    }
+
+
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
@@ -314,24 +339,10 @@ class SqlInteractions:
     async def _locked_then_claimed(
         self, by: str, key: dict[str, Any], claim: EventClaim
     ) -> tuple[Interaction | None, bool]:
-        received = self._received
-        payload = None
-        if received is not None and (received.source, received.event_id) == (
-            claim.source,
-            claim.event_id,
-        ):
-            payload = received.payload
-        values = {
-            "source": claim.source,
-            "event_id": claim.event_id,
-            "event_type": claim.event_type,
-            "received_at": claim.at,
-            "payload": payload,
-            "status": InboxStatus.APPLIED.value,
-            "handled_at": claim.at,
-            "error": None,
-        }
+        values = _applied_inbox_row(claim, self._received, None)
         if self._conn.dialect.name == "postgresql":
+            # The interaction's id comes from the locked row, not from a parameter.
+            del values["interaction_id"]
             parameters = {**key, **{f"c_{name}": value for name, value in values.items()}}
             row = (await self._conn.execute(_LOCKED_THEN_CLAIMED[by], parameters)).first()
             if row is None:
@@ -582,12 +593,6 @@ class SqlInbox:
     def _row(self, source: str, event_id: str) -> Any:
         return and_(inbox.c.source == source, inbox.c.event_id == event_id)
 
-    def _payload_of(self, source: str, event_id: str) -> str | None:
-        received = self._received
-        if received is not None and (received.source, received.event_id) == (source, event_id):
-            return received.payload
-        return None
-
     async def claim(
         self,
         source: str,
@@ -619,17 +624,8 @@ class SqlInbox:
         at: datetime,
         interaction_id: str | None,
     ) -> dict[str, Any]:
-        return {
-            "source": source,
-            "event_id": event_id,
-            "event_type": event_type,
-            "received_at": at,
-            "payload": self._payload_of(source, event_id),
-            "interaction_id": interaction_id,
-            "status": InboxStatus.APPLIED.value,
-            "handled_at": at,
-            "error": None,
-        }
+        claim = EventClaim(source, event_id, event_type, at)
+        return _applied_inbox_row(claim, self._received, interaction_id)
 
     async def mark_failed(self, source: str, event_id: str, error: str, at: datetime) -> None:
         """Write the refusal on a row not applied meanwhile (by a concurrent delivery); the

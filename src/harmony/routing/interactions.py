@@ -81,6 +81,13 @@ async def _claim_or_duplicate(
     the first delivery's outcome."""
     if await uow.inbox.claim(source, event_id, event_type, clock.now(), interaction_id):
         return None
+    return await _duplicate_of(uow, source, event_id, interaction_id)
+
+
+async def _duplicate_of(
+    uow: UnitOfWork, source: str, event_id: str, interaction_id: str
+) -> Outcome:
+    """The outcome of an event applied before: the interaction its first delivery concerned."""
     previous = await uow.inbox.interaction_for(source, event_id)
     return Outcome(interaction_id=previous or interaction_id, duplicate=True)
 
@@ -267,12 +274,9 @@ async def _crm_event_claimed(
             f"data.external_id: no interaction '{external_id}' from crm:{crm_adapter}",
             code="unknown_interaction",
         )
-    return interaction, None if claimed else await _duplicate_of(uow, claim, interaction)
-
-
-async def _duplicate_of(uow: UnitOfWork, claim: EventClaim, interaction: Interaction) -> Outcome:
-    previous = await uow.inbox.interaction_for(claim.source, claim.event_id)
-    return Outcome(interaction_id=previous or interaction.id, duplicate=True)
+    if claimed:
+        return interaction, None
+    return interaction, await _duplicate_of(uow, claim.source, claim.event_id, interaction.id)
 
 
 async def accept_interaction(
@@ -395,7 +399,9 @@ async def _request_event_claimed(
             f"data.request_id: no routing request '{request_id}' placed with acd:{acd_adapter}",
             code="unknown_interaction",
         )
-    return interaction, None if claimed else await _duplicate_of(uow, claim, interaction)
+    if claimed:
+        return interaction, None
+    return interaction, await _duplicate_of(uow, claim.source, claim.event_id, interaction.id)
 
 
 async def select_agent(
