@@ -34,6 +34,7 @@ from harmony.routing.messages import (
 from harmony.routing.messages import TargetKind as K
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.testing import FakeAdapter, FakeClock
+from tests.sql_sent import statements_sent
 
 S = InteractionState
 MAX_ATTEMPTS = 3
@@ -706,6 +707,92 @@ async def test_a_batch_does_not_record_a_message_another_relay_is_still_sending(
     )
     assert recorded == {taken.message.id}
     assert await world.state(lost.message.interaction_id) == S.DELIVERED
+
+
+async def two_deliveries_claimed(world: World) -> list[Any]:
+    """Two chats offered, their deliveries claimed by relay A (sent, not yet recorded)."""
+    first, second = await world.create("chat-1"), await world.create("chat-2")
+    await world.relay().drain()
+    await world.select(first, "acd-1")
+    await world.select(second, "acd-2")
+    async with world.db.uow() as uow:
+        claimed = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "relay-a")
+        await uow.commit()
+    assert {entry.message.type for entry in claimed} == {INTERACTION_DELIVER}
+    return claimed
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_batch_of_deliveries_is_recorded_in_one_statement_on_postgresql(
+    world: World,
+) -> None:
+    claimed = await two_deliveries_claimed(world)
+    world.clock.advance(1)
+
+    with statements_sent() as sent:
+        recorded = await interactions.messages_sent(
+            world.db.uow(), world.clock, [(e.message, e.claim_token) for e in claimed]
+        )
+
+    assert recorded == {entry.message.id for entry in claimed}
+    assert len(sent) == 1, sent  # no BEGIN, no COMMIT: one statement is atomic by itself
+    for entry in claimed:
+        interaction_id = entry.message.interaction_id
+        async with world.db.reader() as uow:
+            found = await uow.interactions.get(interaction_id)
+            history = await uow.interactions.history(interaction_id)
+        assert found is not None
+        assert found.state == S.DELIVERED
+        assert found.state_times[S.DELIVERED] == world.clock.now()
+        last = history[-1]
+        assert (last.event, last.from_state, last.to_state, last.at) == (
+            "delivered",
+            S.OFFERED,
+            S.DELIVERED,
+            world.clock.now(),
+        )
+        assert entry.message.id in last.cause
+    rows = {row.id: row for row in await world.rows(INTERACTION_DELIVER)}
+    assert {(rows[e.message.id].status, rows[e.message.id].sent_at) for e in claimed} == {
+        ("sent", world.clock.now())
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_delivery_recorded_while_the_crm_accepts_notes_the_state_it_waited_for(
+    world: World,
+) -> None:
+    """The acceptance holds the interaction's lock when the relay records the delivery: the
+    record waits for it and notes the accepted state, not the offered one it could have read
+    before."""
+    claimed = await two_deliveries_claimed(world)
+    entry = claimed[0]
+    interaction_id = entry.message.interaction_id
+    accepting = world.db.uow()
+    async with accepting as uow:
+        interaction = await uow.interactions.get(interaction_id, for_update=True)
+        assert interaction is not None
+        interaction.advance_to(S.ACCEPTED, world.clock.now(), event="accepted", cause="test")
+        await uow.interactions.save(interaction)
+        recording = asyncio.create_task(
+            interactions.messages_sent(
+                world.db.uow(), world.clock, [(entry.message, entry.claim_token)]
+            )
+        )
+        await asyncio.sleep(0.3)  # the record reaches the interaction's lock and waits
+        assert not recording.done()
+        await uow.commit()
+
+    assert await recording == {entry.message.id}
+    assert await world.state(interaction_id) == S.ACCEPTED
+    async with world.db.reader() as uow:
+        history = await uow.interactions.history(interaction_id)
+    assert [(h.event, h.from_state, h.to_state) for h in history[-2:]] == [
+        ("accepted", S.DELIVERED, S.ACCEPTED),
+        ("delivery_acknowledged", S.ACCEPTED, S.ACCEPTED),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,16 @@ import structlog
 from sqlalchemy import (
     Integer,
     String,
+    Text,
     and_,
     any_,
     bindparam,
+    case,
+    cast,
     delete,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -51,12 +55,14 @@ from harmony.routing.messages import OutboundMessage, OutboxEntry, TargetKind
 from harmony.routing.model import (
     WAITING_STATES,
     Channel,
+    GuardedMove,
     HistoryEntry,
     Interaction,
     InteractionState,
     Queue,
 )
 from harmony.routing.ports import (
+    Acknowledged,
     EventClaim,
     InboxEntry,
     InboxStatus,
@@ -68,7 +74,7 @@ from harmony.routing.ports import (
 
 log = structlog.get_logger("harmony.db")
 
-STATE_COLUMNS = {
+STATE_COLUMNS: dict[InteractionState, str] = {
     state: f"{state.value}_at" for state in InteractionState if state != InteractionState.RECEIVED
 }
 WAITING_LITERALS: list[Any] = [
@@ -445,6 +451,66 @@ class SqlInteractions:
                 )
             interaction.version += 1
 
+    async def record_acknowledged(
+        self, acknowledged: Sequence[Acknowledged], at: datetime, move: GuardedMove
+    ) -> set[str]:
+        """One statement on PostgreSQL (see ``_recording_acknowledged``); elsewhere the
+        messages marked sent, then their interactions locked, moved or noted, and saved."""
+        if not acknowledged:
+            return set()
+        held_ids = [ack.message_id for ack in acknowledged]
+        held_tokens = [ack.claim_token for ack in acknowledged]
+        acks = [ack for ack in acknowledged if ack.interaction_id is not None]
+        if self._conn.dialect.name != "postgresql":
+            held = [(ack.message_id, ack.claim_token) for ack in acknowledged]
+            marked = await _mark_sent(self._conn, held, at)
+            await self._apply_acknowledged([a for a in acks if a.message_id in marked], at, move)
+            return marked
+        rows = await self._conn.execute(
+            _RECORDING_ACKNOWLEDGED[move.target],
+            {
+                "held_ids": held_ids,
+                "held_tokens": held_tokens,
+                "sent_at": at,
+                "ack_message_ids": [ack.message_id for ack in acks],
+                "ack_interaction_ids": [ack.interaction_id for ack in acks],
+                "ack_causes": [ack.cause for ack in acks],
+                "move_source": move.source.value,
+                "move_target": move.target.value,
+                "move_event": move.event,
+                "note_event": move.otherwise,
+            },
+        )
+        recorded: set[str] = set()
+        moved: set[str] = set()
+        for row in rows:
+            (recorded if row.kind == "sent" else moved).add(row.id)
+        causes = {ack.interaction_id: ack.cause for ack in reversed(acks)}
+        self.state_changes.extend(
+            HistoryEntry(
+                interaction_id, at, move.event, move.source, move.target, causes[interaction_id]
+            )
+            for interaction_id in sorted(moved)
+        )
+        return recorded
+
+    async def _apply_acknowledged(
+        self, acks: Sequence[Acknowledged], at: datetime, move: GuardedMove
+    ) -> None:
+        loaded = await self.get_many(
+            {ack.interaction_id for ack in acks if ack.interaction_id}, for_update=True
+        )
+        by_id = {interaction.id: interaction for interaction in loaded}
+        for ack in sorted(acks, key=lambda ack: ack.message_id):
+            interaction = by_id.get(ack.interaction_id or "")
+            if interaction is None:
+                continue
+            if interaction.state == move.source:
+                interaction.move_to(move.target, at, event=move.event, cause=ack.cause)
+            else:
+                interaction.note(move.otherwise, at, ack.cause, {})
+        await self.save_many(loaded)
+
     async def _append_history(self, *changed: Interaction) -> None:
         entries = [entry for interaction in changed for entry in interaction.new_history]
         if not entries:
@@ -774,8 +840,127 @@ _MARK_SENT_MANY = {
         .returning(outbox.c.id)
     ),
 }
+
+
+def _recording_acknowledged(target: InteractionState) -> Prepared:
+    """On PostgreSQL, one statement: mark the held messages sent (``sent``); lock, in id
+    order, the interactions of those recorded that name one (``locked``: FOR UPDATE reads the
+    latest committed state, after waiting for a concurrent event that holds the row); move
+    those in the move's source state to ``target`` (``moved``); and write each recorded
+    acknowledgement's history line from the state locked: the move, or the note (a second
+    acknowledgement of one interaction in the batch is noted against the state the first left).
+    Returns ``("sent", message id)`` and ``("moved", interaction id)`` rows."""
+    text_array = ARRAY(Text)
+    held = (
+        func.unnest(
+            bindparam("held_ids", type_=ARRAY(String)),
+            bindparam("held_tokens", type_=ARRAY(String)),
+        )
+        .table_valued("id", "token")
+        .render_derived(name="held")
+    )
+    sent = (
+        update(outbox)
+        .where(outbox.c.id == held.c.id)
+        .where(outbox.c.claim_token == held.c.token)
+        .where(outbox.c.status == "pending")
+        .values(_SENT)
+        .returning(outbox.c.id)
+        .cte("sent")
+    )
+    acks = (
+        func.unnest(
+            bindparam("ack_message_ids", type_=text_array),
+            bindparam("ack_interaction_ids", type_=text_array),
+            bindparam("ack_causes", type_=text_array),
+        )
+        .table_valued("message_id", "interaction_id", "cause")
+        .render_derived(name="acks")
+    )
+    recorded_acks = (
+        select(
+            acks.c.message_id,
+            acks.c.interaction_id,
+            acks.c.cause,
+            func.row_number()
+            .over(partition_by=acks.c.interaction_id, order_by=acks.c.message_id)
+            .label("nth"),
+        )
+        .where(acks.c.message_id.in_(select(sent.c.id)))
+        .cte("recorded_acks")
+    )
+    locked = (
+        select(interactions.c.id, interactions.c.state)
+        .where(interactions.c.id.in_(select(recorded_acks.c.interaction_id)))
+        .order_by(interactions.c.id)
+        .with_for_update(of=interactions)
+        .cte("locked")
+    )
+    source = bindparam("move_source", type_=String)
+    target_state = bindparam("move_target", type_=String)
+    at = bindparam("sent_at", type_=outbox.c.sent_at.type)
+    moved = (
+        update(interactions)
+        .where(interactions.c.id == locked.c.id)
+        .where(locked.c.state == source)
+        .values(
+            {
+                "state": target_state,
+                STATE_COLUMNS[target]: at,
+                "updated_at": at,
+                "version": interactions.c.version + 1,
+            }
+        )
+        .returning(interactions.c.id)
+        .cte("moved")
+    )
+    moves = and_(recorded_acks.c.nth == 1, locked.c.state == source)
+    state_after = case((locked.c.state == source, target_state), else_=locked.c.state)
+    history = insert(interaction_history).from_select(
+        ["interaction_id", "at", "event", "from_state", "to_state", "cause", "detail"],
+        select(
+            recorded_acks.c.interaction_id,
+            at,
+            case(
+                (moves, bindparam("move_event", type_=String)),
+                else_=bindparam("note_event", type_=String),
+            ),
+            case((moves, locked.c.state), else_=state_after),
+            state_after,
+            recorded_acks.c.cause,
+            cast(literal_column("'{}'"), interaction_history.c.detail.type),
+        )
+        .select_from(recorded_acks.join(locked, locked.c.id == recorded_acks.c.interaction_id))
+        .order_by(recorded_acks.c.interaction_id, recorded_acks.c.nth),
+    )
+    return Prepared(
+        select(literal("sent").label("kind"), sent.c.id)
+        .add_cte(history.cte("history"))
+        .union_all(select(literal("moved").label("kind"), moved.c.id))
+    )
+
+
+_RECORDING_ACKNOWLEDGED: dict[InteractionState, Prepared] = {
+    target: _recording_acknowledged(target) for target in STATE_COLUMNS
+}
 # The due message a relay has waited longest to send: what admission control samples.
 _OLDEST_DUE = Prepared(_due(select(outbox.c.next_attempt_at)))
+
+
+async def _mark_sent(conn: Statements, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
+    """``Outbox.mark_sent_many``: shared with the interactions' ``record_acknowledged``."""
+    if not held:
+        return set()
+    if conn.dialect.name == "postgresql":
+        parameters: dict[str, Any] = {
+            "held_ids": [message_id for message_id, _ in held],
+            "held_tokens": [token for _, token in held],
+            "sent_at": at,
+        }
+    else:
+        parameters = {"held": list(held), "sent_at": at}
+    result = await conn.execute(_MARK_SENT_MANY[conn.dialect.name], parameters)
+    return set(result.scalars().all())
 
 
 def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
@@ -976,18 +1161,7 @@ class SqlOutbox:
     async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
         """Several acknowledged messages in one statement, each fenced by its own claim token:
         the ids written; a message whose claim was lost is left as it is."""
-        if not held:
-            return set()
-        if self._conn.dialect.name == "postgresql":
-            parameters: dict[str, Any] = {
-                "held_ids": [message_id for message_id, _ in held],
-                "held_tokens": [token for _, token in held],
-                "sent_at": at,
-            }
-        else:
-            parameters = {"held": list(held), "sent_at": at}
-        result = await self._conn.execute(_MARK_SENT_MANY[self._conn.dialect.name], parameters)
-        return set(result.scalars().all())
+        return await _mark_sent(self._conn, held, at)
 
     async def mark_retry(
         self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str

@@ -34,14 +34,25 @@ from harmony.routing.model import (
     Agent,
     Channel,
     ChannelState,
+    GuardedMove,
     Interaction,
     InteractionState,
     Queue,
     validate_capacity,
 )
-from harmony.routing.ports import Clock, EventClaim, UnitOfWork, UnitOfWorkFactory
+from harmony.routing.ports import (
+    Acknowledged,
+    Clock,
+    EventClaim,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 
 S = InteractionState
+# What the CRM's acknowledgement of a delivery confirms.
+DELIVERY_ACKNOWLEDGED = GuardedMove(
+    source=S.OFFERED, target=S.DELIVERED, event="delivered", otherwise="delivery_acknowledged"
+)
 
 
 @dataclass(frozen=True)
@@ -511,41 +522,28 @@ async def messages_sent(
 ) -> set[str]:
     """Receivers acknowledged these messages (each with the claim token that sent it): record
     them all in one unit of work and apply what they confirm (a delivery: offered ->
-    delivered).
+    delivered; an interaction that moved on meanwhile has the acknowledgement noted).
 
     Returns the ids recorded. A message whose claim was lost is left out, with nothing changed
     for it: the relay now holding it records its fate. Lock order: the outbox rows, then the
-    delivered interactions in id order. With no delivery among them, recording them is one
-    statement.
+    delivered interactions in id order. One statement where the store can: the store applies
+    the delivery to the state it holds locked, so nothing is read first.
     """
-    if not any(message.type == INTERACTION_DELIVER for message, _ in sent):
-        uow = uow.single_statement()
-    async with uow:
-        now = clock.now()
-        recorded = await uow.outbox.mark_sent_many(
-            [(message.id, claim_token) for message, claim_token in sent], now
+    acknowledged = [
+        Acknowledged(
+            message.id,
+            claim_token,
+            message.interaction_id,
+            f"crm:{message.target} acknowledged delivery {message.id}",
         )
-        delivered = [
-            message
-            for message, _ in sent
-            if message.id in recorded and message.type == INTERACTION_DELIVER
-        ]
-        if delivered:
-            loaded = await uow.interactions.get_many(
-                {message.interaction_id for message in delivered}, for_update=True
-            )
-            by_id = {interaction.id: interaction for interaction in loaded}
-            for message in delivered:
-                interaction = by_id.get(message.interaction_id)
-                if interaction is None:
-                    continue
-                cause = f"crm:{message.target} acknowledged delivery {message.id}"
-                if interaction.state == S.OFFERED:
-                    interaction.move_to(S.DELIVERED, now, event="delivered", cause=cause)
-                else:
-                    # The CRM reported acceptance before the relay recorded its answer.
-                    interaction.note("delivery_acknowledged", now, cause, {})
-            await uow.interactions.save_many(loaded)
+        if message.type == INTERACTION_DELIVER
+        else Acknowledged(message.id, claim_token)
+        for message, claim_token in sent
+    ]
+    async with uow.single_statement():
+        recorded = await uow.interactions.record_acknowledged(
+            acknowledged, clock.now(), DELIVERY_ACKNOWLEDGED
+        )
         await uow.commit()
         return recorded
 

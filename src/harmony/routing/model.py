@@ -63,6 +63,24 @@ IMPLIED_PATHS: dict[tuple[InteractionState, InteractionState], tuple[Interaction
 
 
 @dataclass(frozen=True)
+class GuardedMove:
+    """A transition for a store to apply where it writes, without reading first: each
+    interaction found in ``source`` moves to ``target`` (history event ``event``); one found in
+    any other state keeps it and has ``otherwise`` noted. For records that must not wait on a
+    read (the relay's acknowledgements), and that are right whichever way a concurrent event
+    went: the store decides on the state it holds locked."""
+
+    source: InteractionState
+    target: InteractionState
+    event: str
+    otherwise: str
+
+    def __post_init__(self) -> None:
+        if self.target not in ALLOWED_TRANSITIONS[self.source]:
+            raise ValueError(f"{self.source} -> {self.target} is not a transition")
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """One append-only line of an interaction's history: a state move or a noted event."""
 

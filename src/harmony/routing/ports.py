@@ -16,6 +16,7 @@ from harmony.routing.model import (
     Channel,
     ChannelState,
     ChannelStatus,
+    GuardedMove,
     HistoryEntry,
     Interaction,
     InteractionState,
@@ -84,6 +85,18 @@ class EventClaim:
     at: datetime
 
 
+@dataclass(frozen=True)
+class Acknowledged:
+    """An outbound message its receiver acknowledged, sent under ``claim_token``; for a
+    message whose acknowledgement moves its interaction on, that interaction and the cause
+    to record."""
+
+    message_id: str
+    claim_token: str
+    interaction_id: str | None = None
+    cause: str = ""
+
+
 class InteractionRepository(Protocol):
     async def get_by_external_id_claiming(
         self, crm_adapter: str, external_id: str, claim: EventClaim
@@ -138,6 +151,15 @@ class InteractionRepository(Protocol):
 
     async def save_many(self, changed: Sequence[Interaction]) -> None:
         """``save`` for several interactions at once (each loaded in this unit of work)."""
+        ...
+
+    async def record_acknowledged(
+        self, acknowledged: Sequence[Acknowledged], at: datetime, move: GuardedMove
+    ) -> set[str]:
+        """Mark the messages sent, each only while its claim token still holds it, and apply
+        ``move`` to the interaction of each one recorded that names one: in one statement
+        where the store can (no read first), the interactions locked after the outbox rows,
+        in id order. Returns the ids of the messages recorded."""
         ...
 
     async def search(
