@@ -116,12 +116,12 @@ async def test_a_routed_events_statements_on_postgresql(harness: Harness) -> Non
         assert "INSERT INTO inbox " in locked_and_claimed, event_type
         assert statements[-1].startswith("COMMIT"), (event_type, statements)
     assert {event_type: len(statements) for event_type, statements in sent.items()} == {
-        # + the agent locked, its capacity reserved, the interaction saved (carrying history
-        # and the delivery)
-        "agent.selected": 6,
+        # + the agent locked with its capacity reserved (one statement), the interaction
+        # saved (carrying history and the delivery)
+        "agent.selected": 5,
         # + the agent read (the CRM named it), the interaction saved (carrying history)
         "interaction.accepted": 5,
-        # + the agent locked, its capacity released, the interaction saved (carrying history,
+        # + the agent locked, the interaction saved (carrying its capacity released, history,
         # the agent's history and the work's end)
-        "interaction.completed": 6,
+        "interaction.completed": 5,
     }

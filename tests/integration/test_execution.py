@@ -252,6 +252,41 @@ async def test_rows_inserted_later_ride_with_the_next_write(database_url: str) -
         assert "UPDATE queues" in sent[1]
 
 
+async def test_updates_written_later_ride_with_the_next_write_each_with_its_own_values(
+    database_url: str,
+) -> None:
+    db = Database(database_url, SystemClock().now)
+    try:
+        async with transaction(db) as (conn, run):
+            await run.execute(INSERT_QUEUE, queue_values("first"))
+            await run.execute(INSERT_QUEUE, queue_values("second"))
+            await run.execute(INSERT_PROFILES, profile_values("carrier", 1))
+            driver = (await conn.get_raw_connection()).driver_connection
+            with statements_sent(on=driver) as sent:
+                # The same statement twice: each keeps its own parameters in the carrier.
+                await run.update_later(RENAME_SKILLS, {"b_name": "first", "b_skills": ["one"]})
+                await run.update_later(RENAME_SKILLS, {"b_name": "second", "b_skills": ["two"]})
+                await run.execute(
+                    Prepared(
+                        update(profiles)
+                        .where(profiles.c.name == bindparam("b_name"))
+                        .values(wrap_up_seconds=bindparam("b_wrap_up"))
+                    ),
+                    {"b_name": "carrier", "b_wrap_up": {"chat": 7}},
+                )
+                stored = {
+                    name: (await run.execute(QUEUE, {"b_name": name})).first().skills
+                    for name in ("first", "second")
+                }
+            await conn.commit()
+    finally:
+        await db.dispose()
+    assert stored == {"first": ["one"], "second": ["two"]}
+    if "postgresql" in database_url:
+        assert [statement.split()[0] for statement in sent] == ["WITH", "SELECT", "SELECT"]
+        assert sent[0].count("UPDATE queues") == 2 and "UPDATE profiles" in sent[0]
+
+
 async def test_a_statement_naming_their_table_sends_rows_inserted_later_first(
     database_url: str,
 ) -> None:

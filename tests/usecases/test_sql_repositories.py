@@ -68,9 +68,13 @@ async def test_reserve_and_release_stay_within_bounds(store: SqlStore) -> None:
         assert not await uow.agents.reserve("agent-1", Channel.CHAT)
         assert not await uow.agents.reserve("agent-3", Channel.CHAT)  # no capacity
         assert not await uow.agents.reserve("agent-404", Channel.CHAT)
-        assert await uow.agents.release("agent-1", Channel.CHAT)
-        assert not await uow.agents.release("agent-1", Channel.CHAT)
-        assert not await uow.agents.release("agent-1", Channel.EMAIL)
+        await uow.agents.release("agent-1", Channel.CHAT)
+        await uow.agents.release("agent-1", Channel.CHAT)  # none held: nothing below zero
+        await uow.agents.release("agent-1", Channel.EMAIL)
+        # Read back in the same unit of work: releases written later are written before it.
+        read_back = await uow.agents.get("agent-1")
+        assert read_back is not None
+        assert read_back.capacity_on(Channel.CHAT).load == 0
         await uow.commit()
     agent = await store.agent("agent-1")
     assert agent is not None

@@ -183,6 +183,34 @@ _ONE_AGENT = {
 }
 
 
+def _one_agent_reserving() -> Any:
+    """On PostgreSQL, one statement: lock the agent the ACD names (``locked``), then reserve a
+    unit of the channel as ``_reserve`` does (``reserved``, after the lock: its agent id is
+    the locked row's); the agent's columns as ``_one_agent`` reads them, from before the
+    reservation, and ``reserved`` (1 when made, else 0)."""
+    locked = (
+        select(agents.c.id)
+        .where(agents.c.acd_agent_id == bindparam("b_key"))
+        .with_for_update()
+        .cte("locked")
+    )
+    reserved = (
+        update(agent_channels)
+        .where(agent_channels.c.agent_id == select(locked.c.id).scalar_subquery())
+        .where(agent_channels.c.channel == bindparam("b_channel"))
+        .where(agent_channels.c.load + agent_channels.c.overflow < agent_channels.c.capacity)
+        .where(agent_channels.c.status == ChannelStatus.READY.value)
+        .values(load=agent_channels.c.load + 1)
+        .returning(agent_channels.c.agent_id)
+        .cte("reserved")
+    )
+    made = select(func.count()).select_from(reserved).scalar_subquery().label("reserved")
+    return _one_agent("postgresql", "acd_agent_id", False).add_columns(made)
+
+
+_ONE_AGENT_RESERVING = Prepared(_one_agent_reserving())
+
+
 def _reserve(require_ready: bool) -> Any:
     statement = (
         update(agent_channels)
@@ -209,7 +237,10 @@ _RELEASE = Prepared(
             (_OVERFLOWING, agent_channels.c.overflow - 1), else_=agent_channels.c.overflow
         ),
         load=case((_OVERFLOWING, agent_channels.c.load), else_=agent_channels.c.load - 1),
-        wrap_up_until=func.coalesce(bindparam("b_wrap_up_until"), agent_channels.c.wrap_up_until),
+        wrap_up_until=func.coalesce(
+            bindparam("b_wrap_up_until", type_=agent_channels.c.wrap_up_until.type),
+            agent_channels.c.wrap_up_until,
+        ),
     )
 )
 _INSERT_HISTORY = Prepared(insert(agent_state_history))
@@ -286,7 +317,10 @@ class SqlAgents:
     async def _one(self, key: str, value: str, for_update: bool) -> Agent | None:
         """One agent with its channels and skills in one round trip (the hot path's read)."""
         statement = _ONE_AGENT[self._conn.dialect.name, key, for_update]
-        rows = (await self._conn.execute(statement, {"b_key": value})).all()
+        return self._agent_of((await self._conn.execute(statement, {"b_key": value})).all())
+
+    def _agent_of(self, rows: list[Any]) -> Agent | None:
+        """The agent ``_one_agent``'s rows describe (None for no rows)."""
         if not rows:
             return None
         first = rows[0]
@@ -311,6 +345,21 @@ class SqlAgents:
             crm_adapter=first.crm_adapter,
             login_failures=first.login_failures,
         )
+
+    async def get_by_acd_id_reserving(
+        self, acd_agent_id: str, channel: Channel
+    ) -> tuple[Agent | None, bool]:
+        """One statement on PostgreSQL (``_one_agent_reserving``); elsewhere the agent locked,
+        then the unit reserved."""
+        if self._conn.dialect.name != "postgresql":
+            agent = await self._one("acd_agent_id", acd_agent_id, True)
+            return agent, agent is not None and await self.reserve(agent.id, channel)
+        rows = (
+            await self._conn.execute(
+                _ONE_AGENT_RESERVING, {"b_key": acd_agent_id, "b_channel": channel.value}
+            )
+        ).all()
+        return self._agent_of(rows), bool(rows) and rows[0].reserved == 1
 
     async def get(self, agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by Harmony's id."""
@@ -502,14 +551,13 @@ class SqlAgents:
 
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
-    ) -> bool:
+    ) -> None:
         """Give one unit back, never below zero (one held beyond capacity goes first); start
-        wrap-up if given."""
-        result = await self._conn.execute(
+        wrap-up if given. Written with the unit of work's next write (``update_later``)."""
+        await self._conn.update_later(
             _RELEASE,
             {"b_agent_id": agent_id, "b_channel": channel.value, "b_wrap_up_until": wrap_up_until},
         )
-        return bool(result.rowcount == 1)
 
     async def count_login_failure(self, agent_id: str) -> None:
         """Add one to the agent's login failures."""

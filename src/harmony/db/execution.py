@@ -22,7 +22,9 @@ inserted with ``insert_later``: on asyncpg they ride along with the unit of work
 data-modifying CTEs of that statement (``WITH later_0 AS (INSERT ...) UPDATE ...``), or are sent
 in one statement by ``flush`` before the commit, so they cost no round trip of their own. A
 statement that reads or writes one of their tables, or that is not run here directly, sends them
-first: nothing ever reads around a row it wrote. Elsewhere they are inserted at once.
+first: nothing ever reads around a row it wrote. Elsewhere they are inserted at once. An UPDATE
+whose outcome nobody reads (an agent's unit given back) goes the same way with ``update_later``,
+its parameters renamed in the carrying statement.
 
 The transaction is SQLAlchemy's: ``begin_now`` starts the driver's at once instead of at the
 first statement, so that statements run here are inside it; commit and rollback are
@@ -41,7 +43,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Delete, Executable, Insert, Update
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.sql.visitors import replacement_traverse
 
 __all__ = ["Prepared", "Statements"]
 
@@ -185,6 +189,17 @@ _CARRIED: dict[_CarriedShape, _Carried | None] = {}
 _CARRIED_SHAPES_MAX = 512
 
 
+def _renamed(statement: Any, names: dict[str, str]) -> Any:
+    """``statement`` with its parameters named in ``names`` renamed to their values."""
+
+    def rename(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in names:
+            return bindparam(names[element.key], type_=element.type)
+        return None
+
+    return replacement_traverse(statement, {}, rename)
+
+
 def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
     try:
         return _CARRIED[shape]
@@ -194,11 +209,17 @@ def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
     ctes = []
     row_names = []
     for number, (statement, columns, count) in enumerate(later):
-        table = cast(Insert, statement.statement).table
         rows = tuple(
             tuple(f"later_{number}_{row}_{column}" for column in columns) for row in range(count)
         )
         row_names.append(rows)
+        if not isinstance(statement.statement, Insert):
+            # An UPDATE written later: its own parameters, renamed so as not to meet the
+            # carrier's or another carried statement's.
+            renamed = _renamed(statement.statement, dict(zip(columns, rows[0], strict=True)))
+            ctes.append(renamed.cte(f"later_{number}"))
+            continue
+        table = statement.statement.table
         values = [
             {
                 column: bindparam(name, type_=table.c[column].type)
@@ -325,8 +346,18 @@ class Statements:
             return
         self._later.append((statement, rows))
 
+    async def update_later(self, statement: Prepared, params: Params) -> None:
+        """Run ``statement``, an UPDATE whose outcome nobody reads, as ``insert_later`` inserts
+        rows: before the next statement that names its table, with the next write, at the
+        latest at ``flush``; at once where statements are not run here directly."""
+        if self._driver is None:
+            await self.execute(statement, params)
+            return
+        self._later.append((statement, [params]))
+
     async def flush(self) -> None:
-        """Send the rows still waiting to be inserted (before a commit)."""
+        """Send the rows still waiting to be inserted and the updates waiting to be written
+        (before a commit)."""
         if not self._later:
             return
         carried = self._carry(_NOTHING_ELSE, (), {}, many=False) if len(self._later) > 1 else None
@@ -335,7 +366,9 @@ class Statements:
             return
         later, self._later = self._later, []
         for statement, rows in later:
-            await self.execute(statement, rows)
+            await self.execute(
+                statement, rows if isinstance(statement.statement, Insert) else rows[0]
+            )
 
     async def execute(self, statement: Prepared | Executable, params: Any = None) -> Any:
         """Run ``statement`` with ``params`` (a mapping, or a list of them for an INSERT of

@@ -1232,6 +1232,10 @@ class _OneStatement(Statements):
         if rows:
             await self.execute(statement, rows)
 
+    async def update_later(self, statement: Prepared, params: Any) -> None:
+        """Update at once: this is the one statement."""
+        await self.execute(statement, params)
+
 
 class _OneWrite(Statements):
     """Statements of a one-write unit of work on asyncpg: reads, each in autocommit, then one

@@ -436,8 +436,10 @@ async def select_agent(
         interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
         if duplicate:
             return duplicate
-        # Locking the agent serialises this check with voice calls and state changes.
-        agent = await uow.agents.get_by_acd_id(acd_agent_id, for_update=True)
+        channel = interaction.channel
+        # Locking the agent serialises this check with voice calls and state changes. The
+        # unit is reserved with the lock (one round trip); a refusal below rolls it back.
+        agent, reserved = await uow.agents.get_by_acd_id_reserving(acd_agent_id, channel)
         if agent is None:
             raise NotFound(f"data.agent_id: no agent '{acd_agent_id}'", code="unknown_agent")
         if interaction.state not in AWAITING_SELECTION:
@@ -446,9 +448,8 @@ async def select_agent(
                 code="invalid_transition",
             )
         now = clock.now()
-        channel = interaction.channel
         refusal = offer_refusal(agent.channels, await profile_of(uow, agent), channel, now)
-        if refusal is None and not await uow.agents.reserve(agent.id, channel):
+        if refusal is None and not reserved:
             refusal = f"has no free {channel.value} capacity"
         if refusal is not None:
             raise Conflict(f"agent {acd_agent_id} {refusal}", code="agent_unavailable")

@@ -186,6 +186,15 @@ class AgentRepository(Protocol):
         """Load an agent by the id the CRM uses."""
         ...
 
+    async def get_by_acd_id_reserving(
+        self, acd_agent_id: str, channel: Channel
+    ) -> tuple[Agent | None, bool]:
+        """Lock the agent the ACD knows by ``acd_agent_id`` and ``reserve`` one unit of
+        ``channel`` for it, in one statement where the store can: the agent as it was before
+        the reservation, and whether the reservation was made. A use case that then refuses
+        the offer raises, and its unit of work's rollback takes the reservation back."""
+        ...
+
     async def search(
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
     ) -> Page[Agent]:
@@ -220,8 +229,10 @@ class AgentRepository(Protocol):
 
     async def release(
         self, agent_id: str, channel: Channel, wrap_up_until: datetime | None = None
-    ) -> bool:
-        """Give one unit back, starting wrap-up if given; False if none was held."""
+    ) -> None:
+        """Give one unit back (none when none is held), starting wrap-up if given. The store
+        may write it with the unit of work's next write: the agent is held locked, and
+        nothing reads the channel back before then."""
         ...
 
     async def count_login_failure(self, agent_id: str) -> None:
