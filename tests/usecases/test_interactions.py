@@ -686,6 +686,23 @@ async def test_accept_by_another_agent_is_refused(world: World) -> None:
     assert (await world.interaction(interaction_id)).state == S.DELIVERED
 
 
+async def test_accept_by_another_agent_than_the_one_delivered_to_is_refused(
+    world: World,
+) -> None:
+    interaction_id = await delivered(world, "chat-1", "acd-1")
+    before = await world.store.dump()
+
+    with pytest.raises(Conflict) as caught:
+        await world.accept("chat-1", "crm-2")
+
+    assert caught.value.code == "invalid_transition"
+    assert "delivered to crm-1, not crm-2" in str(caught.value)
+    assert await world.store.dump() == before
+    outcome = await world.accept("chat-1", "crm-1")
+    assert outcome.interaction_id == interaction_id
+    assert (await world.interaction(interaction_id)).state == S.ACCEPTED
+
+
 async def test_accept_before_any_agent_is_an_invalid_transition(world: World) -> None:
     await world.create("chat-1")
     with pytest.raises(Conflict) as caught:

@@ -251,11 +251,17 @@ class SqlAgents:
     """Agents in SQL; ``for_update`` takes a row lock on PostgreSQL."""
 
     def __init__(
-        self, conn: Statements, now: Callable[[], datetime], profiles_read: dict[str, Profile]
+        self,
+        conn: Statements,
+        now: Callable[[], datetime],
+        profiles_read: dict[str, Profile],
+        crm_agent_ids_read: dict[str, str] | None = None,
     ) -> None:
         self._conn = conn
         self._now = now
         self._profiles_read = profiles_read
+        # Agent id -> the CRM's id, as this unit of work read them along with an interaction.
+        self._crm_agent_ids_read = {} if crm_agent_ids_read is None else crm_agent_ids_read
 
     async def _load(
         self, condition: Any, *, for_update: bool = False, limit: int | None = None
@@ -360,6 +366,13 @@ class SqlAgents:
             )
         ).all()
         return self._agent_of(rows), bool(rows) and rows[0].reserved == 1
+
+    async def crm_agent_id_of(self, agent_id: str) -> str | None:
+        """The CRM's id of the agent: no round trip when this unit of work read it already."""
+        if agent_id in self._crm_agent_ids_read:
+            return self._crm_agent_ids_read[agent_id]
+        agent = await self.get(agent_id)
+        return None if agent is None else agent.crm_agent_id
 
     async def get(self, agent_id: str, *, for_update: bool = False) -> Agent | None:
         """Load an agent by Harmony's id."""

@@ -40,6 +40,7 @@ from harmony.db.execution import Prepared, Statements
 from harmony.db.recent import RecentQueues
 from harmony.db.tables import (
     agent_mirrors,
+    agents,
     inbox,
     interaction_history,
     interactions,
@@ -150,9 +151,18 @@ INBOX_COLUMNS = (
 def _locked_then_claimed(*where: Any) -> Prepared:
     """On PostgreSQL, one statement: lock the interaction ``where`` finds (FOR UPDATE), then
     claim the event for it, the insert reading the locked row, so the lock order's interaction
-    comes before its inbox row; the interaction's columns and ``claimed`` (1 when claimed, 0
-    when applied before; no row when there is no such interaction)."""
-    found = select(interactions).where(*where).with_for_update().cte("found")
+    comes before its inbox row; the interaction's columns, the CRM's id of the agent it names
+    (``held_by_crm_agent_id``, read without a lock, as a separate read would) and ``claimed``
+    (1 when claimed, 0 when applied before; no row when there is no such interaction)."""
+    held_by = (
+        select(agents.c.crm_agent_id)
+        .where(agents.c.id == interactions.c.agent_id)
+        .scalar_subquery()
+        .label("held_by_crm_agent_id")
+    )
+    found = (
+        select(interactions, held_by).where(*where).with_for_update(of=interactions).cte("found")
+    )
     row = select(
         *(
             found.c.id
@@ -321,9 +331,16 @@ def _applied_inbox_row(
 class SqlInteractions:
     """Interactions and their history in SQL."""
 
-    def __init__(self, conn: Statements, received: ReceivedEvent | None = None) -> None:
+    def __init__(
+        self,
+        conn: Statements,
+        received: ReceivedEvent | None = None,
+        crm_agent_ids_read: dict[str, str] | None = None,
+    ) -> None:
         self._conn = conn
         self._received = received
+        # The CRM's ids of agents read along with an interaction, for ``SqlAgents``.
+        self._crm_agent_ids_read = {} if crm_agent_ids_read is None else crm_agent_ids_read
         self.state_changes: list[HistoryEntry] = []
         # A save that met a newer version: its history went with its update, so this unit of
         # work must not commit (it never does in a use case: the Conflict rolls it back).
@@ -353,6 +370,8 @@ class SqlInteractions:
             row = (await self._conn.execute(_LOCKED_THEN_CLAIMED[by], parameters)).first()
             if row is None:
                 return None, False
+            if row.agent_id is not None:
+                self._crm_agent_ids_read[row.agent_id] = row.held_by_crm_agent_id
             return _interaction_from_row(row), bool(row.claimed)
         # Elsewhere (SQLite, one writer at a time): the same two steps, one after the other.
         if by == "external_id":
@@ -1372,9 +1391,10 @@ class SqlUnitOfWork:
             await self._cleanup()
             _raise_try_again_if_transient(exc)
             raise
-        self.interactions = SqlInteractions(statements, self._received)
+        crm_agent_ids_read: dict[str, str] = {}
+        self.interactions = SqlInteractions(statements, self._received, crm_agent_ids_read)
         profiles_read: dict[str, Profile] = {}
-        self.agents = SqlAgents(statements, self._now, profiles_read)
+        self.agents = SqlAgents(statements, self._now, profiles_read, crm_agent_ids_read)
         self.profiles = SqlProfiles(statements, self._now, profiles_read)
         self.queues = SqlQueues(statements, self._now, self._recent_queues)
         self.inbox = SqlInbox(statements, self._received)

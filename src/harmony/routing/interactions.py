@@ -307,11 +307,11 @@ async def accept_interaction(
         if duplicate:
             return duplicate
         if crm_agent_id is not None and interaction.agent_id is not None:
-            agent = await uow.agents.get(interaction.agent_id)
-            if agent is not None and agent.crm_agent_id != crm_agent_id:
+            delivered_to = await uow.agents.crm_agent_id_of(interaction.agent_id)
+            if delivered_to is not None and delivered_to != crm_agent_id:
                 raise Conflict(
                     f"data.agent_id: interaction {interaction.id} was delivered to "
-                    f"{agent.crm_agent_id}, not {crm_agent_id}",
+                    f"{delivered_to}, not {crm_agent_id}",
                     code="invalid_transition",
                 )
         interaction.advance_to(

@@ -186,6 +186,12 @@ class AgentRepository(Protocol):
         """Load an agent by the id the CRM uses."""
         ...
 
+    async def crm_agent_id_of(self, agent_id: str) -> str | None:
+        """The id the CRM knows the agent by (None for no such agent), without a lock: read
+        along with an interaction's lock-and-claim where the store can, so it costs no round
+        trip of its own."""
+        ...
+
     async def get_by_acd_id_reserving(
         self, acd_agent_id: str, channel: Channel
     ) -> tuple[Agent | None, bool]:
