@@ -85,8 +85,24 @@ def test_a_probe_is_tried_below_a_plateau_clearly_above_the_best_sustained_rate(
     assert next_probe([RateVerdict(20, 20, 80), RateVerdict(40, 20.5, 9000)]) is None
     # every rate sustained: nothing to refine
     assert next_probe([RateVerdict(20, 20, 80)]) is None
-    # already tried
-    assert next_probe([*ladder, RateVerdict(28, 26, 3000)]) is None
+    # tried, and missed: below what it routed
+    assert next_probe([*ladder, RateVerdict(28, 26, 3000)]) == 24.0
+    assert next_probe([*ladder, RateVerdict(28, 26, 3000), RateVerdict(24, 21, 3000)]) is None
+
+
+def test_when_the_plateau_was_offered_already_the_probe_goes_below_the_first_rate_missed() -> None:
+    # A full run on a 2-core machine: 60 sustained, 80 routed 72.7 (some refused early), 120
+    # routed 84.4; 95% of the plateau is 80, tried already: 95% of 72.7 is tried instead.
+    ladder = [
+        RateVerdict(40, 39.87, 30),
+        RateVerdict(60, 60.09, 45),
+        RateVerdict(80, 72.7, 400),
+        RateVerdict(120, 84.42, 420),
+    ]
+    assert next_probe(ladder) == 69.0
+    assert next_probe([*ladder, RateVerdict(69, 68.9, 60)]) is None
+    # no rate between the best sustained one and the first missed is worth a probe
+    assert next_probe([RateVerdict(60, 60, 45), RateVerdict(64, 61, 400)]) is None
 
 
 def test_backend_cpu_counts_only_what_was_used_inside_the_window() -> None:

@@ -102,18 +102,22 @@ def best_rate(verdicts: Sequence[RateVerdict]) -> tuple[float, str]:
 def next_probe(verdicts: Sequence[RateVerdict]) -> float | None:
     """One more rate worth trying between the best sustained rate and the plateau, or None.
 
-    When the first rate that fell behind still routed clearly more than the best sustained one
-    (the ladder's steps are coarse), 95% of that plateau is tried, rounded to a whole rate.
+    When the rates that fell behind still routed clearly more than the best sustained one (the
+    ladder's steps are coarse), 95% of that plateau is tried, rounded to a whole rate; when
+    that rate was offered already, 95% of what the lowest rate missed routed instead.
     """
     best = max_sustained(verdicts)
-    behind = [v for v in verdicts if falls_behind(v) or not sustains(v)]
+    behind = sorted(
+        (v for v in verdicts if falls_behind(v) or not sustains(v)), key=lambda v: v.offered
+    )
     if not behind:
         return None
-    plateau = max(v.goodput for v in behind)
-    probe = float(math.floor(plateau * 0.95))
-    if probe <= best * 1.05 or any(abs(v.offered - probe) < 0.5 for v in verdicts):
-        return None
-    return probe
+    tried = [v.offered for v in verdicts]
+    for goodput in (max(v.goodput for v in behind), behind[0].goodput):
+        probe = float(math.floor(goodput * 0.95))
+        if probe > best * 1.05 and all(abs(offered - probe) >= 0.5 for offered in tried):
+            return probe
+    return None
 
 
 # --- /proc ------------------------------------------------------------------------------------
