@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harmony.api.schemas import AgentHistoryPage, AgentOut, AgentPage
-from harmony.routing.agent_state import AgentStateEntry, StateOutcome
+from harmony.routing.agent_state import AgentStateEntry, Presence, StateOutcome, presence
 from harmony.routing.model import Agent, Channel, ChannelState, ChannelStatus
 from harmony.routing.ports import Page
 
@@ -99,3 +99,22 @@ def test_a_page_of_history_is_written_as_its_model_writes_it(
     fields = AgentHistoryPage.fields_of(Page(items, cursor))
     written = pydantic_core.to_json(fields).decode()
     assert written == AgentHistoryPage.model_validate(fields).model_dump_json()
+
+
+def presence_as_specified(states: list[ChannelState], now: datetime) -> Presence:
+    """The rule, one clause per line: busy beats wrap-up beats ready beats not ready; logged
+    out only when every channel is, holding nothing."""
+    if all(s.status == ChannelStatus.LOGGED_OUT and s.load == 0 for s in states):
+        return Presence.LOGGED_OUT
+    if any(s.load > 0 for s in states):
+        return Presence.BUSY
+    if any(s.wrap_up_until is not None and s.wrap_up_until > now for s in states):
+        return Presence.WRAP_UP
+    if any(s.status == ChannelStatus.READY for s in states):
+        return Presence.READY
+    return Presence.NOT_READY
+
+
+@given(st.lists(st.sampled_from(list(Channel)).flatmap(channel_states), max_size=3))
+def test_presence_in_one_pass_follows_the_rule(states: list[ChannelState]) -> None:
+    assert presence(states, NOW) == presence_as_specified(states, NOW)

@@ -91,6 +91,14 @@ CHANNEL_COLUMNS = (
     agent_channels.c.source_at,
     agent_channels.c.wrap_up_until,
 )
+# The channels and skills of a page of agents, on PostgreSQL (``SqlAgents._load``).
+_IDS = bindparam("ids", type_=ARRAY(String))
+_CHANNELS_OF = Prepared(select(*CHANNEL_COLUMNS).where(agent_channels.c.agent_id == any_(_IDS)))
+_SKILLS_OF = Prepared(
+    select(agent_skills.c.agent_id, agent_skills.c.skill)
+    .where(agent_skills.c.agent_id == any_(_IDS))
+    .order_by(agent_skills.c.skill)
+)
 CHANNELS = {channel.value: channel for channel in Channel}
 STATUSES = {status.value: status for status in ChannelStatus}
 
@@ -275,20 +283,28 @@ class SqlAgents:
         if not agent_rows:
             return []
         ids = [row[0] for row in agent_rows]
+        if self._conn.dialect.name == "postgresql":
+            # Built once, ids as one array: run on the driver, a page's rows cost no
+            # SQLAlchemy result machinery.
+            channel_rows = await self._conn.execute(_CHANNELS_OF, {"ids": ids})
+            skill_rows = await self._conn.execute(_SKILLS_OF, {"ids": ids})
+        else:
+            channel_rows = await self._conn.execute(
+                select(*CHANNEL_COLUMNS).where(agent_channels.c.agent_id.in_(ids))
+            )
+            skill_rows = await self._conn.execute(
+                select(agent_skills.c.agent_id, agent_skills.c.skill)
+                .where(agent_skills.c.agent_id.in_(ids))
+                .order_by(agent_skills.c.skill)
+            )
         channels: dict[str, dict[Channel, ChannelState]] = {agent_id: {} for agent_id in ids}
-        for agent_id, channel, capacity, load, overflow, status, *rest in await self._conn.execute(
-            select(*CHANNEL_COLUMNS).where(self._among(agent_channels.c.agent_id, ids))
-        ):
+        for agent_id, channel, capacity, load, overflow, status, *rest in channel_rows:
             # Positional and without Enum calls: a page of agents builds hundreds of these.
             channels[agent_id][CHANNELS[channel]] = ChannelState(
                 CHANNELS[channel], capacity, load + overflow, STATUSES[status], *rest
             )
         skills: dict[str, list[str]] = {agent_id: [] for agent_id in ids}
-        for agent_id, skill in await self._conn.execute(
-            select(agent_skills.c.agent_id, agent_skills.c.skill)
-            .where(self._among(agent_skills.c.agent_id, ids))
-            .order_by(agent_skills.c.skill)
-        ):
+        for agent_id, skill in skill_rows:
             skills[agent_id].append(skill)
         return [
             Agent(
@@ -312,13 +328,6 @@ class SqlAgents:
                 login_failures,
             ) in agent_rows
         ]
-
-    def _among(self, column: Any, ids: list[str]) -> Any:
-        """``column IN ids``; on PostgreSQL one array parameter: a page's hundred ids as a
-        hundred parameters cost more to render and bind than the query took to run."""
-        if self._conn.dialect.name == "postgresql":
-            return column == any_(bindparam("ids", ids, type_=ARRAY(String)))
-        return column.in_(ids)
 
     async def _one(self, key: str, value: str, for_update: bool) -> Agent | None:
         """One agent with its channels and skills in one round trip (the hot path's read)."""

@@ -86,10 +86,10 @@ class _Compiled:
     __slots__ = (
         "defaults",
         "order",
+        "processed_columns",
         "processors",
         "returns_rows",
         "row",
-        "row_processors",
         "sql",
         "writes",
     )
@@ -109,7 +109,12 @@ class _Compiled:
         self.defaults = defaults
         self.returns_rows = bool(columns)
         self.row: Any = namedtuple("Row", columns, rename=True) if columns else None
-        self.row_processors = row_processors if any(row_processors) else None
+        # (column index, result processor) of the columns that have one.
+        self.processed_columns = tuple(
+            (index, processor)
+            for index, processor in enumerate(row_processors)
+            if processor is not None
+        )
         self.writes = False
 
     @classmethod
@@ -164,16 +169,17 @@ class _Compiled:
     def make_rows(self, records: Sequence[Any]) -> list[Any]:
         assert self.row is not None
         make = self.row._make
-        processors = self.row_processors
-        if processors is None:
+        processed = self.processed_columns
+        if not processed:
             return [make(record) for record in records]
-        return [
-            make(
-                value if processor is None else processor(value)
-                for value, processor in zip(record, processors, strict=True)
-            )
-            for record in records
-        ]
+        rows = []
+        for record in records:
+            # Only the columns that have a processor are touched: most have none.
+            values = list(record)
+            for index, processor in processed:
+                values[index] = processor(values[index])
+            rows.append(make(values))
+        return rows
 
 
 # The statement that carries rows inserted later when nothing else does (``flush``).

@@ -116,16 +116,22 @@ def default_profile() -> Profile:
 
 def presence(channels: Iterable[ChannelState], now: datetime) -> Presence:
     """Busy beats wrap-up beats ready beats not ready; logged out only when every channel is."""
-    states = list(channels)
-    if all(s.status == ChannelStatus.LOGGED_OUT and s.load == 0 for s in states):
+    # One pass: a page of agents computes this for every agent.
+    signed_in = wrapping = ready = False
+    for state in channels:
+        if state.load > 0:
+            return Presence.BUSY
+        status = state.status
+        if status != ChannelStatus.LOGGED_OUT:
+            signed_in = True
+            ready = ready or status == ChannelStatus.READY
+        if state.wrap_up_until is not None and state.wrap_up_until > now:
+            wrapping = True
+    if not signed_in:
         return Presence.LOGGED_OUT
-    if any(s.load > 0 for s in states):
-        return Presence.BUSY
-    if any(s.in_wrap_up(now) for s in states):
+    if wrapping:
         return Presence.WRAP_UP
-    if any(s.status == ChannelStatus.READY for s in states):
-        return Presence.READY
-    return Presence.NOT_READY
+    return Presence.READY if ready else Presence.NOT_READY
 
 
 def offer_refusal(
