@@ -1301,8 +1301,8 @@ class SqlUnitOfWork:
     2. the interaction an event concerns, if it exists (``get..(for_update=True)``, or
        ``get_by_..._claiming``, whose one statement's insert reads the locked row): taken
        before the event's inbox row, so the claim can store which interaction it was; several
-       (the deliveries of a batch of the relay's outcomes) in id order, in one query
-       (``get_many``); then
+       (the deliveries of a batch of the relay's outcomes) in id order, in one query (the
+       acknowledgements' statement on PostgreSQL, ``get_many`` elsewhere); then
     3. the inbox row of the event (the claim's ``INSERT ... ON CONFLICT``: deliveries of one
        event queue up here). A created interaction is inserted after it: that insert waits at
        most for a concurrent create of the same external id, which holds no other lock; then
