@@ -641,31 +641,38 @@ class SqlQueues:
     async def stats(self) -> list[QueueStats]:
         """Counts kept by triggers (a few rows per queue) and each queue's oldest waiting
         interaction from the waiting index: no aggregate over the waiting rows themselves."""
-        waiting = (
-            select(queue_waiting.c.queue, func.sum(queue_waiting.c.waiting).label("waiting"))
-            .group_by(queue_waiting.c.queue)
-            .subquery()
-        )
-        # Literal states, so that PostgreSQL matches the partial index even in a generic plan.
-        oldest = (
-            select(func.min(interactions.c.received_at))
-            .where(interactions.c.queue == queues.c.name)
-            .where(interactions.c.state.in_(WAITING_LITERALS))
-            .scalar_subquery()
-        )
-        rows = await self._conn.execute(
-            select(queues, waiting.c.waiting, oldest.label("oldest"))
-            .select_from(queues.outerjoin(waiting, waiting.c.queue == queues.c.name))
-            .order_by(queues.c.name)
-        )
         return [
             QueueStats(
                 Queue(row.name, Channel(row.channel), list(row.skills)),
                 waiting=int(row.waiting or 0),
                 oldest_received_at=row.oldest,
             )
-            for row in rows
+            for row in await self._conn.execute(_QUEUE_STATS)
         ]
+
+
+def _queue_stats() -> Prepared:
+    waiting = (
+        select(queue_waiting.c.queue, func.sum(queue_waiting.c.waiting).label("waiting"))
+        .group_by(queue_waiting.c.queue)
+        .subquery()
+    )
+    # Literal states, so that PostgreSQL matches the partial index even in a generic plan.
+    oldest = (
+        select(func.min(interactions.c.received_at))
+        .where(interactions.c.queue == queues.c.name)
+        .where(interactions.c.state.in_(WAITING_LITERALS))
+        .scalar_subquery()
+    )
+    return Prepared(
+        select(queues, waiting.c.waiting, oldest.label("oldest"))
+        .select_from(queues.outerjoin(waiting, waiting.c.queue == queues.c.name))
+        .order_by(queues.c.name)
+    )
+
+
+# Built once: building it cost more CPU than PostgreSQL spent running it.
+_QUEUE_STATS = _queue_stats()
 
 
 class SqlInbox:
