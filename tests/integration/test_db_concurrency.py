@@ -21,7 +21,7 @@ from harmony.db.engine import Database, alembic_config
 from harmony.db.tables import agent_channels, agent_state_history, agents, profiles, queues
 from harmony.errors import TryAgain
 from harmony.routing import interactions
-from harmony.routing.model import Channel, Queue
+from harmony.routing.model import Agent, Channel, Queue
 from harmony.routing.ports import UnitOfWork
 from harmony.routing.retry import RetryPolicy, run_with_retry
 from harmony.seed import load_seed
@@ -128,6 +128,42 @@ async def test_selections_completions_and_profile_changes_interleaved(harness: H
     for agent_id in ("agent-001", "agent-003"):
         chat = (await h.client.get(f"/v1/agents/{agent_id}")).json()["channels"]["chat"]
         assert (chat["load"], chat["capacity"]) == (0, 3)
+
+
+@ON_POSTGRES_ONLY
+async def test_a_crm_id_taken_by_a_transaction_still_open_is_refused_naming_its_agent(
+    harness: Harness,
+) -> None:
+    """The check for taken ids cannot see an agent another transaction has inserted and not
+    committed yet; the insert then waits for it and fails on the unique index once it commits.
+    That failure is tried again, so the answer names the agent that took the id, as the check
+    does (and a first put of the same agent racing itself is an update, not a refusal)."""
+    h = harness
+    body = {"name": "Second", "crm_agent_id": "crm-race", "acd_agent_id": "acd-second"}
+    async with h.container.db.uow() as first:
+        await first.agents.upsert(
+            Agent(
+                id="agent-first",
+                name="First",
+                crm_agent_id="crm-race",
+                acd_agent_id="acd-first",
+                skills=[],
+                channels={},
+                profile="blended-chat2",
+                crm_adapter="generic",
+            ),
+            {},
+        )
+        second = asyncio.create_task(
+            h.client.put("/v1/agents/agent-second", json={**body, "profile": "blended-chat2"})
+        )
+        await asyncio.sleep(0.3)  # the second put reaches the unique index and waits
+        assert not second.done()
+        await first.commit()
+    answer = await second
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "agent_id_taken"
+    assert "already belongs to agent agent-first" in answer.json()["detail"]
 
 
 @ON_POSTGRES_ONLY

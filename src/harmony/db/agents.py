@@ -49,7 +49,7 @@ from harmony.db.tables import (
     profiles,
     voice_calls,
 )
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, TryAgain, ValidationFailed
 from harmony.routing.agent_state import AgentStateEntry, Presence, Profile, StateOutcome
 from harmony.routing.messages import TargetKind
 from harmony.routing.model import Agent, Channel, ChannelState, ChannelStatus
@@ -479,12 +479,13 @@ class SqlAgents:
                 .on_conflict_do_update(index_elements=[agents.c.id], set_=values)
             )
         except IntegrityError as exc:
-            # Another agent took one of these ids after the check above and committed first;
-            # the transaction is aborted now, so the message cannot look the other agent up.
-            raise Conflict(
+            # A transaction the check above could not see yet inserted one of these ids and
+            # committed first: another agent (the check, run again, refuses naming it) or this
+            # same agent put twice at once (run again, it is an update). The transaction is
+            # aborted now, so the use case runs again in a fresh one.
+            raise TryAgain(
                 f"crm_agent_id '{agent.crm_agent_id}' or acd_agent_id '{agent.acd_agent_id}' "
-                "already belongs to another agent",
-                code="agent_id_taken",
+                "was stored meanwhile by another transaction"
             ) from exc
         await self._conn.execute(delete(agent_skills).where(agent_skills.c.agent_id == agent.id))
         if agent.skills:
