@@ -636,9 +636,8 @@ async def test_acknowledgements_sent_together_are_recorded_in_one_transaction(
     assert await relay.run_once() == 0
 
 
-async def two_deliveries_one_taken_over(world: World) -> tuple[Any, Any, Any]:
-    """Relay A claims two deliveries and hangs; once its leases ran out, relay B takes one
-    over. Returns A's claim of the one taken over, A's claim of the other, and B's claim."""
+async def two_deliveries_claimed(world: World) -> list[Any]:
+    """Two chats offered, their deliveries claimed by relay A (sent, not yet recorded)."""
     first, second = await world.create("chat-1"), await world.create("chat-2")
     await world.relay().drain()
     await world.select(first, "acd-1")
@@ -646,6 +645,14 @@ async def two_deliveries_one_taken_over(world: World) -> tuple[Any, Any, Any]:
     async with world.db.uow() as uow:
         claimed = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "relay-a")
         await uow.commit()
+    assert {entry.message.type for entry in claimed} == {INTERACTION_DELIVER}
+    return claimed
+
+
+async def two_deliveries_one_taken_over(world: World) -> tuple[Any, Any, Any]:
+    """Relay A claims two deliveries and hangs; once its leases ran out, relay B takes one
+    over. Returns A's claim of the one taken over, A's claim of the other, and B's claim."""
+    claimed = await two_deliveries_claimed(world)
     world.clock.advance(LEASE + 1)
     async with world.db.uow() as uow:
         [taken] = await uow.outbox.claim_due(world.clock.now(), 1, LEASE, "relay-b")
@@ -707,19 +714,6 @@ async def test_a_batch_does_not_record_a_message_another_relay_is_still_sending(
     )
     assert recorded == {taken.message.id}
     assert await world.state(lost.message.interaction_id) == S.DELIVERED
-
-
-async def two_deliveries_claimed(world: World) -> list[Any]:
-    """Two chats offered, their deliveries claimed by relay A (sent, not yet recorded)."""
-    first, second = await world.create("chat-1"), await world.create("chat-2")
-    await world.relay().drain()
-    await world.select(first, "acd-1")
-    await world.select(second, "acd-2")
-    async with world.db.uow() as uow:
-        claimed = await uow.outbox.claim_due(world.clock.now(), 10, LEASE, "relay-a")
-        await uow.commit()
-    assert {entry.message.type for entry in claimed} == {INTERACTION_DELIVER}
-    return claimed
 
 
 @pytest.mark.postgres

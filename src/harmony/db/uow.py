@@ -849,15 +849,17 @@ _HELD = (
     .table_valued("id", "token")
     .render_derived(name="held")
 )
+# Also the first step of ``_recording_acknowledged``'s statement.
+_MARK_SENT_PG = (
+    update(outbox)
+    .where(outbox.c.id == _HELD.c.id)
+    .where(outbox.c.claim_token == _HELD.c.token)
+    .where(outbox.c.status == "pending")
+    .values(_SENT)
+    .returning(outbox.c.id)
+)
 _MARK_SENT_MANY = {
-    "postgresql": Prepared(
-        update(outbox)
-        .where(outbox.c.id == _HELD.c.id)
-        .where(outbox.c.claim_token == _HELD.c.token)
-        .where(outbox.c.status == "pending")
-        .values(_SENT)
-        .returning(outbox.c.id)
-    ),
+    "postgresql": Prepared(_MARK_SENT_PG),
     "sqlite": Prepared(
         update(outbox)
         .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
@@ -877,23 +879,7 @@ def _recording_acknowledged(target: InteractionState) -> Prepared:
     acknowledgement of one interaction in the batch is noted against the state the first left).
     Returns ``("sent", message id)`` and ``("moved", interaction id)`` rows."""
     text_array = ARRAY(Text)
-    held = (
-        func.unnest(
-            bindparam("held_ids", type_=ARRAY(String)),
-            bindparam("held_tokens", type_=ARRAY(String)),
-        )
-        .table_valued("id", "token")
-        .render_derived(name="held")
-    )
-    sent = (
-        update(outbox)
-        .where(outbox.c.id == held.c.id)
-        .where(outbox.c.claim_token == held.c.token)
-        .where(outbox.c.status == "pending")
-        .values(_SENT)
-        .returning(outbox.c.id)
-        .cte("sent")
-    )
+    sent = _MARK_SENT_PG.cte("sent")
     acks = (
         func.unnest(
             bindparam("ack_message_ids", type_=text_array),
