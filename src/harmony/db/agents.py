@@ -411,33 +411,31 @@ class SqlAgents:
         self, flt: AgentFilter, now: datetime, limit: int, cursor: str | None
     ) -> Page[Agent]:
         """Filters become EXISTS subqueries on the channel and skill indexes."""
-        conditions: list[Any] = []
-        if cursor is not None:
-            conditions.append(agents.c.id > read_agent_cursor(cursor))
+        after = read_agent_cursor(cursor) if cursor is not None else ""
+        filters: list[Any] = []
         if flt.profile is not None:
-            conditions.append(agents.c.profile == flt.profile)
+            filters.append(agents.c.profile == flt.profile)
         if flt.channel is not None or flt.status is not None:
             channel_conditions = [agent_channels.c.agent_id == agents.c.id]
             if flt.channel is not None:
                 channel_conditions.append(agent_channels.c.channel == flt.channel.value)
             if flt.status is not None:
                 channel_conditions.append(agent_channels.c.status == flt.status.value)
-            conditions.append(exists().where(*channel_conditions))
+            filters.append(exists().where(*channel_conditions))
         for skill in flt.skills:
-            conditions.append(
+            filters.append(
                 exists().where(
                     agent_skills.c.agent_id == agents.c.id, agent_skills.c.skill == skill
                 )
             )
         if flt.presence is not None:
-            conditions.append(_presence_condition(flt.presence, now))
-        if len(conditions) == (cursor is not None):
+            filters.append(_presence_condition(flt.presence, now))
+        if filters:
+            found = await self._load(and_(agents.c.id > after, *filters), limit=limit + 1)
+        else:
             # No filter: the page's statement is built once (the operators' most common read).
-            after = read_agent_cursor(cursor) if cursor is not None else ""
             rows = await self._conn.execute(_AGENT_PAGE, {"after": after, "page_limit": limit + 1})
             found = await self._with_channels_and_skills(rows.all())
-        else:
-            found = await self._load(and_(agents.c.id.is_not(None), *conditions), limit=limit + 1)
         items = found[:limit]
         next_cursor = agent_cursor(items[-1].id) if len(found) > limit else None
         return Page(items, next_cursor)

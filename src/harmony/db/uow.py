@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -477,19 +478,18 @@ class SqlInteractions:
         messages marked sent, then their interactions locked, moved or noted, and saved."""
         if not acknowledged:
             return set()
-        held_ids = [ack.message_id for ack in acknowledged]
-        held_tokens = [ack.claim_token for ack in acknowledged]
         acks = [ack for ack in acknowledged if ack.interaction_id is not None]
         if self._conn.dialect.name != "postgresql":
             held = [(ack.message_id, ack.claim_token) for ack in acknowledged]
-            marked = await _mark_sent(self._conn, held, at)
+            result = await self._conn.execute(_MARK_SENT_SQLITE, {"held": held, "sent_at": at})
+            marked = set(result.scalars().all())
             await self._apply_acknowledged([a for a in acks if a.message_id in marked], at, move)
             return marked
         rows = await self._conn.execute(
-            _RECORDING_ACKNOWLEDGED[move.target],
+            _recording_acknowledged(move.target),
             {
-                "held_ids": held_ids,
-                "held_tokens": held_tokens,
+                "held_ids": [ack.message_id for ack in acknowledged],
+                "held_tokens": [ack.claim_token for ack in acknowledged],
                 "sent_at": at,
                 "ack_message_ids": [ack.message_id for ack in acks],
                 "ack_interaction_ids": [ack.interaction_id for ack in acks],
@@ -849,7 +849,8 @@ _HELD = (
     .table_valued("id", "token")
     .render_derived(name="held")
 )
-# Also the first step of ``_recording_acknowledged``'s statement.
+# The first step of ``_recording_acknowledged``'s statement on PostgreSQL; SQLite marks the
+# messages sent with ``_MARK_SENT_SQLITE``, then runs the rest as separate steps.
 _MARK_SENT_PG = (
     update(outbox)
     .where(outbox.c.id == _HELD.c.id)
@@ -858,18 +859,16 @@ _MARK_SENT_PG = (
     .values(_SENT)
     .returning(outbox.c.id)
 )
-_MARK_SENT_MANY = {
-    "postgresql": Prepared(_MARK_SENT_PG),
-    "sqlite": Prepared(
-        update(outbox)
-        .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
-        .where(outbox.c.status == "pending")
-        .values(_SENT)
-        .returning(outbox.c.id)
-    ),
-}
+_MARK_SENT_SQLITE = Prepared(
+    update(outbox)
+    .where(tuple_(outbox.c.id, outbox.c.claim_token).in_(bindparam("held", expanding=True)))
+    .where(outbox.c.status == "pending")
+    .values(_SENT)
+    .returning(outbox.c.id)
+)
 
 
+@functools.cache
 def _recording_acknowledged(target: InteractionState) -> Prepared:
     """On PostgreSQL, one statement: mark the held messages sent (``sent``); lock, in id
     order, the interactions of those recorded that name one (``locked``: FOR UPDATE reads the
@@ -877,7 +876,8 @@ def _recording_acknowledged(target: InteractionState) -> Prepared:
     those in the move's source state to ``target`` (``moved``); and write each recorded
     acknowledgement's history line from the state locked: the move, or the note (a second
     acknowledgement of one interaction in the batch is noted against the state the first left).
-    Returns ``("sent", message id)`` and ``("moved", interaction id)`` rows."""
+    Returns ``("sent", message id)`` and ``("moved", interaction id)`` rows. Built on first
+    use, once per target state (only the delivery's is used today)."""
     text_array = ARRAY(Text)
     sent = _MARK_SENT_PG.cte("sent")
     acks = (
@@ -952,27 +952,8 @@ def _recording_acknowledged(target: InteractionState) -> Prepared:
     )
 
 
-_RECORDING_ACKNOWLEDGED: dict[InteractionState, Prepared] = {
-    target: _recording_acknowledged(target) for target in STATE_COLUMNS
-}
 # The due message a relay has waited longest to send: what admission control samples.
 _OLDEST_DUE = Prepared(_due(select(outbox.c.next_attempt_at)))
-
-
-async def _mark_sent(conn: Statements, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
-    """``Outbox.mark_sent_many``: shared with the interactions' ``record_acknowledged``."""
-    if not held:
-        return set()
-    if conn.dialect.name == "postgresql":
-        parameters: dict[str, Any] = {
-            "held_ids": [message_id for message_id, _ in held],
-            "held_tokens": [token for _, token in held],
-            "sent_at": at,
-        }
-    else:
-        parameters = {"held": list(held), "sent_at": at}
-    result = await conn.execute(_MARK_SENT_MANY[conn.dialect.name], parameters)
-    return set(result.scalars().all())
 
 
 def _claimed(row: Any, attempts: int, token: str, lease_until: datetime) -> OutboxEntry:
@@ -1169,11 +1150,6 @@ class SqlOutbox:
             self._held(message_id, claim_token).values(status="sent", sent_at=at, last_error=None)
         )
         return bool(result.rowcount == 1)
-
-    async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
-        """Several acknowledged messages in one statement, each fenced by its own claim token:
-        the ids written; a message whose claim was lost is left as it is."""
-        return await _mark_sent(self._conn, held, at)
 
     async def mark_retry(
         self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str

@@ -446,11 +446,6 @@ class Outbox(Protocol):
         """The receiver acknowledged the message."""
         ...
 
-    async def mark_sent_many(self, held: Sequence[tuple[str, str]], at: datetime) -> set[str]:
-        """Several messages acknowledged, given as (message id, claim token): the ids whose
-        claim was still held, now sent; the others are left as they are."""
-        ...
-
     async def mark_retry(
         self, message_id: str, claim_token: str, next_attempt_at: datetime, error: str
     ) -> bool:
