@@ -206,3 +206,35 @@ async def test_a_given_transport_replaces_the_network() -> None:
     finally:
         await client.aclose()
     assert [str(r.url) for r in seen] == ["http://crm.test/events"]
+
+
+@pytest.mark.parametrize("seconds", [2.5, None])
+async def test_a_direct_post_sends_what_the_clients_post_sends(seconds: float | None) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503, headers={"retry-after": "7"}, content=b'{"error":"busy"}')
+
+    transport = httpx.MockTransport(handler)
+    lean = outbound_client(4, "harmony/test", transport)
+    usual = httpx.AsyncClient(transport=transport, headers={"user-agent": "harmony/test"})
+    url = httpx.URL("http://acd.test:8080/events")
+    body = json.dumps({"id": "evt_1", "data": {"name": "Zoë"}}).encode()
+    headers = {"content-type": "application/json", "webhook-id": "evt_1"}
+    try:
+        direct = await lean.post_direct(url, body, headers, seconds)
+        through = await usual.post(
+            url, content=body, headers=headers, timeout=seconds or httpx.USE_CLIENT_DEFAULT
+        )
+    finally:
+        await lean.aclose()
+        await usual.aclose()
+    first, second = seen
+    assert (first.method, first.url, first.content) == (second.method, second.url, second.content)
+    assert first.headers.multi_items() == second.headers.multi_items()
+    assert first.extensions["timeout"] == second.extensions["timeout"]
+    for response in (direct, through):
+        assert (response.status_code, response.headers["retry-after"]) == (503, "7")
+        assert response.content == b'{"error":"busy"}'
+        assert response.request.url == url

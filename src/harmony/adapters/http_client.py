@@ -7,6 +7,10 @@ sends three messages per routed interaction. ``httpx_aiohttp.AiohttpTransport`` 
 requests and responses and moves the socket and the parsing to aiohttp (whose parser is in C):
 together about 0.35 ms per request where httpx's own transport takes 0.75 (client and a trivial
 server in one process).
+
+``OutboundClient.post_direct`` then skips the client's own per-request layers (URL and header
+merging, the auth and redirect flows, the cookie jar, event hooks), which the adapters use none
+of: about 0.1 ms of CPU per send, three sends per routed interaction.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-__all__ = ["PooledTransport", "outbound_client"]
+__all__ = ["OutboundClient", "PooledTransport", "outbound_client"]
 
 
 class PooledTransport(AiohttpTransport):
@@ -75,11 +79,41 @@ class PooledTransport(AiohttpTransport):
             ) from exc
 
 
+class OutboundClient(httpx.AsyncClient):
+    """httpx's client with one transport for every URL, and a POST straight onto it."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, headers: dict[str, str]) -> None:
+        super().__init__(transport=transport, headers=headers)
+        self._only_transport = transport
+        self._base_headers = dict(self.headers)
+
+    async def post_direct(
+        self,
+        url: httpx.URL,
+        content: bytes,
+        headers: dict[str, str],
+        timeout: float | None,  # noqa: ASYNC109 - the request's timeout, as httpx takes it
+    ) -> httpx.Response:
+        """POST ``content`` to ``url`` with the client's headers and ``headers`` (which win),
+        read the answer whole: what ``post`` sends, without the layers it does not need."""
+        request = httpx.Request(
+            "POST",
+            url,
+            headers={**self._base_headers, **headers},
+            content=content,
+            extensions={"timeout": (httpx.Timeout(timeout) if timeout else self.timeout).as_dict()},
+        )
+        response = await self._only_transport.handle_async_request(request)
+        response.request = request
+        await response.aread()
+        return response
+
+
 def outbound_client(
     max_connections: int,
     user_agent: str,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
+) -> OutboundClient:
     """The client every adapter shares: ``transport`` replaces the network in tests; otherwise
     a pool of at most ``max_connections`` keep-alive connections."""
     if transport is None:
@@ -87,4 +121,4 @@ def outbound_client(
             limits=httpx.Limits(max_connections=max_connections),
             trust_env=False,
         )
-    return httpx.AsyncClient(transport=transport, headers={"user-agent": user_agent})
+    return OutboundClient(transport, {"user-agent": user_agent})

@@ -14,6 +14,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from harmony.adapters.generic_http.signing import Signer
+from harmony.adapters.http_client import OutboundClient
 from harmony.inputs import PeerTime, Text, unknown_fields_are_json_values
 from harmony.routing.ids import random_hex
 from harmony.routing.messages import (
@@ -121,13 +122,18 @@ async def post_event(
     message: dict[str, Any],
     timeout: float | None = None,  # noqa: ASYNC109 - httpx request timeout, not a task deadline
 ) -> httpx.Response:
-    """POST one signed envelope; the envelope id doubles as webhook-id and idempotency key."""
+    """POST one signed envelope; the envelope id doubles as webhook-id and idempotency key.
+    Harmony's own client sends it straight onto its transport; any other httpx client (a test's,
+    say) through its usual layers."""
     body = encode(message)
     headers = {
         "content-type": "application/json",
         "idempotency-key": message["id"],
         **signer.headers(message["id"], body),
     }
+    if isinstance(client, OutboundClient):
+        target = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        return await client.post_direct(target, body, headers, timeout)
     return await client.post(
         url, content=body, headers=headers, timeout=timeout if timeout else httpx.USE_CLIENT_DEFAULT
     )
