@@ -401,8 +401,9 @@ async def test_a_pooled_connection_that_died_while_idle_costs_a_retry_not_an_err
     # idle in the pool must fail its first use as TryAgain, and the retry must go through.
     db = Database(postgres_url, SystemClock().now, pool_size=1, max_overflow=0)
     try:
-        async with db.engine.connect() as conn:
+        async with db.connection() as conn:
             doomed = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await conn.rollback()
         killer = Database(postgres_url, SystemClock().now)
         try:
             async with killer.engine.connect() as conn:
@@ -413,7 +414,7 @@ async def test_a_pooled_connection_that_died_while_idle_costs_a_retry_not_an_err
         queue = Queue(name="after-kill", channel=Channel.CHAT, skills=["support"])
         await run_with_retry(db.uow, interactions.upsert_queue, queue)
 
-        async with db.engine.connect() as conn:
+        async with db.connection() as conn:
             stored = (
                 await conn.execute(select(queues.c.name).where(queues.c.name == "after-kill"))
             ).scalar_one_or_none()

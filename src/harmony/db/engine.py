@@ -14,8 +14,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from harmony.db.kept import KeptConnections
 from harmony.db.recent import RecentQueues
 from harmony.db.uow import Handoff, SqlUnitOfWork
 
@@ -92,6 +93,12 @@ class Database:
         # The relay running in this process, if any: it takes what commits promise (see Handoff).
         self.handoff: Handoff | None = None
         self.recent_queues = RecentQueues()
+        # Units of work on asyncpg keep their connections checked out (harmony.db.kept).
+        self.kept = (
+            KeptConnections(self.engine, pool_size)
+            if self.engine.dialect.driver == "asyncpg"
+            else None
+        )
 
     def uow(self) -> SqlUnitOfWork:
         """A unit of work that may write."""
@@ -102,16 +109,40 @@ class Database:
             self.on_outbox_commit,
             self.handoff,
             self.recent_queues,
+            self.kept,
         )
 
     def reader(self) -> SqlUnitOfWork:
         """A unit of work for queries only; on SQLite it does not wait for writers."""
-        return SqlUnitOfWork(self.engine, self._now, None, None, None, self.recent_queues)
+        return SqlUnitOfWork(
+            self.engine, self._now, None, None, None, self.recent_queues, self.kept
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self, *, keep: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A connection for work outside units of work, taken where units of work take theirs:
+        on PostgreSQL a kept connection (the pool may have no other to give while they are
+        kept), given back after; with ``keep=False`` returned to the pool instead."""
+        if self.kept is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        lease = await self.kept.take()
+        try:
+            yield lease.conn
+        except BaseException:
+            await self.kept.drop(lease)
+            raise
+        if keep:
+            await self.kept.give_back(lease)
+        else:
+            await self.kept.drop(lease)
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
-        async with self.engine.connect() as conn:
+        async with self.connection() as conn:
             await conn.execute(text("SELECT 1"))
+            await conn.rollback()
 
     async def migrate(self) -> None:
         """Bring the schema to Alembic's head, one replica at a time.
@@ -119,7 +150,7 @@ class Database:
         On PostgreSQL the migration runs in one transaction that first takes an advisory lock:
         a replica starting alongside waits, then finds the schema at head and does nothing.
         """
-        async with self.engine.begin() as conn:
+        async with self.connection() as conn, conn.begin():
             if not self.is_sqlite:
                 lock = text("SELECT pg_advisory_xact_lock(:key)")
                 await conn.execute(lock, {"key": MIGRATION_LOCK})
@@ -133,7 +164,8 @@ class Database:
         if self.is_sqlite:
             yield
             return
-        async with self.engine.connect() as conn:
+        # Not kept after: a session lock must never outlive the block on a kept connection.
+        async with self.connection(keep=False) as conn:
             await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             await conn.commit()
             try:
@@ -143,7 +175,9 @@ class Database:
                 await conn.commit()
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (the kept ones first)."""
+        if self.kept is not None:
+            await self.kept.close()
         await self.engine.dispose()
 
 

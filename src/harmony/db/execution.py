@@ -26,10 +26,13 @@ first: nothing ever reads around a row it wrote. Elsewhere they are inserted at 
 whose outcome nobody reads (an agent's unit given back) goes the same way with ``update_later``,
 its parameters renamed in the carrying statement.
 
-The transaction is SQLAlchemy's: ``begin_now`` starts the driver's at once instead of at the
-first statement, so that statements run here are inside it; commit and rollback are
-SQLAlchemy's. This leans on three members of SQLAlchemy's asyncpg adapter (``_start_transaction``,
-``_transaction`` and ``_handle_exception``), checked by the PostgreSQL tests of every use case.
+``begin_now`` starts the driver's transaction at once instead of at the first statement, so
+that statements run here are inside it. On a kept connection (``harmony.db.kept``) the unit of
+work ends it with ``commit_now`` or ``rollback_now``, unless a statement through SQLAlchemy made
+SQLAlchemy's own transaction, which then commits or rolls back as usual; on any other connection
+the transaction is SQLAlchemy's from the start. This leans on four members of SQLAlchemy's
+asyncpg adapter (``_start_transaction``, ``_transaction``, ``_call_and_discard`` and
+``_handle_exception``), checked by the PostgreSQL tests of every use case.
 """
 
 from __future__ import annotations
@@ -293,9 +296,11 @@ def _status_count(status: str) -> int:
 class Statements:
     """Executes a unit of work's statements on its connection (see the module's docstring)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, adapted: Any = None) -> None:
         self._conn = conn
         self._dialect = conn.dialect
+        # SQLAlchemy's asyncpg adapter under ``conn``, when the caller has it at hand already.
+        self._given: Any = adapted
         self._adapted: Any = None
         self._driver: Any = None
         # Rows to insert with the next write or at flush: (insert statement, rows) in order.
@@ -323,6 +328,30 @@ class Statements:
         except Exception as exc:
             await self._raise_translated(exc, "BEGIN")
 
+    async def commit_now(self) -> None:
+        """Commit the transaction ``begin_now`` started on the driver, if one is open there
+        (a statement run through SQLAlchemy makes SQLAlchemy's own: commit that one instead)."""
+        adapted = self._adapted
+        if adapted is None or adapted._transaction is None:
+            return
+        try:
+            await adapted._call_and_discard(adapted._transaction.commit)
+        except Exception as exc:
+            await self._raise_translated(exc, "COMMIT")
+
+    async def rollback_now(self) -> None:
+        """Roll back the transaction ``begin_now`` started on the driver, if one is open."""
+        adapted = self._adapted
+        if adapted is None or adapted._transaction is None:
+            return
+        try:
+            await adapted._call_and_discard(adapted._transaction.rollback)
+        except Exception as exc:
+            # The connection is in no state to be used again whatever the error was.
+            if not self._conn.invalidated:
+                await self._conn.invalidate()
+            await self._raise_translated(exc, "ROLLBACK")
+
     async def without_transaction(self) -> None:
         """Run statements on the driver in its own autocommit mode, each atomic by itself,
         with no transaction around them (on asyncpg; elsewhere SQLAlchemy's as usual)."""
@@ -333,8 +362,10 @@ class Statements:
         the driver is another, or SQLAlchemy has begun a transaction on it already)."""
         if self._dialect.driver != "asyncpg":
             return None
-        fairy = await self._conn.get_raw_connection()
-        adapted = fairy.dbapi_connection
+        adapted = self._given
+        if adapted is None:
+            fairy = await self._conn.get_raw_connection()
+            adapted = fairy.dbapi_connection
         if adapted is None or adapted._transaction is not None:  # pragma: no cover
             return None
         self._adapted = adapted

@@ -38,6 +38,7 @@ from harmony.db.agents import SqlAgents, SqlProfiles
 from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import DIALECT_INSERTS, insert_for, is_transient, sqlstate
 from harmony.db.execution import Prepared, Statements
+from harmony.db.kept import KeptConnection, KeptConnections
 from harmony.db.recent import RecentQueues
 from harmony.db.tables import (
     agent_mirrors,
@@ -1204,8 +1205,8 @@ class _OneStatement(Statements):
     """Statements of a single-statement unit of work: the one runs in autocommit, and a second
     is refused, since it would not be atomic with the first."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        super().__init__(conn)
+    def __init__(self, conn: AsyncConnection, adapted: Any = None) -> None:
+        super().__init__(conn, adapted)
         self._ran = False
 
     async def execute(self, statement: Prepared | Any, params: Any = None) -> Any:
@@ -1231,8 +1232,8 @@ class _OneWrite(Statements):
     those rows on their own before the write, is refused before it is sent: it would not be
     atomic with the first."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        super().__init__(conn)
+    def __init__(self, conn: AsyncConnection, adapted: Any = None) -> None:
+        super().__init__(conn, adapted)
         self._wrote = False
 
     async def execute(self, statement: Prepared | Any, params: Any = None) -> Any:
@@ -1306,8 +1307,11 @@ class SqlUnitOfWork:
         on_outbox_commit: Callable[[], None] | None,
         handoff: Handoff | None = None,
         recent_queues: RecentQueues | None = None,
+        kept: KeptConnections | None = None,
     ) -> None:
         self._engine = engine
+        self._kept = kept
+        self._lease: KeptConnection | None = None
         self._now = now
         self._write_lock = write_lock
         self._on_outbox_commit = on_outbox_commit
@@ -1344,16 +1348,22 @@ class SqlUnitOfWork:
             await self._write_lock.acquire()
             self._holds_lock = True
         try:
-            self._conn = await self._engine.connect()
-            statements = Statements(self._conn)
+            adapted = None
+            if self._kept is not None:
+                self._lease = await self._kept.take()
+                self._conn, adapted = self._lease.conn, self._lease.adapted
+            else:
+                self._conn = await self._engine.connect()
+            statements = Statements(self._conn, adapted)
             if self._single and self._conn.dialect.driver == "asyncpg":
-                statements = _OneStatement(self._conn)
+                statements = _OneStatement(self._conn, adapted)
                 await statements.without_transaction()
             elif self._one_write and self._conn.dialect.driver == "asyncpg":
-                statements = _OneWrite(self._conn)
+                statements = _OneWrite(self._conn, adapted)
                 await statements.without_transaction()
             else:
-                await self._conn.begin()
+                if self._lease is None:
+                    await self._conn.begin()
                 await statements.begin_now()
             self._statements = statements
         except BaseException as exc:
@@ -1379,6 +1389,8 @@ class SqlUnitOfWork:
         try:
             if self._conn is not None and self._conn.in_transaction():
                 await self._conn.rollback()
+            if self._statements is not None:
+                await self._statements.rollback_now()
         finally:
             await self._cleanup()
         if exc is not None:
@@ -1388,7 +1400,10 @@ class SqlUnitOfWork:
 
     async def _cleanup(self) -> None:
         try:
-            if self._conn is not None:
+            if self._lease is not None and self._kept is not None:
+                lease, self._lease, self._conn = self._lease, None, None
+                await self._kept.give_back(lease)
+            elif self._conn is not None:
                 await self._conn.close()
                 self._conn = None
         finally:
@@ -1407,6 +1422,7 @@ class SqlUnitOfWork:
         await self._statements.flush()
         if self._conn.in_transaction():
             await self._conn.commit()
+        await self._statements.commit_now()
         # The one INFO line per interaction state change, written once the change is durable.
         for change in self.interactions.state_changes:
             state_log.info(
