@@ -209,7 +209,9 @@ class RequestIdMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        # Tokens, not ``bound_contextvars``, which copies every context variable to save them.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
@@ -228,6 +230,8 @@ class RequestIdMiddleware:
                     request_id=request_id,
                 )
                 await response(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 def _request_id(scope: Scope) -> str:

@@ -204,18 +204,21 @@ class Relay:
 
     async def _handle(self, entry: OutboxEntry) -> None:
         message = entry.message
-        with structlog.contextvars.bound_contextvars(
+        # Tokens, not ``bound_contextvars``, which copies every context variable to save them.
+        tokens = structlog.contextvars.bind_contextvars(
             interaction_id=message.interaction_id, message_id=message.id
-        ):
-            try:
-                if entry.attempts > self._max_attempts:
-                    await self._give_up_unrecorded(entry)
-                else:
-                    await self._send(entry)
-            except Exception:
-                # The row keeps its claim until the lease ends, then is claimed again with one
-                # more attempt counted: bounded by max_attempts, never re-sent forever.
-                log.exception("message_outcome_not_recorded", type=message.type)
+        )
+        try:
+            if entry.attempts > self._max_attempts:
+                await self._give_up_unrecorded(entry)
+            else:
+                await self._send(entry)
+        except Exception:
+            # The row keeps its claim until the lease ends, then is claimed again with one
+            # more attempt counted: bounded by max_attempts, never re-sent forever.
+            log.exception("message_outcome_not_recorded", type=message.type)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _send(self, entry: OutboxEntry) -> None:
         message = entry.message
