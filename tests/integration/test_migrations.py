@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from harmony.clock import SystemClock
 from harmony.db.engine import Database, alembic_config
@@ -78,3 +81,75 @@ async def test_a_mirror_unsent_at_upgrade_joins_its_agents_order(empty_database_
     finally:
         await db.dispose()
     assert tuple(row) == ("agent:a-1>acd:generic", 0, "agent:a-1>acd:generic/agent.state/chat")
+
+
+async def _waiting_by_queue(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.exec_driver_sql(
+        "SELECT queue, SUM(waiting) FROM queue_waiting GROUP BY queue ORDER BY queue"
+    )
+    return {queue: int(waiting) for queue, waiting in rows}
+
+
+def _interaction_row(interaction_id: str, state: str, agent: str | None, now: str) -> str:
+    agent_sql = f"'{agent}'" if agent else "NULL"
+    return (
+        "INSERT INTO interactions (id, crm_adapter, external_id, channel, queue, priority,"
+        " skills, customer, subject, acd_adapter, state, request_id, agent_id, version,"
+        f" received_at, updated_at) VALUES ('{interaction_id}', 'generic', 'x-{interaction_id}',"
+        f" 'chat', 'support', 0, '[]', '{{}}', NULL, 'generic', '{state}',"
+        f" 'r-{interaction_id}', {agent_sql}, 1, '{now}', '{now}')"
+    )
+
+
+async def test_the_lifecycle_states_upgrade_keeps_every_interaction_and_its_counts(
+    empty_database_url: str,
+) -> None:
+    """0007 rebuilds the interactions table on SQLite: the rows, the waiting counts and the
+    triggers that keep them must come through, on both databases."""
+    db = Database(empty_database_url, SystemClock().now)
+    now = "2026-01-01 00:00:00"
+    stored = {
+        "i-waiting": ("routing", None),
+        "i-queued": ("queued", None),
+        "i-offered": ("offered", "a-1"),
+        "i-done": ("completed", "a-1"),
+        "i-failed": ("failed", None),
+    }
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_upgrade, "0006_scale")
+            for statement in (
+                "INSERT INTO queues (name, channel, skills, created_at, updated_at)"
+                f" VALUES ('support', 'chat', '[]', '{now}', '{now}')",
+                "INSERT INTO agents (id, name, crm_adapter, crm_agent_id, acd_agent_id, profile,"
+                f" login_failures, created_at, updated_at) VALUES ('a-1', 'A', 'generic', 'c-1',"
+                f" 'x-1', 'default', 0, '{now}', '{now}')",
+                *(_interaction_row(i, state, agent, now) for i, (state, agent) in stored.items()),
+            ):
+                await conn.exec_driver_sql(statement)
+            before = await _waiting_by_queue(conn)
+        await db.migrate()
+        async with db.engine.begin() as conn:
+            rows = await conn.exec_driver_sql("SELECT id, state, agent_id FROM interactions")
+            after_upgrade = {i: (state, agent) for i, state, agent in rows}
+            upgraded = await _waiting_by_queue(conn)
+            # The counting triggers came through: a new waiting interaction counts, and one
+            # that leaves for a new state stops counting.
+            await conn.exec_driver_sql(_interaction_row("i-new", "received", None, now))
+            added = await _waiting_by_queue(conn)
+            await conn.exec_driver_sql(
+                "UPDATE interactions SET state = 'abandoned', abandoned_at = updated_at"
+                " WHERE id = 'i-waiting'"
+            )
+            moved = await _waiting_by_queue(conn)
+        with pytest.raises(IntegrityError):
+            async with db.engine.begin() as conn:
+                # Waiting work never names an agent.
+                await conn.exec_driver_sql(
+                    "UPDATE interactions SET agent_id = 'a-1' WHERE id = 'i-queued'"
+                )
+    finally:
+        await db.dispose()
+    assert after_upgrade == stored
+    assert before == upgraded == {"support": 2}
+    assert (added, moved) == ({"support": 3}, {"support": 2})  # i-new in, then i-waiting out

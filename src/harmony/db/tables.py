@@ -72,7 +72,14 @@ CHANNELS_SQL = "('voice', 'chat', 'email')"
 # triggers that count waiting interactions per queue (migration 0006 spells the same states).
 WAITING_SQL = "state IN (" + ", ".join(f"'{s.value}'" for s in sorted(WAITING_STATES)) + ")"
 STATES_SQL = (
-    "('received', 'routing', 'queued', 'offered', 'delivered', 'accepted', 'completed', 'failed')"
+    "('received', 'routing', 'queued', 'offered', 'delivered', 'accepted', 'completed', 'failed',"
+    " 'abandoned', 'cancelled', 'fallback')"
+)
+# An agent is named while the interaction holds the agent's capacity and once it was completed
+# there, never while it waits; work that ended otherwise may or may not have reached one.
+AGENT_MATCHES_STATE_SQL = (
+    "(state NOT IN ('offered', 'delivered', 'accepted', 'completed') OR agent_id IS NOT NULL)"
+    " AND (state NOT IN ('received', 'routing', 'queued') OR agent_id IS NULL)"
 )
 
 queues = Table(
@@ -180,16 +187,14 @@ interactions = Table(
     Column("accepted_at", UtcDateTime, nullable=True),
     Column("completed_at", UtcDateTime, nullable=True),
     Column("failed_at", UtcDateTime, nullable=True),
+    Column("abandoned_at", UtcDateTime, nullable=True),
+    Column("cancelled_at", UtcDateTime, nullable=True),
+    Column("fallback_at", UtcDateTime, nullable=True),
     UniqueConstraint("crm_adapter", "external_id"),
     CheckConstraint("channel IN ('chat', 'email')", name="channel"),
     CheckConstraint(f"state IN {STATES_SQL}", name="state"),
     CheckConstraint("priority BETWEEN 0 AND 100", name="priority_range"),
-    # An agent is named exactly while the interaction holds, or held, that agent's capacity.
-    CheckConstraint(
-        "(state IN ('offered', 'delivered', 'accepted', 'completed')) = (agent_id IS NOT NULL)"
-        " OR state = 'failed'",
-        name="agent_matches_state",
-    ),
+    CheckConstraint(AGENT_MATCHES_STATE_SQL, name="agent_matches_state"),
     Index("ix_interactions_state_received_at", "state", "received_at"),
     Index("ix_interactions_queue_state", "queue", "state"),
     Index("ix_interactions_received_at_id", "received_at", "id"),
