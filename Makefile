@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck demo openapi bench bench-quick clean
+.PHONY: run test lint typecheck demo openapi docs bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-quick: $(VENV)/.installed-bench
 
 openapi: $(STAMP)
 	$(BIN)/harmony openapi -o openapi/openapi.json
+
+docs: $(STAMP)
+	$(BIN)/harmony lifecycle -o docs/lifecycle.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""`harmony serve | migrate | openapi | sim-acd | sim-crm | demo | up | bench`."""
+"""`harmony serve | migrate | openapi | lifecycle | sim-acd | sim-crm | demo | up | bench`."""
 
 from __future__ import annotations
 
@@ -152,6 +152,17 @@ def openapi_document() -> dict[str, object]:
 
 def cmd_openapi(args: argparse.Namespace) -> int:
     text = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from harmony.routing.lifecycle import document
+
+    text = document()
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -417,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = _subcommand(sub, "openapi", "print the OpenAPI document", "")
     openapi.add_argument("--output", "-o", help="write to this file instead of stdout")
     openapi.set_defaults(func=cmd_openapi)
+
+    lifecycle = _subcommand(
+        sub, "lifecycle", "print docs/lifecycle.md: the interaction lifecycle table", ""
+    )
+    lifecycle.add_argument("--output", "-o", help="write to this file instead of stdout")
+    lifecycle.set_defaults(func=cmd_lifecycle)
 
     sim_acd = _subcommand(sub, "sim-acd", "run the ACD simulator", "Its state is in memory only.")
     _sim_args(sim_acd, 8101)

@@ -6,6 +6,7 @@
     ├── ValidationFailed              422 validation_error
     ├── NotFound                      404 (code names the thing: unknown_interaction, ...)
     ├── Conflict                      409 (code names the rule: invalid_transition, ...)
+    │   └── Refused                   409 (code names the lifecycle's refusal; body has state)
     ├── Unauthorized                  401 invalid_signature
     ├── UnsupportedMediaType          415 unsupported_media_type
     └── TryAgain                      503 try_again (contention outlasted the retries)
@@ -66,6 +67,14 @@ class Conflict(HarmonyError):
 
     status_code = 409
     code = "conflict"
+
+
+class Refused(Conflict):
+    """The lifecycle table refuses this event in the interaction's current state."""
+
+    def __init__(self, detail: str, *, code: str, state: str) -> None:
+        super().__init__(detail, code=code)
+        self.state = state
 
 
 class Unauthorized(HarmonyError):

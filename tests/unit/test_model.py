@@ -37,6 +37,9 @@ PATH_TO: dict[InteractionState, tuple[InteractionState, ...]] = {
     S.ACCEPTED: (S.ROUTING, S.OFFERED, S.DELIVERED, S.ACCEPTED),
     S.COMPLETED: (S.ROUTING, S.OFFERED, S.DELIVERED, S.ACCEPTED, S.COMPLETED),
     S.FAILED: (S.FAILED,),
+    S.ABANDONED: (S.ABANDONED,),
+    S.CANCELLED: (S.CANCELLED,),
+    S.FALLBACK: (S.FALLBACK,),
 }
 
 
@@ -100,23 +103,19 @@ ALLOWED_PAIRS = [(a, b) for a, b in ALL_PAIRS if b in ALLOWED_TRANSITIONS[a]]
 FORBIDDEN_PAIRS = [(a, b) for a, b in ALL_PAIRS if b not in ALLOWED_TRANSITIONS[a]]
 
 
-def test_the_transition_table_is_the_documented_loop() -> None:
-    assert ALLOWED_PAIRS == [
-        (S.RECEIVED, S.ROUTING),
-        (S.RECEIVED, S.FAILED),
-        (S.ROUTING, S.QUEUED),
-        (S.ROUTING, S.OFFERED),
-        (S.ROUTING, S.FAILED),
-        (S.QUEUED, S.OFFERED),
-        (S.QUEUED, S.FAILED),
-        (S.OFFERED, S.DELIVERED),
-        (S.OFFERED, S.FAILED),
-        (S.DELIVERED, S.ACCEPTED),
-        (S.DELIVERED, S.FAILED),
+def test_the_moves_are_those_of_the_lifecycle_table() -> None:
+    ended = [S.FAILED, S.ABANDONED, S.CANCELLED, S.FALLBACK]
+    assert [
+        *((S.RECEIVED, t) for t in [S.ROUTING, *ended]),
+        *((S.ROUTING, t) for t in [S.ROUTING, S.QUEUED, S.OFFERED, *ended]),
+        *((S.QUEUED, t) for t in [S.ROUTING, S.OFFERED, *ended]),
+        *((S.OFFERED, t) for t in [S.ROUTING, S.DELIVERED, S.FAILED, S.ABANDONED, S.CANCELLED]),
+        *((S.DELIVERED, t) for t in [S.ROUTING, S.ACCEPTED, S.FAILED, S.ABANDONED, S.CANCELLED]),
+        (S.ACCEPTED, S.ROUTING),
         (S.ACCEPTED, S.COMPLETED),
         (S.ACCEPTED, S.FAILED),
-    ]
-    assert {S.COMPLETED, S.FAILED} == TERMINAL_STATES
+    ] == ALLOWED_PAIRS
+    assert {S.COMPLETED, *ended} == TERMINAL_STATES
     assert {S.OFFERED, S.DELIVERED, S.ACCEPTED} == HOLDS_CAPACITY
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.errors import Conflict, NotFound, Refused, ValidationFailed
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import Profile, StateOutcome
 from harmony.routing.messages import (
@@ -343,16 +343,16 @@ async def test_selection_of_an_agent_without_the_channel_is_unavailable(world: W
     assert (await world.interaction(created.interaction_id)).state == S.ROUTING
 
 
-async def test_selection_when_not_awaiting_an_agent_is_an_invalid_transition(
+async def test_selection_when_not_awaiting_an_agent_is_refused_with_the_state(
     world: World,
 ) -> None:
     interaction_id = await offered(world, "chat-1", "acd-1")
     before = await world.store.dump()
 
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(Refused) as caught:
         await world.select(interaction_id, "acd-2")
 
-    assert caught.value.code == "invalid_transition"
+    assert (caught.value.code, caught.value.state) == ("not_awaiting_selection", "offered")
     assert await world.store.dump() == before
     assert await world.load("agent-2") == 0
 
@@ -703,11 +703,13 @@ async def test_accept_by_another_agent_than_the_one_delivered_to_is_refused(
     assert (await world.interaction(interaction_id)).state == S.ACCEPTED
 
 
-async def test_accept_before_any_agent_is_an_invalid_transition(world: World) -> None:
+async def test_accept_before_any_agent_is_refused_as_no_offer_pending(world: World) -> None:
     await world.create("chat-1")
-    with pytest.raises(Conflict) as caught:
+    before = await world.store.dump()
+    with pytest.raises(Refused) as caught:
         await world.accept("chat-1", "crm-1")
-    assert caught.value.code == "invalid_transition"
+    assert (caught.value.code, caught.value.state) == ("no_offer_pending", "routing")
+    assert await world.store.dump() == before
 
 
 async def test_accept_of_an_unknown_interaction_is_not_found(world: World) -> None:
@@ -750,27 +752,43 @@ async def test_complete_from_delivered_fills_in_accepted(world: World) -> None:
     assert await world.load("agent-1") == 0
 
 
-async def test_a_second_completion_is_refused_and_releases_nothing(world: World) -> None:
-    await delivered(world, "chat-1", "acd-2")
+async def test_a_second_completion_is_noted_and_releases_nothing(world: World) -> None:
+    interaction_id = await delivered(world, "chat-1", "acd-2")
     await delivered(world, "chat-2", "acd-2")
     await world.complete("chat-1")
     assert await world.load("agent-2") == 1
-    before = await world.store.dump()
 
-    with pytest.raises(Conflict) as caught:
-        await world.complete("chat-1")
+    again = await world.complete("chat-1", event_id="evt-done-again")
 
-    assert caught.value.code == "invalid_transition"
-    assert await world.store.dump() == before
+    assert again == interactions.Outcome(interaction_id)
+    assert (await world.interaction(interaction_id)).state == S.COMPLETED
+    last = (await world.store.history(interaction_id))[-1]
+    assert (last.event, last.from_state, last.to_state) == (
+        "completed_again",
+        S.COMPLETED,
+        S.COMPLETED,
+    )
     assert await world.load("agent-2") == 1
+    assert len(await world.outbox_of(interaction_id, WORK_ENDED)) == 1
+
+
+async def test_an_acceptance_after_the_completion_is_noted(world: World) -> None:
+    interaction_id = await delivered(world, "chat-1", "acd-2")
+    await world.complete("chat-1")
+
+    late = await world.accept("chat-1", "crm-2")
+
+    assert late == interactions.Outcome(interaction_id)
+    assert (await world.interaction(interaction_id)).state == S.COMPLETED
+    assert (await world.store.history(interaction_id))[-1].event == "late_accepted"
 
 
 async def test_completing_unrouted_work_is_refused(world: World) -> None:
     await world.create("chat-1")
     before = await world.store.dump()
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(Refused) as caught:
         await world.complete("chat-1")
-    assert caught.value.code == "invalid_transition"
+    assert (caught.value.code, caught.value.state) == ("not_with_an_agent", "routing")
     assert await world.store.dump() == before
 
 

@@ -45,6 +45,7 @@ from harmony.errors import HarmonyError
 from harmony.outbox.relay import Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS, Profile, replay
+from harmony.routing.lifecycle import Event, Move, Refuse, rule_for
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -95,6 +96,18 @@ def acd_id(agent_id: str) -> str:
 
 def crm_id(agent_id: str) -> str:
     return f"crm-{agent_id}"
+
+
+def refusal_of(state: InteractionState, event: Event) -> str | None:
+    """The error the lifecycle table answers ``event`` with in ``state``, if it refuses it."""
+    rule = rule_for(state, event)
+    return rule.name if isinstance(rule, Refuse) else None
+
+
+def state_after(interaction: Interaction, event: Event) -> InteractionState:
+    """Where the lifecycle table takes ``interaction`` on ``event`` (a note keeps it)."""
+    rule = rule_for(interaction.state, event)
+    return rule.target if isinstance(rule, Move) else interaction.state
 
 
 class Stored:
@@ -306,10 +319,10 @@ class Lifecycle(RuleBasedStateMachine):
         )
         if interaction is None:
             expected: str | None = "unknown_interaction"
-        elif wrong_agent or interaction.state not in (S.OFFERED, S.DELIVERED):
+        elif wrong_agent:
             expected = "invalid_transition"
         else:
-            expected = None
+            expected = refusal_of(interaction.state, Event.ACCEPTED)
         event_id = self.next_event_id("accepted")
 
         def call() -> Awaitable[interactions.Outcome]:
@@ -323,8 +336,9 @@ class Lifecycle(RuleBasedStateMachine):
             )
 
         if self.apply("accepted", call, expected) is not None:
+            assert interaction is not None
             after = self.interaction(external_id)
-            assert after is not None and after.state == S.ACCEPTED
+            assert after is not None and after.state == state_after(interaction, Event.ACCEPTED)
 
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
@@ -334,10 +348,8 @@ class Lifecycle(RuleBasedStateMachine):
         interaction = self.interaction(external_id)
         if interaction is None:
             expected: str | None = "unknown_interaction"
-        elif interaction.state not in HOLDS_CAPACITY:
-            expected = "invalid_transition"
         else:
-            expected = None
+            expected = refusal_of(interaction.state, Event.COMPLETED)
         event_id = self.next_event_id("completed")
 
         def call() -> Awaitable[interactions.Outcome]:
@@ -350,10 +362,17 @@ class Lifecycle(RuleBasedStateMachine):
             )
 
         load_before = self._load_of(interaction)
+        ended_before = len(self.stored.outbox(type=WORK_ENDED))
         if self.apply("completed", call, expected) is not None:
             assert interaction is not None
             after = self.interaction(external_id)
-            assert after is not None and after.state == S.COMPLETED
+            assert after is not None
+            assert after.state == state_after(interaction, Event.COMPLETED)
+            if not isinstance(rule_for(interaction.state, Event.COMPLETED), Move):
+                # Completed again, or after the work failed: noted, nothing released.
+                assert self._load_of(after) == load_before
+                assert len(self.stored.outbox(type=WORK_ENDED)) == ended_before
+                return
             assert self._load_of(after) == load_before - 1
             wrap_up = CHAT_WRAP_UP if after.channel == Channel.CHAT else 0
             [ended] = self.stored.outbox(type=WORK_ENDED, interaction_id=after.id)
@@ -419,8 +438,8 @@ class Lifecycle(RuleBasedStateMachine):
             expected: str | None = "unknown_interaction"
         elif agent is None:
             expected = "unknown_agent"
-        elif interaction.state not in AWAITING_SELECTION:
-            expected = "invalid_transition"
+        elif (refused := refusal_of(interaction.state, Event.AGENT_SELECTED)) is not None:
+            expected = refused
         elif (why := self.refusal(agent, interaction.channel)) is not None:
             event(f"selected: refused, {why}")
             expected = "agent_unavailable"

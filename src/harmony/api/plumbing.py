@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harmony.api.admission import Overloaded
 from harmony.api.schemas import ErrorBody
-from harmony.errors import HarmonyError, UnsupportedMediaType
+from harmony.errors import HarmonyError, Refused, UnsupportedMediaType
 from harmony.inputs import describe_validation, parse_json
 from harmony.routing.ids import random_hex
 
@@ -46,9 +46,13 @@ def error_response(
     *,
     request_id: str | None = None,
     headers: dict[str, str] | None = None,
+    state: str | None = None,
 ) -> JSONResponse:
-    """The one error body: ``{"error", "detail"}``, plus ``request_id`` on 5xx answers."""
+    """The one error body: ``{"error", "detail"}``, plus ``request_id`` on 5xx answers and the
+    interaction's current ``state`` when the lifecycle refused an event."""
     body: dict[str, str] = {"error": code, "detail": _printable(detail)}
+    if state is not None:
+        body["state"] = state
     if status >= 500:
         body["request_id"] = request_id or structlog.contextvars.get_contextvars().get(
             "request_id", ""
@@ -75,7 +79,8 @@ _MEANING = {
     "API returned (`invalid_cursor`)",
     401: "signature missing, stale or wrong (`invalid_signature`)",
     404: "names something Harmony does not hold (`unknown_...`)",
-    409: "valid, but not in the current state (the code names the rule)",
+    409: "valid, but not in the current state (the code names the rule; a refusal of the "
+    "lifecycle table also gives the interaction's `state`)",
     413: "body over 256 KiB (`body_too_large`)",
     415: "content type is not application/json (`unsupported_media_type`)",
     422: "a field is missing, of the wrong type or out of range (`validation_error`, naming the "
@@ -252,7 +257,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def harmony_error(_: Request, exc: HarmonyError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("harmony_error", error=exc.code, detail=exc.detail)
-        return error_response(exc.status_code, exc.code, exc.detail)
+        state = exc.state if isinstance(exc, Refused) else None
+        return error_response(exc.status_code, exc.code, exc.detail, state=state)
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:

@@ -41,11 +41,15 @@ class EventAccepted(BaseModel):
 
 class ErrorBody(BaseModel):
     """Every error Harmony answers; ``request_id`` is set on 5xx answers (also the
-    ``x-request-id`` header) so that the log line can be found."""
+    ``x-request-id`` header) so that the log line can be found, ``state`` on an event the
+    lifecycle table refuses (docs/lifecycle.md)."""
 
     error: str = Field(description="a stable code: validation_error, unknown_agent, ...")
     detail: str = Field(description="what is wrong, naming the field")
     request_id: str | None = None
+    state: str | None = Field(
+        default=None, description="the interaction's current state, when a 409 refuses an event"
+    )
 
 
 # --- operators -------------------------------------------------------------------------------

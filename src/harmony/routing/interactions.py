@@ -21,6 +21,7 @@ from harmony.routing.agent_state import (
 )
 from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
 from harmony.routing.ids import random_hex, random_uuid
+from harmony.routing.lifecycle import Event, Move
 from harmony.routing.messages import (
     INTERACTION_DELIVER,
     ROUTING_REQUESTED,
@@ -50,8 +51,12 @@ from harmony.routing.ports import (
 
 S = InteractionState
 # What the CRM's acknowledgement of a delivery confirms.
+# The CRM acknowledged a delivery: the table's rule, as a move the store applies where it writes.
 DELIVERY_ACKNOWLEDGED = GuardedMove(
-    source=S.OFFERED, target=S.DELIVERED, event="delivered", otherwise="delivery_acknowledged"
+    source=S.OFFERED,
+    target=S.DELIVERED,
+    event=Event.DELIVERED.value,
+    otherwise="delivery_acknowledged",
 )
 
 
@@ -262,10 +267,9 @@ def _received(interaction_id: str, r: _Receiving, queue: Queue, now: datetime) -
         cause=f"interaction.created {r.event_id} from {r.source}",
     )
     interaction.request_id = f"rr_{random_hex()}"
-    interaction.move_to(
-        S.ROUTING,
+    interaction.apply(
+        Event.ROUTING_REQUESTED,
         now,
-        event="routing_requested",
         cause=f"routing request placed with acd:{r.acd_adapter}",
         detail={"request_id": interaction.request_id},
     )
@@ -314,9 +318,7 @@ async def accept_interaction(
                     f"{delivered_to}, not {crm_agent_id}",
                     code="invalid_transition",
                 )
-        interaction.advance_to(
-            S.ACCEPTED, clock.now(), event="accepted", cause=f"interaction.accepted {event_id}"
-        )
+        interaction.apply(Event.ACCEPTED, clock.now(), cause=f"interaction.accepted {event_id}")
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -333,13 +335,12 @@ async def complete_interaction(
         if duplicate:
             return duplicate
         now = clock.now()
-        interaction.advance_to(
-            S.COMPLETED, now, event="completed", cause=f"interaction.completed {event_id}"
-        )
-        agent = await _holding_agent(uow, interaction)
-        seconds = (await profile_of(uow, agent)).wrap_up_seconds.get(interaction.channel, 0)
-        await _release(uow, agent, interaction, now, source, "work_completed", seconds)
-        await uow.outbox.add(_work_ended(interaction, agent, "completed", seconds), now)
+        rule = interaction.apply(Event.COMPLETED, now, cause=f"interaction.completed {event_id}")
+        if isinstance(rule, Move):
+            agent = await _holding_agent(uow, interaction)
+            seconds = (await profile_of(uow, agent)).wrap_up_seconds.get(interaction.channel, 0)
+            await _release(uow, agent, interaction, now, source, "work_completed", seconds)
+            await uow.outbox.add(_work_ended(interaction, agent, "completed", seconds), now)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -442,11 +443,7 @@ async def select_agent(
         agent, reserved = await uow.agents.get_by_acd_id_reserving(acd_agent_id, channel)
         if agent is None:
             raise NotFound(f"data.agent_id: no agent '{acd_agent_id}'", code="unknown_agent")
-        if interaction.state not in AWAITING_SELECTION:
-            raise Conflict(
-                f"interaction {interaction.id} is {interaction.state}; it is not awaiting an agent",
-                code="invalid_transition",
-            )
+        interaction.refuse_unless_allowed(Event.AGENT_SELECTED)
         now = clock.now()
         refusal = offer_refusal(agent.channels, await profile_of(uow, agent), channel, now)
         if refusal is None and not reserved:
@@ -459,10 +456,9 @@ async def select_agent(
             [_load_entry(agent.id, load, now, source, "offer_reserved", interaction.id)]
         )
         interaction.agent_id = agent.id
-        interaction.move_to(
-            S.OFFERED,
+        interaction.apply(
+            Event.AGENT_SELECTED,
             now,
-            event="agent_selected",
             cause=f"agent.selected {event_id} from {source}",
             detail={
                 "agent_id": agent.id,
@@ -496,13 +492,8 @@ async def queue_request(
             return duplicate
         detail = {"position": position} if position is not None else {}
         cause = f"request.queued {event_id} from {source}"
-        if interaction.state == S.QUEUED:
-            interaction.note("queue_position", clock.now(), cause, detail)
-        elif interaction.state == S.ROUTING:
-            interaction.move_to(S.QUEUED, clock.now(), event="queued", cause=cause, detail=detail)
-        else:
-            # The selection overtook the queued notice: record it, change nothing.
-            interaction.note("late_queued_notice", clock.now(), cause, detail)
+        # In the queue already: its position; overtaken by the selection: a late notice.
+        interaction.apply(Event.QUEUED, clock.now(), cause=cause, detail=detail)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -586,12 +577,12 @@ async def _fail_after_lost_message(
     lost_delivery = message.type == INTERACTION_DELIVER and interaction.state == S.OFFERED
     if lost_delivery:
         agent = await _holding_agent(uow, interaction)
-        interaction.move_to(S.FAILED, now, event="failed", cause=cause)
+        interaction.apply(Event.FAILED, now, cause=cause)
         source = _source(message.target_kind, message.target)
         await _release(uow, agent, interaction, now, source, "delivery_failed", 0)
         await uow.outbox.add(_work_ended(interaction, agent, "delivery_failed", 0), now)
     elif lost_current_request:
-        interaction.move_to(S.FAILED, now, event="failed", cause=cause)
+        interaction.apply(Event.FAILED, now, cause=cause)
     else:
         interaction.note("message_lost", now, cause, {"message_id": message.id})
 

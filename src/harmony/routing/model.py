@@ -10,7 +10,23 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, Refused, ValidationFailed
+from harmony.routing.lifecycle import (
+    Event,
+    Move,
+    Note,
+    Refuse,
+    Rule,
+    allowed_moves,
+    implied_paths,
+    rule_for,
+    terminal_states,
+)
+
+# The lifecycle table's rows, exported here too with the rest of the model.
+from harmony.routing.lifecycle import (
+    InteractionState as InteractionState,
+)
 
 
 class Channel(StrEnum):
@@ -23,29 +39,10 @@ class Channel(StrEnum):
 ROUTABLE_CHANNELS = frozenset({Channel.CHAT, Channel.EMAIL})
 
 
-class InteractionState(StrEnum):
-    RECEIVED = "received"
-    ROUTING = "routing"
-    QUEUED = "queued"
-    OFFERED = "offered"
-    DELIVERED = "delivered"
-    ACCEPTED = "accepted"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
 S = InteractionState
-ALLOWED_TRANSITIONS: dict[InteractionState, frozenset[InteractionState]] = {
-    S.RECEIVED: frozenset({S.ROUTING, S.FAILED}),
-    S.ROUTING: frozenset({S.QUEUED, S.OFFERED, S.FAILED}),
-    S.QUEUED: frozenset({S.OFFERED, S.FAILED}),
-    S.OFFERED: frozenset({S.DELIVERED, S.FAILED}),
-    S.DELIVERED: frozenset({S.ACCEPTED, S.FAILED}),
-    S.ACCEPTED: frozenset({S.COMPLETED, S.FAILED}),
-    S.COMPLETED: frozenset(),
-    S.FAILED: frozenset(),
-}
-TERMINAL_STATES = frozenset(s for s, nxt in ALLOWED_TRANSITIONS.items() if not nxt)
+# Derived from the lifecycle table (routing/lifecycle.py), the one place the rules are written.
+ALLOWED_TRANSITIONS: dict[InteractionState, frozenset[InteractionState]] = allowed_moves()
+TERMINAL_STATES = terminal_states()
 # States in which the ACD may still answer a routing request with a selection.
 AWAITING_SELECTION = frozenset({S.ROUTING, S.QUEUED})
 # States in which an interaction waits in its queue for an agent (queue statistics count them).
@@ -55,11 +52,7 @@ HOLDS_CAPACITY = frozenset({S.OFFERED, S.DELIVERED, S.ACCEPTED})
 
 # The CRM may skip reporting a step it considers implicit (e.g. "completed" with no "accepted");
 # these are the steps Harmony fills in, in order, rather than refusing the later event.
-IMPLIED_PATHS: dict[tuple[InteractionState, InteractionState], tuple[InteractionState, ...]] = {
-    (S.OFFERED, S.ACCEPTED): (S.DELIVERED, S.ACCEPTED),
-    (S.OFFERED, S.COMPLETED): (S.DELIVERED, S.ACCEPTED, S.COMPLETED),
-    (S.DELIVERED, S.COMPLETED): (S.ACCEPTED, S.COMPLETED),
-}
+IMPLIED_PATHS = implied_paths()
 
 
 @dataclass(frozen=True)
@@ -200,6 +193,48 @@ class Interaction:
                 event=f"{step.value}_implied" if implied else event,
                 cause=f"implied by {cause}" if implied else cause,
             )
+
+    def apply(
+        self,
+        event: Event,
+        at: datetime,
+        *,
+        cause: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Rule:
+        """Do what the lifecycle table says ``event`` does here, and return that rule: move
+        (recording each step), note (recording the event under the note's name), or raise
+        ``Refused`` (nothing recorded) naming the refusal and the current state."""
+        rule = rule_for(self.state, event)
+        if isinstance(rule, Move):
+            for step in (*rule.via, rule.target):
+                implied = step != rule.target
+                self.move_to(
+                    step,
+                    at,
+                    event=f"{step.value}_implied" if implied else event.value,
+                    cause=f"implied by {cause}" if implied else cause,
+                    detail=None if implied else detail,
+                )
+        elif isinstance(rule, Note):
+            self.note(rule.name, at, cause, detail or {})
+        else:
+            raise self._refused(event, rule)
+        return rule
+
+    def refuse_unless_allowed(self, event: Event) -> None:
+        """Raise ``Refused`` now if the lifecycle table refuses ``event`` here (before work that
+        would be wasted on it); ``apply`` does the rest."""
+        rule = rule_for(self.state, event)
+        if isinstance(rule, Refuse):
+            raise self._refused(event, rule)
+
+    def _refused(self, event: Event, rule: Refuse) -> Refused:
+        return Refused(
+            f"interaction {self.id} is {self.state}: {event.value} refused ({rule.name})",
+            code=rule.name,
+            state=self.state.value,
+        )
 
     def note(self, event: str, at: datetime, cause: str, detail: dict[str, Any]) -> None:
         """Record something that happened without a state change (e.g. a refused selection)."""
