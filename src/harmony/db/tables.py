@@ -299,6 +299,26 @@ outbox = Table(
     ),
 )
 
+# Durable timers (routing.ports.Timer): one per kind and subject, claimed by a scheduler with a
+# token that fences its outcome, removed in the transaction of what firing did.
+scheduled = Table(
+    "scheduled",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("guard", String(200), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("claim_token", String(64), nullable=True),
+    Column("claimed_by", String(200), nullable=True),
+    Column("claimed_until", UtcDateTime, nullable=True),
+    UniqueConstraint("kind", "subject"),
+    Index("ix_scheduled_due_at", "due_at"),
+)
+
 # The last ordering_seq given out per ordering key; bumped in the transaction that writes the
 # message, so a key's sequence follows the order its transactions commit in.
 outbox_sequences = Table(

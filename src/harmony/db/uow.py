@@ -51,6 +51,7 @@ from harmony.db.tables import (
     queue_waiting,
     queues,
 )
+from harmony.db.timers import SqlTimers
 from harmony.errors import Collided, Conflict, TryAgain
 from harmony.routing.agent_state import Profile
 from harmony.routing.ids import random_hex
@@ -1298,6 +1299,7 @@ class SqlUnitOfWork:
     queues: SqlQueues
     inbox: SqlInbox
     outbox: SqlOutbox
+    timers: SqlTimers
 
     def __init__(
         self,
@@ -1378,6 +1380,7 @@ class SqlUnitOfWork:
         self.queues = SqlQueues(statements, self._now, self._recent_queues)
         self.inbox = SqlInbox(statements, self._received)
         self.outbox = SqlOutbox(statements, self._handoff)
+        self.timers = SqlTimers(statements)
         return self
 
     async def __aexit__(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
@@ -466,6 +466,58 @@ class Outbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Timer:
+    """A durable timer: when ``due_at`` passes, the use case of ``kind`` runs once for
+    ``subject`` (an interaction, an agent's channel), provided what it was armed for still
+    holds (``guard``: the version of that thing when it was armed). One timer of a kind per
+    subject: arming again replaces it."""
+
+    kind: str
+    subject: str
+    due_at: datetime
+    guard: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClaimedTimer:
+    """A due timer leased to one scheduler: only the holder of ``claim_token`` may fire it."""
+
+    id: str
+    timer: Timer
+    claim_token: str
+    attempts: int
+
+
+class TimerRepository(Protocol):
+    """Durable timers, written in the transaction of the state that needs them."""
+
+    async def arm(self, timer: Timer, now: datetime) -> None:
+        """Schedule ``timer``, replacing any timer of its kind for its subject."""
+        ...
+
+    async def disarm(self, kind: str, subject: str) -> None:
+        """Remove the timer of ``kind`` for ``subject``, if any (what it guarded ended)."""
+        ...
+
+    async def claim_due(
+        self, now: datetime, limit: int, lease_seconds: float, claimer: str
+    ) -> list[ClaimedTimer]:
+        """Lease up to ``limit`` timers due at ``now`` (earliest first) under a new claim
+        token, skipping those another scheduler holds; a lease that ran out may be taken."""
+        ...
+
+    async def finish(self, timer_id: str, claim_token: str) -> bool:
+        """Remove a fired timer, in the transaction of what it did; False (nothing removed)
+        when the claim was lost or the timer was replaced since."""
+        ...
+
+    async def pending(self) -> list[Timer]:
+        """Every timer still to fire, earliest first (for operators and tests)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. ``async with uow:`` begins it; leaving without commit rolls back.
 
@@ -492,6 +544,9 @@ class UnitOfWork(Protocol):
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def timers(self) -> TimerRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
