@@ -24,6 +24,7 @@ from harmony.errors import TryAgain
 from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
+from harmony.routing.lifecycle import Event
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
@@ -768,7 +769,7 @@ async def test_a_delivery_recorded_while_the_crm_accepts_notes_the_state_it_wait
     async with accepting as uow:
         interaction = await uow.interactions.get(interaction_id, for_update=True)
         assert interaction is not None
-        interaction.advance_to(S.ACCEPTED, world.clock.now(), event="accepted", cause="test")
+        interaction.apply(Event.ACCEPTED, world.clock.now(), cause="test")
         await uow.interactions.save(interaction)
         recording = asyncio.create_task(
             interactions.messages_sent(

@@ -7,11 +7,11 @@ from itertools import product
 
 import pytest
 
-from harmony.errors import Conflict, ValidationFailed
+from harmony.errors import Conflict, Refused, ValidationFailed
+from harmony.routing.lifecycle import Event, Move, cells, rule_for
 from harmony.routing.model import (
     ALLOWED_TRANSITIONS,
     HOLDS_CAPACITY,
-    IMPLIED_PATHS,
     MAX_CAPACITY,
     TERMINAL_STATES,
     Agent,
@@ -169,7 +169,7 @@ def test_offered_to_accepted_fills_in_delivered() -> None:
     interaction = interaction_in(S.OFFERED)
     at = T0 + timedelta(minutes=3)
 
-    interaction.advance_to(S.ACCEPTED, at, event="accepted", cause="interaction.accepted e-9")
+    interaction.apply(Event.ACCEPTED, at, cause="interaction.accepted e-9")
 
     assert interaction.state == S.ACCEPTED
     assert interaction.state_times[S.DELIVERED] == at
@@ -186,7 +186,7 @@ def test_delivered_to_completed_fills_in_accepted() -> None:
     interaction = interaction_in(S.DELIVERED)
     at = T0 + timedelta(minutes=7)
 
-    interaction.advance_to(S.COMPLETED, at, event="completed", cause="interaction.completed e-3")
+    interaction.apply(Event.COMPLETED, at, cause="interaction.completed e-3")
 
     assert interaction.state == S.COMPLETED
     assert interaction.state_times[S.ACCEPTED] == at
@@ -201,14 +201,15 @@ def test_delivered_to_completed_fills_in_accepted() -> None:
 def test_offered_to_completed_fills_in_delivered_and_accepted() -> None:
     interaction = interaction_in(S.OFFERED)
 
-    interaction.advance_to(S.COMPLETED, T0, event="completed", cause="c")
+    interaction.apply(Event.COMPLETED, T0, cause="c")
 
     assert [e.to_state for e in interaction.new_history[-3:]] == [
         S.DELIVERED,
         S.ACCEPTED,
         S.COMPLETED,
     ]
-    assert set(IMPLIED_PATHS) == {
+    implied = {(s, r.target) for s, _, r in cells() if isinstance(r, Move) and r.via}
+    assert implied == {
         (S.OFFERED, S.ACCEPTED),
         (S.OFFERED, S.COMPLETED),
         (S.DELIVERED, S.COMPLETED),
@@ -217,22 +218,22 @@ def test_offered_to_completed_fills_in_delivered_and_accepted() -> None:
 
 def test_advance_without_an_implied_path_is_a_plain_move() -> None:
     interaction = interaction_in(S.ACCEPTED)
-    interaction.advance_to(S.COMPLETED, T0, event="completed", cause="c")
+    interaction.apply(Event.COMPLETED, T0, cause="c")
     assert interaction.new_history[-1].from_state == S.ACCEPTED
     assert interaction.state == S.COMPLETED
 
 
-@pytest.mark.parametrize("state", [S.RECEIVED, S.ROUTING, S.QUEUED, S.COMPLETED, S.FAILED])
-def test_advance_to_accepted_from_a_state_without_a_path_is_refused_untouched(
+@pytest.mark.parametrize("state", [S.RECEIVED, S.ROUTING, S.QUEUED, S.FAILED])
+def test_accepted_where_the_table_refuses_it_leaves_the_interaction_untouched(
     state: InteractionState,
 ) -> None:
     interaction = interaction_in(state)
     history = list(interaction.new_history)
 
-    with pytest.raises(Conflict) as caught:
-        interaction.advance_to(S.ACCEPTED, T0, event="accepted", cause="c")
+    with pytest.raises(Refused) as caught:
+        interaction.apply(Event.ACCEPTED, T0, cause="c")
 
-    assert caught.value.code == "invalid_transition"
+    assert caught.value.code == rule_for(state, Event.ACCEPTED).name  # type: ignore[union-attr]
     assert interaction.state == state
     assert interaction.new_history == history
 

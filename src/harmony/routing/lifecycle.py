@@ -28,7 +28,6 @@ __all__ = [
     "Rule",
     "allowed_moves",
     "cells",
-    "implied_paths",
     "rule_for",
     "terminal_states",
 ]
@@ -289,18 +288,6 @@ def allowed_moves() -> dict[InteractionState, frozenset[InteractionState]]:
             for source, target in pairwise(path):
                 moves[source].add(target)
     return {state: frozenset(targets) for state, targets in moves.items()}
-
-
-def implied_paths() -> dict[
-    tuple[InteractionState, InteractionState], tuple[InteractionState, ...]
-]:
-    """The steps Harmony fills in, in order, when a peer skips one it considers implicit
-    (``completed`` with no ``accepted``): (state, target) -> the path ending at target."""
-    return {
-        (state, rule.target): (*rule.via, rule.target)
-        for state, _, rule in cells()
-        if isinstance(rule, Move) and rule.via
-    }
 
 
 def terminal_states() -> frozenset[InteractionState]:

@@ -18,7 +18,6 @@ from harmony.routing.lifecycle import (
     Refuse,
     Rule,
     allowed_moves,
-    implied_paths,
     rule_for,
     terminal_states,
 )
@@ -49,10 +48,6 @@ AWAITING_SELECTION = frozenset({S.ROUTING, S.QUEUED})
 WAITING_STATES = frozenset({S.RECEIVED, S.ROUTING, S.QUEUED})
 # States in which an agent holds a unit of capacity for the interaction.
 HOLDS_CAPACITY = frozenset({S.OFFERED, S.DELIVERED, S.ACCEPTED})
-
-# The CRM may skip reporting a step it considers implicit (e.g. "completed" with no "accepted");
-# these are the steps Harmony fills in, in order, rather than refusing the later event.
-IMPLIED_PATHS = implied_paths()
 
 
 @dataclass(frozen=True)
@@ -181,18 +176,6 @@ class Interaction:
         self.state_times[target] = at
         self.updated_at = at
         self._record(event, previous, target, at, cause, detail or {})
-
-    def advance_to(self, target: InteractionState, at: datetime, *, event: str, cause: str) -> None:
-        """Move to ``target``, filling in the implied intermediate steps the CRM skipped."""
-        path = IMPLIED_PATHS.get((self.state, target), (target,))
-        for step in path:
-            implied = step != target
-            self.move_to(
-                step,
-                at,
-                event=f"{step.value}_implied" if implied else event,
-                cause=f"implied by {cause}" if implied else cause,
-            )
 
     def apply(
         self,
