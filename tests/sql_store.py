@@ -20,8 +20,16 @@ from harmony.db.tables import agent_mirrors, inbox, metadata, outbox, voice_call
 from harmony.db.uow import SqlUnitOfWork
 from harmony.routing.agent_state import AgentStateEntry, Profile
 from harmony.routing.messages import OutboundMessage, TargetKind
-from harmony.routing.model import Agent, Channel, ChannelStatus, HistoryEntry, Interaction, Queue
-from harmony.routing.ports import AgentFilter, InteractionFilter, QueueStats, VoiceCall
+from harmony.routing.model import (
+    Agent,
+    Channel,
+    ChannelStatus,
+    HistoryEntry,
+    Interaction,
+    Offer,
+    Queue,
+)
+from harmony.routing.ports import AgentFilter, InteractionFilter, QueueStats, Timer, VoiceCall
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 
@@ -106,7 +114,23 @@ class SqlStore:
 
     async def queue_stats(self) -> list[QueueStats]:
         async with self.db.reader() as uow:
-            return await uow.queues.stats()
+            return await uow.queues.stats(self._now())
+
+    async def offers(self, interaction_id: str) -> list[Offer]:
+        """The interaction's offers, oldest first."""
+        async with self.db.reader() as uow:
+            return await uow.offers.of_interaction(interaction_id)
+
+    async def timers(self) -> list[Timer]:
+        """Every timer still to fire, earliest first."""
+        async with self.db.reader() as uow:
+            return await uow.timers.pending()
+
+    async def timer_of(self, interaction_id: str) -> Timer | None:
+        """The interaction's deadline timer, if it has one."""
+        found = [t for t in await self.timers() if t.subject == interaction_id]
+        assert len(found) <= 1
+        return found[0] if found else None
 
     async def agent(self, agent_id: str) -> Agent | None:
         async with self.db.reader() as uow:

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     relay_max_attempts: int = Field(default=8, ge=1, le=100)
     relay_base_backoff_seconds: float = Field(default=0.5, gt=0, le=60)
     relay_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    scheduler_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often each replica looks for due timers (offer and routing "
+        "timeouts, maximum waits): a timer fires at most this late",
+    )
+    scheduler_batch_size: int = Field(default=50, ge=1, le=1000)
+    scheduler_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_inflight_events: int = Field(
         default=8,
         ge=1,

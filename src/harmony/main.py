@@ -34,7 +34,8 @@ from harmony.routing.agent_state import Profile
 from harmony.routing.model import Channel, Queue
 from harmony.routing.ports import Clock
 from harmony.routing.retry import run_with_retry
-from harmony.seed import Seed, SeedProfile, load_seed
+from harmony.scheduler import Scheduler
+from harmony.seed import Seed, SeedProfile, SeedQueue, load_seed
 
 log = structlog.get_logger("harmony")
 
@@ -80,11 +81,20 @@ async def _upsert_seed(
             profile_from_seed(profile),
             acd_adapter=acd_adapter,
         )
-    for queue in seed.queues:
+    for queue in _overflow_targets_first(seed.queues):
         await run_with_retry(
             db.uow,
             interactions.upsert_queue,
-            Queue(name=queue.name, channel=Channel(queue.channel), skills=queue.skills),
+            Queue(
+                name=queue.name,
+                channel=Channel(queue.channel),
+                skills=queue.skills,
+                offer_timeout_seconds=queue.offer_timeout_seconds,
+                routing_timeout_seconds=queue.routing_timeout_seconds,
+                max_wait_seconds=queue.max_wait_seconds,
+                max_offers=queue.max_offers,
+                overflow_queue=queue.overflow_queue,
+            ),
         )
     for agent in seed.agents:
         await run_with_retry(
@@ -103,10 +113,30 @@ async def _upsert_seed(
         )
 
 
+def _overflow_targets_first(queues: list[SeedQueue]) -> list[SeedQueue]:
+    """The seed's queues, each after the queue it overflows into (which must exist when it is
+    named); a queue whose overflow queue never comes keeps its place and is refused by name."""
+    ordered: list[SeedQueue] = []
+    placed: set[str] = set()
+    left = list(queues)
+    while left:
+        ready = [q for q in left if q.overflow_queue is None or q.overflow_queue in placed]
+        for queue in ready or left:
+            ordered.append(queue)
+            placed.add(queue.name)
+        left = [q for q in left if q.name not in placed]
+    return ordered
+
+
 def profile_from_seed(profile: SeedProfile) -> Profile:
     """A seed file's profile as the routing core's; unknown channel names raise ValueError."""
     return Profile.from_names(
-        profile.name, profile.capacity, profile.wrap_up_seconds, profile.blocks
+        profile.name,
+        profile.capacity,
+        profile.wrap_up_seconds,
+        profile.blocks,
+        profile.rona_after,
+        profile.rona_counts_decline,
     )
 
 
@@ -120,7 +150,8 @@ def create_app(
 ) -> FastAPI:
     """Build the application. ``transport`` replaces the network for outbound calls in tests;
     ``run_relay=False`` leaves the outbox to be drained by hand (``container.relay.drain()``),
-    housekeeping to ``container.housekeeper.run_once()`` and the relay lag that admission
+    due timers to ``container.scheduler.run_once()``, housekeeping to
+    ``container.housekeeper.run_once()`` and the relay lag that admission
     control reads to ``container.admission.sample()``.
 
     ``freeze_heap`` (what ``harmony serve`` asks for) moves everything alive once the app has
@@ -168,6 +199,13 @@ def create_app(
         housekeeper = Housekeeper(
             db.uow, clock, inbox_retention=timedelta(days=settings.inbox_retention_days)
         )
+        scheduler = Scheduler(
+            db.uow,
+            clock,
+            poll_seconds=settings.scheduler_poll_seconds,
+            batch_size=settings.scheduler_batch_size,
+            lease_seconds=settings.scheduler_lease_seconds,
+        )
 
         async def read_lag() -> float:
             now = clock.now()
@@ -186,7 +224,7 @@ def create_app(
             read_lag=read_lag,
         )
         app.state.container = Container(
-            settings, db, clock, registry, relay, client, housekeeper, admission
+            settings, db, clock, registry, relay, client, housekeeper, admission, scheduler
         )
         if freeze_heap:
             gc.collect()
@@ -196,6 +234,7 @@ def create_app(
             db.handoff = relay
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
             tasks.append(asyncio.create_task(housekeeper.run(), name="housekeeping"))
+            tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
             tasks.append(asyncio.create_task(admission.run(), name="admission"))
         log.info("harmony_started", database=db.engine.dialect.name, relay=run_relay)
         try:
@@ -203,6 +242,7 @@ def create_app(
         finally:
             relay.stop()
             housekeeper.stop()
+            scheduler.stop()
             admission.stop()
             await asyncio.gather(*tasks)
             await client.aclose()

@@ -23,6 +23,11 @@ class SeedQueue(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     channel: str = Field(pattern="^(chat|email)$")
     skills: list[str] = Field(default_factory=list)
+    offer_timeout_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    routing_timeout_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    max_wait_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    max_offers: int | None = Field(default=None, ge=1, le=100)
+    overflow_queue: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class SeedProfile(BaseModel):
@@ -32,6 +37,8 @@ class SeedProfile(BaseModel):
     capacity: dict[str, int] = Field(default_factory=dict)
     wrap_up_seconds: dict[str, int] = Field(default_factory=dict)
     blocks: dict[str, list[str]] = Field(default_factory=dict)
+    rona_after: int = Field(default=1, ge=0, le=100)
+    rona_counts_decline: bool = False
 
 
 class SeedAgent(BaseModel):

@@ -55,6 +55,12 @@ async def test_chat_goes_round_the_whole_loop(harness: Harness) -> None:
     assert (await _agent(h, "agent-002"))["channels"]["chat"]["load"] == 1
 
     await h.drain()
+    [offer] = (await _interaction(h, interaction_id))["offers"]
+    assert (offer["agent_id"], offer["status"], offer["decided_at"]) == (
+        "agent-002",
+        "pending",
+        None,
+    )
     [delivery] = h.crm.of_type("interaction.deliver")
     assert delivery["data"] == {
         "interaction_id": interaction_id,
@@ -62,6 +68,8 @@ async def test_chat_goes_round_the_whole_loop(harness: Harness) -> None:
         "channel": "chat",
         "queue": "support-chat",
         "agent_id": "crm-002",
+        "offer_id": offer["id"],
+        "expires_at": offer["expires_at"].replace("Z", "+00:00"),
     }
     assert h.crm.headers[0]["idempotency-key"] == delivery["id"]
     assert (await _interaction(h, interaction_id))["state"] == "delivered"
@@ -88,6 +96,11 @@ async def test_chat_goes_round_the_whole_loop(harness: Harness) -> None:
     detail = await _interaction(h, interaction_id)
     assert detail["state"] == "completed"
     assert detail["agent_id"] == "agent-002"
+    [offer] = detail["offers"]
+    assert (offer["status"], offer["decided_at"]) == (
+        "completed",
+        detail["state_times"]["completed"],
+    )
     moves = [(e["from_state"], e["to_state"]) for e in detail["history"] if e["event"] != "note"]
     assert moves == [
         (None, "received"),

@@ -153,3 +153,78 @@ async def test_the_lifecycle_states_upgrade_keeps_every_interaction_and_its_coun
     assert after_upgrade == stored
     assert before == upgraded == {"support": 2}
     assert (added, moved) == ({"support": 3}, {"support": 2})  # i-new in, then i-waiting out
+
+
+async def test_the_offers_upgrade_records_work_under_way_and_bounds_every_wait(
+    empty_database_url: str,
+) -> None:
+    """0009: work with an agent gets its offer record, and every interaction no agent has
+    accepted gets a deadline timer, so nothing stored before can wait unbounded."""
+    db = Database(empty_database_url, SystemClock().now)
+    now = "2026-01-01 00:00:00"
+    stored = {
+        "i-waiting": ("routing", None),
+        "i-queued": ("queued", None),
+        "i-offered": ("offered", "a-1"),
+        "i-accepted": ("accepted", "a-1"),
+        "i-done": ("completed", "a-1"),
+        "i-failed": ("failed", None),
+    }
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_upgrade, "0008_scheduled")
+            for statement in (
+                "INSERT INTO queues (name, channel, skills, created_at, updated_at)"
+                f" VALUES ('support', 'chat', '[]', '{now}', '{now}')",
+                "INSERT INTO agents (id, name, crm_adapter, crm_agent_id, acd_agent_id, profile,"
+                f" login_failures, created_at, updated_at) VALUES ('a-1', 'A', 'generic', 'c-1',"
+                f" 'x-1', 'default', 0, '{now}', '{now}')",
+                *(_interaction_row(i, state, agent, now) for i, (state, agent) in stored.items()),
+            ):
+                await conn.exec_driver_sql(statement)
+            before = await _waiting_by_queue(conn)
+        await db.migrate()
+        async with db.reader() as uow:
+            offers = {i: await uow.offers.of_interaction(i) for i in stored}
+            timers = {t.subject: t for t in await uow.timers.pending()}
+            interactions = {i: await uow.interactions.get(i) for i in stored}
+            queue = await uow.queues.get("support")
+            profile = await uow.profiles.get("default")
+        async with db.engine.begin() as conn:
+            after = await _waiting_by_queue(conn)
+        with pytest.raises(IntegrityError):
+            async with db.engine.begin() as conn:
+                # One live offer per interaction: the database refuses a second.
+                await conn.exec_driver_sql(
+                    "INSERT INTO offers (id, interaction_id, agent_id, channel, status,"
+                    " offered_at, expires_at) VALUES ('ofr-2', 'i-offered', 'a-1', 'chat',"
+                    f" 'pending', '{now}', '{now}')"
+                )
+    finally:
+        await db.dispose()
+    assert {i: [(o.agent_id, o.status.value) for o in found] for i, found in offers.items()} == {
+        "i-waiting": [],
+        "i-queued": [],
+        "i-offered": [("a-1", "pending")],
+        "i-accepted": [("a-1", "accepted")],
+        "i-done": [("a-1", "completed")],
+        "i-failed": [],
+    }
+    [pending] = offers["i-offered"]
+    assert pending.expires_at > pending.offered_at
+    assert sorted(timers) == ["i-offered", "i-queued", "i-waiting"]
+    assert all(
+        t.kind == "interaction" and t.detail == {"deadline": "check"} for t in timers.values()
+    )
+    assert {i: (x.state.value, x.offers_made) for i, x in interactions.items() if x} == {
+        "i-waiting": ("routing", 0),
+        "i-queued": ("queued", 0),
+        "i-offered": ("offered", 1),
+        "i-accepted": ("accepted", 1),
+        "i-done": ("completed", 1),
+        "i-failed": ("failed", 0),
+    }
+    assert queue is not None and queue.policy.offer_timeout_seconds == 30
+    assert profile is not None
+    assert (profile.rona_after, profile.rona_counts_decline) == (1, False)
+    assert before == after == {"support": 2}

@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import update
 
 from harmony.db.tables import outbox
-from harmony.routing import agents, interactions
+from harmony.routing import agents, interactions, rerouting
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
-from harmony.routing.messages import ROUTING_REQUESTED, TargetKind
+from harmony.routing.messages import TargetKind
 from harmony.routing.model import Channel, ChannelStatus, Interaction, Queue
+from harmony.scheduler import Scheduler
 from harmony.testing import FakeClock
 from tests.databases import built_sqlite_template, sqlite_copy
 from tests.sql_store import InboxRow, OutboxRow, SqlStore
@@ -87,8 +88,10 @@ class World:
         return found
 
     async def request_id(self, interaction_id: str) -> str:
-        [routing] = await self.store.outbox(type=ROUTING_REQUESTED, interaction_id=interaction_id)
-        return str(routing.message.payload["request_id"])
+        """The interaction's current routing request."""
+        interaction = await self.interaction(interaction_id)
+        assert interaction.request_id is not None
+        return interaction.request_id
 
     async def select(
         self, interaction_id: str, acd_agent_id: str, *, event_id: str | None = None
@@ -124,6 +127,55 @@ class World:
             event_id=event_id or self.event_id(),
             external_id=external_id,
         )
+
+    async def decline(
+        self,
+        external_id: str,
+        crm_agent_id: str | None = None,
+        *,
+        reason: str | None = None,
+        event_id: str | None = None,
+    ) -> interactions.Outcome:
+        return await rerouting.decline_interaction(
+            self.store.uow(),
+            self.clock,
+            crm_adapter=CRM,
+            event_id=event_id or self.event_id(),
+            external_id=external_id,
+            crm_agent_id=crm_agent_id,
+            reason=reason,
+        )
+
+    async def abandon(
+        self, external_id: str, *, cancelled: bool = False, event_id: str | None = None
+    ) -> interactions.Outcome:
+        return await rerouting.abandon_interaction(
+            self.store.uow(),
+            self.clock,
+            crm_adapter=CRM,
+            event_id=event_id or self.event_id(),
+            external_id=external_id,
+            cancelled=cancelled,
+        )
+
+    async def queued(self, interaction_id: str, *, event_id: str | None = None) -> None:
+        await interactions.queue_request(
+            self.store.uow(),
+            self.clock,
+            acd_adapter=ACD,
+            event_id=event_id or self.event_id(),
+            request_id=await self.request_id(interaction_id),
+            position=1,
+        )
+
+    async def fire_due(self) -> int:
+        """Advance nothing: fire every timer due at the clock's time, as a scheduler would."""
+        return await Scheduler(self.store.uow, self.clock, claimer="test").run_once()
+
+    async def after(self, seconds: float) -> int:
+        """Move the clock on and fire what fell due."""
+        self.clock.advance(seconds)
+        return await self.fire_due()
 
     async def load(self, agent_id: str, channel: Channel = Channel.CHAT) -> int:
         agent = await self.store.agent(agent_id)

@@ -232,6 +232,16 @@ async def test_selection_reserves_capacity_offers_and_promises_the_delivery(
     assert interaction.agent_id == "agent-2"
     assert interaction.request_id == request_id
     assert interaction.state_times[S.OFFERED] == world.clock.now()
+    [offer] = await world.store.offers(interaction.id)
+    assert (offer.agent_id, offer.channel, offer.status) == ("agent-2", Channel.CHAT, "pending")
+    assert offer.offered_at == world.clock.now()
+    # The support-chat queue sets no offer timeout: chat's default, 30 s.
+    assert offer.expires_at == world.clock.now() + timedelta(seconds=30)
+    timer = await world.store.timer_of(interaction.id)
+    assert timer is not None
+    assert (timer.due_at, timer.guard) == (offer.expires_at, offer.id)
+    assert timer.detail == {"deadline": "offer_timeout"}
+    assert interaction.offers_made == 1
     last = (await world.store.history(interaction.id))[-1]
     assert (last.event, last.from_state, last.to_state) == ("agent_selected", S.ROUTING, S.OFFERED)
     assert last.detail == {
@@ -240,6 +250,8 @@ async def test_selection_reserves_capacity_offers_and_promises_the_delivery(
         "crm_agent_id": "crm-2",
         "load": 1,
         "capacity": 2,
+        "offer_id": offer.id,
+        "offer": 1,
     }
     [deliver] = await world.outbox_of(interaction.id, INTERACTION_DELIVER)
     assert deliver.message.target_kind == TargetKind.CRM
@@ -250,6 +262,8 @@ async def test_selection_reserves_capacity_offers_and_promises_the_delivery(
         "channel": "chat",
         "queue": "support-chat",
         "agent_id": "crm-2",
+        "offer_id": offer.id,
+        "expires_at": offer.expires_at.isoformat(),
     }
     assert ("acd:generic", "evt-sel") in {(r.source, r.event_id) for r in await world.events_seen()}
 

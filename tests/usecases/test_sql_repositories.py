@@ -114,7 +114,7 @@ async def test_search_pages_oldest_first_with_a_cursor(world: World) -> None:
             cursor = page.next_cursor
             if cursor is None:
                 break
-        [stat_chat, stat_mail] = await uow.queues.stats()
+        [stat_chat, stat_mail] = await uow.queues.stats(world.clock.now())
         with pytest.raises(InvalidCursor):
             await uow.interactions.search(InteractionFilter(), 2, "garbage!")
     assert seen == ids

@@ -17,6 +17,7 @@ from harmony.outbox.housekeeping import Housekeeper
 from harmony.outbox.relay import Relay
 from harmony.routing import commands
 from harmony.routing.ports import Clock
+from harmony.scheduler import Scheduler
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Container:
     http: httpx.AsyncClient
     housekeeper: Housekeeper
     admission: Admission
+    scheduler: Scheduler
 
     @cached_property
     def policy(self) -> commands.Policy:

@@ -19,6 +19,7 @@ from harmony.api.schemas import (
     InteractionDetail,
     InteractionOut,
     InteractionPage,
+    OfferOut,
     ProfileIn,
     ProfileOut,
     QueueIn,
@@ -78,14 +79,17 @@ async def list_interactions(
 async def get_interaction(
     wired: Wired, interaction_id: Annotated[Text, Path(min_length=1, max_length=36)]
 ) -> InteractionDetail:
-    """One interaction with its full history, oldest entry first."""
+    """One interaction with every offer it received and its full history, oldest first."""
     async with wired.db.reader() as uow:
         interaction = await uow.interactions.get(interaction_id)
         if interaction is None:
             raise NotFound(f"no interaction '{interaction_id}'", code="unknown_interaction")
+        offers = await uow.offers.of_interaction(interaction_id)
         history = await uow.interactions.history(interaction_id)
     return InteractionDetail(
-        **InteractionOut.fields_of(interaction), history=[HistoryOut.of(h) for h in history]
+        **InteractionOut.fields_of(interaction),
+        offers=[OfferOut.of(o) for o in offers],
+        history=[HistoryOut.of(h) for h in history],
     )
 
 
@@ -230,7 +234,14 @@ async def list_profiles(wired: Wired) -> list[ProfileOut]:
 )
 async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: ProfileIn) -> ProfileOut:
     """Create or replace a profile; its agents' capacities follow (409 if one holds more)."""
-    profile = Profile.from_names(name, body.capacity.given(), body.wrap_up_seconds, body.blocks)
+    profile = Profile.from_names(
+        name,
+        body.capacity.given(),
+        body.wrap_up_seconds,
+        body.blocks,
+        body.rona_after,
+        body.rona_counts_decline,
+    )
     await run_with_retry(
         wired.db.uow,
         agents.upsert_profile,
@@ -243,10 +254,12 @@ async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: Profile
 
 @router.get("/v1/queues", response_model=list[QueueOut], tags=["queues"])
 async def list_queues(wired: Wired) -> list[QueueOut]:
-    """Every queue with how many interactions wait for an agent and the oldest one's wait."""
+    """Every queue with its policy, how many interactions wait for an agent and the oldest
+    one's wait, how many are offered to agents now, and how many customers left it waiting in
+    the last 24 hours."""
     async with wired.db.reader() as uow:
-        stats = await uow.queues.stats()
-    now = wired.clock.now()
+        now = wired.clock.now()
+        stats = await uow.queues.stats(now)
     return [QueueOut.of(s, now) for s in stats]
 
 
@@ -257,15 +270,23 @@ async def list_queues(wired: Wired) -> list[QueueOut]:
     tags=["queues"],
 )
 async def put_queue(wired: Wired, name: Annotated[Name, Path()], body: QueueIn) -> QueueOut:
-    """Create or replace a queue definition."""
-    await run_with_retry(
-        wired.db.uow,
-        interactions.upsert_queue,
-        Queue(name=name, channel=Channel(body.channel), skills=body.skills),
+    """Create or replace a queue definition and its policy (timeouts, maximum wait, maximum
+    offers, overflow rule); a policy field left out takes the channel's default."""
+    queue = Queue(
+        name=name,
+        channel=Channel(body.channel),
+        skills=body.skills,
+        offer_timeout_seconds=body.offer_timeout_seconds,
+        routing_timeout_seconds=body.routing_timeout_seconds,
+        max_wait_seconds=body.max_wait_seconds,
+        max_offers=body.max_offers,
+        overflow_queue=body.overflow_queue,
     )
+    await run_with_retry(wired.db.uow, interactions.upsert_queue, queue)
     async with wired.db.reader() as uow:
-        stats = [s for s in await uow.queues.stats() if s.queue.name == name]
-    return QueueOut.of(stats[0], wired.clock.now())
+        now = wired.clock.now()
+        stats = [s for s in await uow.queues.stats(now) if s.queue.name == name]
+    return QueueOut.of(stats[0], now)
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])

@@ -30,6 +30,7 @@ from harmony.routing.model import (
     ChannelState,
     HistoryEntry,
     Interaction,
+    Offer,
 )
 from harmony.routing.ports import Page, QueueStats
 
@@ -55,10 +56,37 @@ class ErrorBody(BaseModel):
 # --- operators -------------------------------------------------------------------------------
 
 
+Seconds = Annotated[int, Field(ge=1, le=30 * 24 * 3600), JSON_INTEGER]
+
+
 class QueueIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     channel: RoutableChannel
     skills: list[Skill] = Field(default_factory=list, max_length=50)
+    offer_timeout_seconds: Seconds | None = Field(
+        default=None,
+        description="how long an offer waits for the CRM's answer before it times out "
+        "(default: chat 30, email 120)",
+    )
+    routing_timeout_seconds: Seconds | None = Field(
+        default=None,
+        description="how long the ACD has to select an agent or queue the request; then it is "
+        "placed again once, then the overflow rule applies (default 60)",
+    )
+    max_wait_seconds: Seconds | None = Field(
+        default=None,
+        description="the longest an interaction waits in this queue before the overflow rule "
+        "applies (default: chat 600, email 86400)",
+    )
+    max_offers: Annotated[int, Field(ge=1, le=100), JSON_INTEGER] | None = Field(
+        default=None,
+        description="offers (declined or timed out) before the overflow rule applies (default 5)",
+    )
+    overflow_queue: Name | None = Field(
+        default=None,
+        description="the overflow rule: the queue of the same channel work moves to; "
+        "absent, the work is handed back to the CRM's own routing",
+    )
 
 
 class ChannelCapacities(InboundModel):
@@ -78,18 +106,34 @@ class QueueOut(BaseModel):
     name: str
     channel: str
     skills: list[str]
+    offer_timeout_seconds: int
+    routing_timeout_seconds: int
+    max_wait_seconds: int
+    max_offers: int
+    overflow_queue: str | None
     waiting: int
+    offered: int
+    abandoned_24h: int
     oldest_received_at: datetime | None
     oldest_wait_seconds: float | None
 
     @classmethod
     def of(cls, stats: QueueStats, now: datetime) -> QueueOut:
         oldest = stats.oldest_received_at
+        queue = stats.queue
+        policy = queue.policy
         return cls(
-            name=stats.queue.name,
-            channel=stats.queue.channel.value,
-            skills=stats.queue.skills,
+            name=queue.name,
+            channel=queue.channel.value,
+            skills=queue.skills,
+            offer_timeout_seconds=policy.offer_timeout_seconds,
+            routing_timeout_seconds=policy.routing_timeout_seconds,
+            max_wait_seconds=policy.max_wait_seconds,
+            max_offers=policy.max_offers,
+            overflow_queue=queue.overflow_queue,
             waiting=stats.waiting,
+            offered=stats.offered,
+            abandoned_24h=stats.abandoned_24h,
             oldest_received_at=oldest,
             oldest_wait_seconds=round((now - oldest).total_seconds(), 3) if oldest else None,
         )
@@ -263,6 +307,14 @@ class ProfileIn(InboundModel):
         default_factory=dict,
         description="work on the key channel blocks offers on the listed channels",
     )
+    rona_after: Annotated[int, Field(ge=0, le=100), JSON_INTEGER] = Field(
+        default=1,
+        description="RONA: after this many offers missed in a row on a channel the agent is "
+        "made not ready there with reason 'rona', on both sides (0: never)",
+    )
+    rona_counts_decline: bool = Field(
+        default=False, description="whether a declined offer counts as a miss (a timeout does)"
+    )
 
 
 class ProfileOut(BaseModel):
@@ -270,10 +322,17 @@ class ProfileOut(BaseModel):
     capacity: dict[str, int]
     wrap_up_seconds: dict[str, int]
     blocks: dict[str, list[str]]
+    rona_after: int
+    rona_counts_decline: bool
 
     @classmethod
     def of(cls, p: Profile) -> ProfileOut:
-        return cls(name=p.name, **p.as_names())
+        return cls(
+            name=p.name,
+            **p.as_names(),
+            rona_after=p.rona_after,
+            rona_counts_decline=p.rona_counts_decline,
+        )
 
 
 class AgentEventAccepted(BaseModel):
@@ -319,6 +378,9 @@ class InteractionOut(BaseModel):
     received_at: datetime
     updated_at: datetime
     state_times: dict[str, datetime]
+    offers_made: int
+    overflows: int
+    max_wait_at: datetime | None
 
     @classmethod
     def fields_of(cls, interaction: Interaction) -> dict[str, Any]:
@@ -339,6 +401,9 @@ class InteractionOut(BaseModel):
             "received_at": interaction.received_at,
             "updated_at": interaction.updated_at,
             "state_times": {s.value: t for s, t in interaction.state_times.items()},
+            "offers_made": interaction.offers_made,
+            "overflows": interaction.overflows,
+            "max_wait_at": interaction.max_wait_at,
         }
 
     @classmethod
@@ -346,7 +411,32 @@ class InteractionOut(BaseModel):
         return cls(**cls.fields_of(interaction))
 
 
+class OfferOut(BaseModel):
+    id: str
+    agent_id: str
+    channel: str
+    status: str
+    offered_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    reason: str | None
+
+    @classmethod
+    def of(cls, offer: Offer) -> OfferOut:
+        return cls(
+            id=offer.id,
+            agent_id=offer.agent_id,
+            channel=offer.channel.value,
+            status=offer.status.value,
+            offered_at=offer.offered_at,
+            expires_at=offer.expires_at,
+            decided_at=offer.decided_at,
+            reason=offer.reason,
+        )
+
+
 class InteractionDetail(InteractionOut):
+    offers: list[OfferOut]
     history: list[HistoryOut]
 
 

@@ -112,7 +112,14 @@ STATUSES = {status.value: status for status in ChannelStatus}
 
 
 def _profile(row: Any) -> Profile:
-    return Profile.from_names(row.name, row.capacity, row.wrap_up_seconds, row.blocks)
+    return Profile.from_names(
+        row.name,
+        row.capacity,
+        row.wrap_up_seconds,
+        row.blocks,
+        row.rona_after,
+        bool(row.rona_counts_decline),
+    )
 
 
 def _presence_condition(presence: Presence, now: datetime) -> Any:
@@ -165,6 +172,8 @@ def _one_agent(dialect: str, key: str, for_update: bool) -> Any:
             profiles.c.capacity.label("profile_capacity"),
             profiles.c.wrap_up_seconds.label("profile_wrap_up_seconds"),
             profiles.c.blocks.label("profile_blocks"),
+            profiles.c.rona_after.label("profile_rona_after"),
+            profiles.c.rona_counts_decline.label("profile_rona_counts_decline"),
         )
         .select_from(
             agents.outerjoin(agent_channels, agent_channels.c.agent_id == agents.c.id).join(
@@ -358,6 +367,8 @@ class SqlAgents:
             first.profile_capacity,
             first.profile_wrap_up_seconds,
             first.profile_blocks,
+            first.profile_rona_after,
+            bool(first.profile_rona_counts_decline),
         )
         return Agent(
             id=first.id,
@@ -809,7 +820,12 @@ class SqlProfiles:
         anything change.
         """
         now = self._now()
-        values = {**profile.as_names(), "updated_at": now}
+        values = {
+            **profile.as_names(),
+            "rona_after": profile.rona_after,
+            "rona_counts_decline": profile.rona_counts_decline,
+            "updated_at": now,
+        }
         self._read[profile.name] = profile
         await self._conn.execute(
             insert_for(self._conn, profiles)

@@ -58,10 +58,15 @@ Params = Mapping[str, Any]
 class Prepared:
     """A statement built once, which ``Statements.execute`` may run on the driver directly."""
 
-    __slots__ = ("_compiled", "statement", "tables", "writes")
+    __slots__ = ("_compiled", "carried_whole", "statement", "tables", "writes")
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Executable, *, carried_whole: bool | None = None) -> None:
         self.statement = statement
+        # Written later as a statement of its own (an UPDATE, a DELETE, an INSERT ... ON
+        # CONFLICT), its parameters renamed; a plain INSERT's rows are added as VALUES instead.
+        self.carried_whole = (
+            not isinstance(statement, Insert) if carried_whole is None else carried_whole
+        )
         # What a row inserted later must not be read around by: every table the statement names.
         self.tables = frozenset(
             table.name
@@ -222,13 +227,13 @@ def _carrying(shape: _CarriedShape, dialect: Dialect) -> _Carried | None:
             tuple(f"later_{number}_{row}_{column}" for column in columns) for row in range(count)
         )
         row_names.append(rows)
-        if not isinstance(statement.statement, Insert):
+        if statement.carried_whole:
             # An UPDATE written later: its own parameters, renamed so as not to meet the
             # carrier's or another carried statement's.
             renamed = _renamed(statement.statement, dict(zip(columns, rows[0], strict=True)))
             ctes.append(renamed.cte(f"later_{number}"))
             continue
-        table = statement.statement.table
+        table = cast(Insert, statement.statement).table
         values = [
             {
                 column: bindparam(name, type_=table.c[column].type)
@@ -384,7 +389,8 @@ class Statements:
         self._later.append((statement, rows))
 
     async def update_later(self, statement: Prepared, params: Params) -> None:
-        """Run ``statement``, an UPDATE whose outcome nobody reads, as ``insert_later`` inserts
+        """Run ``statement``, an UPDATE (or a DELETE, an upsert: ``carried_whole``) whose
+        outcome nobody reads, as ``insert_later`` inserts
         rows: before the next statement that names its table, with the next write, at the
         latest at ``flush``; at once where statements are not run here directly."""
         if self._driver is None:
@@ -403,9 +409,7 @@ class Statements:
             return
         later, self._later = self._later, []
         for statement, rows in later:
-            await self.execute(
-                statement, rows if isinstance(statement.statement, Insert) else rows[0]
-            )
+            await self.execute(statement, rows[0] if statement.carried_whole else rows)
 
     async def execute(self, statement: Prepared | Executable, params: Any = None) -> Any:
         """Run ``statement`` with ``params`` (a mapping, or a list of them for an INSERT of

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from harmony.routing.model import Queue
 
@@ -45,13 +46,13 @@ class RecentQueues:
         if self._monotonic() >= until:
             del self._kept[name]
             return None
-        return Queue(queue.name, queue.channel, list(queue.skills))
+        return replace(queue, skills=list(queue.skills))
 
     def keep(self, queue: Queue) -> None:
         """Remember ``queue`` as just read."""
         if len(self._kept) >= self._limit:
             self._kept.clear()
-        copy = Queue(queue.name, queue.channel, list(queue.skills))
+        copy = replace(queue, skills=list(queue.skills))
         self._kept[queue.name] = (self._monotonic() + self._ttl, copy)
 
     def forget(self, name: str) -> None:

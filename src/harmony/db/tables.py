@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -90,6 +92,13 @@ queues = Table(
     Column("skills", JSON, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # The queue's policy; NULL takes the channel's default (routing.model.QUEUE_DEFAULTS).
+    Column("offer_timeout_seconds", Integer, nullable=True),
+    Column("routing_timeout_seconds", Integer, nullable=True),
+    Column("max_wait_seconds", Integer, nullable=True),
+    Column("max_offers", Integer, nullable=True),
+    # Where work goes when the queue gives up on it: another queue, or (NULL) back to the CRM.
+    Column("overflow_queue", String(100), nullable=True),
     CheckConstraint("channel IN ('chat', 'email')", name="channel"),
 )
 
@@ -102,6 +111,9 @@ profiles = Table(
     Column("blocks", JSON, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # RONA: not ready after this many offers missed in a row (0: never).
+    Column("rona_after", Integer, nullable=False, server_default="1"),
+    Column("rona_counts_decline", Boolean, nullable=False, server_default=false()),
 )
 
 agents = Table(
@@ -151,6 +163,9 @@ agent_channels = Table(
     Column("since", UtcDateTime, nullable=True),
     Column("source_at", UtcDateTime, nullable=True),
     Column("wrap_up_until", UtcDateTime, nullable=True),
+    # A state asked for while the agent held work here: applied when the last work ends.
+    Column("next_status", String(16), nullable=True),
+    Column("next_reason", String(64), nullable=True),
     PrimaryKeyConstraint("agent_id", "channel"),
     CheckConstraint(f"channel IN {CHANNELS_SQL}", name="channel"),
     CheckConstraint("status IN ('logged_out', 'not_ready', 'ready')", name="status"),
@@ -190,6 +205,11 @@ interactions = Table(
     Column("abandoned_at", UtcDateTime, nullable=True),
     Column("cancelled_at", UtcDateTime, nullable=True),
     Column("fallback_at", UtcDateTime, nullable=True),
+    # Offers made so far (the queue's max_offers bounds them), moves to an overflow queue, and
+    # when the current queue's maximum wait runs out.
+    Column("offers_made", Integer, nullable=False, server_default="0"),
+    Column("overflows", Integer, nullable=False, server_default="0"),
+    Column("max_wait_at", UtcDateTime, nullable=True),
     UniqueConstraint("crm_adapter", "external_id"),
     CheckConstraint("channel IN ('chat', 'email')", name="channel"),
     CheckConstraint(f"state IN {STATES_SQL}", name="state"),
@@ -205,6 +225,14 @@ interactions = Table(
         "received_at",
         postgresql_where=text(WAITING_SQL),
         sqlite_where=text(WAITING_SQL),
+    ),
+    # GET /v1/queues counts each queue's recent abandons: only abandoned rows enter this index.
+    Index(
+        "ix_interactions_abandoned",
+        "queue",
+        "abandoned_at",
+        postgresql_where=text("state = 'abandoned'"),
+        sqlite_where=text("state = 'abandoned'"),
     ),
 )
 
@@ -296,6 +324,52 @@ outbox = Table(
         "ordering_seq",
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
+    ),
+)
+
+OFFER_STATUSES_SQL = (
+    "('pending', 'accepted', 'declined', 'timed_out', 'rescinded', 'abandoned', 'completed',"
+    " 'transferred')"
+)
+LIVE_OFFER_SQL = "status IN ('pending', 'accepted')"
+
+# Offers of work to agents (routing.model.Offer), like TaskRouter's reservations: every one an
+# interaction received, in order. A pending or accepted offer holds a unit of the agent's
+# capacity (agent_channels.load counts them, with voice calls).
+offers = Table(
+    "offers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column(
+        "interaction_id",
+        String(36),
+        ForeignKey("interactions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("agent_id", String(100), ForeignKey("agents.id"), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("offered_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime, nullable=True),
+    Column("reason", String(200), nullable=True),
+    CheckConstraint(f"status IN {OFFER_STATUSES_SQL}", name="status"),
+    Index("ix_offers_interaction_id_offered_at", "interaction_id", "offered_at"),
+    # At most one offer per interaction is pending or accepted: the database says so.
+    Index(
+        "uq_offers_live_interaction",
+        "interaction_id",
+        unique=True,
+        postgresql_where=text(LIVE_OFFER_SQL),
+        sqlite_where=text(LIVE_OFFER_SQL),
+    ),
+    # RONA reads an agent's latest offers on a channel.
+    Index("ix_offers_agent_id_channel_offered_at", "agent_id", "channel", "offered_at"),
+    Index(
+        "ix_offers_live_agent",
+        "agent_id",
+        postgresql_where=text(LIVE_OFFER_SQL),
+        sqlite_where=text(LIVE_OFFER_SQL),
     ),
 )
 

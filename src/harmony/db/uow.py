@@ -39,8 +39,10 @@ from harmony.db.cursor import interaction_cursor, read_interaction_cursor
 from harmony.db.dialect import DIALECT_INSERTS, insert_for, is_transient, sqlstate
 from harmony.db.execution import Prepared, Statements
 from harmony.db.kept import KeptConnection, KeptConnections
+from harmony.db.offers import SqlOffers
 from harmony.db.recent import RecentQueues
 from harmony.db.tables import (
+    UtcDateTime,
     agent_mirrors,
     agents,
     inbox,
@@ -84,6 +86,7 @@ STATE_COLUMNS: dict[InteractionState, str] = {
 WAITING_LITERALS: list[Any] = [
     literal_column(f"'{state.value}'") for state in sorted(WAITING_STATES)
 ]
+OFFERED_LITERALS: list[Any] = [literal_column("'offered'"), literal_column("'delivered'")]
 # Interaction state changes are the INFO story of a run: their own logger name.
 state_log = structlog.get_logger("harmony.interactions")
 
@@ -238,15 +241,22 @@ def _interaction_from_row(row: Any) -> Interaction:
         request_id=row.request_id,
         agent_id=row.agent_id,
         version=row.version,
+        offers_made=row.offers_made,
+        overflows=row.overflows,
+        max_wait_at=row.max_wait_at,
     )
 
 
 def _interaction_values(interaction: Interaction) -> dict[str, Any]:
     values: dict[str, Any] = {
         "state": interaction.state.value,
+        "queue": interaction.queue,
         "request_id": interaction.request_id,
         "agent_id": interaction.agent_id,
         "updated_at": interaction.updated_at,
+        "offers_made": interaction.offers_made,
+        "overflows": interaction.overflows,
+        "max_wait_at": interaction.max_wait_at,
     }
     for state, column in STATE_COLUMNS.items():
         values[column] = interaction.state_times.get(state)
@@ -269,7 +279,17 @@ _GET_MANY = {
     for dialect, ids_in in _IDS_IN.items()
     for for_update in (False, True)
 }
-_SAVED_COLUMNS = {"state", "request_id", "agent_id", "updated_at", *STATE_COLUMNS.values()}
+_SAVED_COLUMNS = {
+    "state",
+    "queue",
+    "request_id",
+    "agent_id",
+    "updated_at",
+    "offers_made",
+    "overflows",
+    "max_wait_at",
+    *STATE_COLUMNS.values(),
+}
 _SAVE = Prepared(
     update(interactions)
     .where(interactions.c.id == bindparam("saved_id"))
@@ -290,7 +310,6 @@ def _new_interaction_row(interaction: Interaction) -> dict[str, Any]:
         "crm_adapter": interaction.crm_adapter,
         "external_id": interaction.external_id,
         "channel": interaction.channel.value,
-        "queue": interaction.queue,
         "priority": interaction.priority,
         "skills": interaction.skills,
         "customer": interaction.customer,
@@ -605,6 +624,24 @@ class SqlInteractions:
         ]
 
 
+_QUEUE_POLICY_COLUMNS = (
+    "offer_timeout_seconds",
+    "routing_timeout_seconds",
+    "max_wait_seconds",
+    "max_offers",
+    "overflow_queue",
+)
+
+
+def _queue(row: Any) -> Queue:
+    return Queue(
+        row.name,
+        Channel(row.channel),
+        list(row.skills),
+        **{name: getattr(row, name) for name in _QUEUE_POLICY_COLUMNS},
+    )
+
+
 class SqlQueues:
     """Queues and their waiting counts in SQL."""
 
@@ -618,7 +655,7 @@ class SqlQueues:
     async def get(self, name: str) -> Queue | None:
         """Load a queue by name."""
         row = (await self._conn.execute(_QUEUE_BY_NAME, {"b_name": name})).first()
-        queue = Queue(row.name, Channel(row.channel), list(row.skills)) if row else None
+        queue = _queue(row) if row else None
         if queue is not None and self._recent is not None:
             self._recent.keep(queue)
         return queue
@@ -633,23 +670,31 @@ class SqlQueues:
         if self._recent is not None:
             self._recent.forget(queue.name)
         now = self._now()
-        values = {"channel": queue.channel.value, "skills": queue.skills, "updated_at": now}
+        values = {
+            "channel": queue.channel.value,
+            "skills": queue.skills,
+            "updated_at": now,
+            **{name: getattr(queue, name) for name in _QUEUE_POLICY_COLUMNS},
+        }
         await self._conn.execute(
             insert_for(self._conn, queues)
             .values(name=queue.name, created_at=now, **values)
             .on_conflict_do_update(index_elements=[queues.c.name], set_=values)
         )
 
-    async def stats(self) -> list[QueueStats]:
+    async def stats(self, now: datetime) -> list[QueueStats]:
         """Counts kept by triggers (a few rows per queue) and each queue's oldest waiting
         interaction from the waiting index: no aggregate over the waiting rows themselves."""
+        rows = await self._conn.execute(_QUEUE_STATS, {"since": now - timedelta(days=1)})
         return [
             QueueStats(
-                Queue(row.name, Channel(row.channel), list(row.skills)),
+                _queue(row),
                 waiting=int(row.waiting or 0),
                 oldest_received_at=row.oldest,
+                offered=int(row.offered or 0),
+                abandoned_24h=int(row.abandoned or 0),
             )
-            for row in await self._conn.execute(_QUEUE_STATS)
+            for row in rows
         ]
 
 
@@ -666,8 +711,27 @@ def _queue_stats() -> Prepared:
         .where(interactions.c.state.in_(WAITING_LITERALS))
         .scalar_subquery()
     )
+    offered = (
+        select(func.count())
+        .where(interactions.c.queue == queues.c.name)
+        .where(interactions.c.state.in_(OFFERED_LITERALS))
+        .scalar_subquery()
+    )
+    abandoned = (
+        select(func.count())
+        .where(interactions.c.queue == queues.c.name)
+        .where(interactions.c.state == literal_column("'abandoned'"))
+        .where(interactions.c.abandoned_at >= bindparam("since", type_=UtcDateTime))
+        .scalar_subquery()
+    )
     return Prepared(
-        select(queues, waiting.c.waiting, oldest.label("oldest"))
+        select(
+            queues,
+            waiting.c.waiting,
+            oldest.label("oldest"),
+            offered.label("offered"),
+            abandoned.label("abandoned"),
+        )
         .select_from(queues.outerjoin(waiting, waiting.c.queue == queues.c.name))
         .order_by(queues.c.name)
     )
@@ -1284,7 +1348,9 @@ class SqlUnitOfWork:
     6. the agent's channels, in channel-name order: chat, email, voice (what ``sorted()`` and
        ``ORDER BY channel`` give); nothing changes a channel without holding its agent; then
     7. rows owned by that agent and interaction (history, mirrors, sequences, voice calls,
-       outbox messages), which nobody else locks.
+       outbox messages, offers, timers), which nobody else locks; a scheduler claims due
+       timers in a transaction of their own, and fires one by locking what it guards first,
+       then removing it.
 
     Reads that need no lock (a profile's wrap-up, a queue) may happen at any point.
 
@@ -1300,6 +1366,7 @@ class SqlUnitOfWork:
     inbox: SqlInbox
     outbox: SqlOutbox
     timers: SqlTimers
+    offers: SqlOffers
 
     def __init__(
         self,
@@ -1381,6 +1448,7 @@ class SqlUnitOfWork:
         self.inbox = SqlInbox(statements, self._received)
         self.outbox = SqlOutbox(statements, self._handoff)
         self.timers = SqlTimers(statements)
+        self.offers = SqlOffers(statements)
         return self
 
     async def __aexit__(

@@ -59,12 +59,18 @@ class Profile:
     ``blocks[c]`` lists the channels that get no offers while the agent holds work on ``c``:
     ``{voice: {chat, email}}`` is "no chat or email while on a call"; leaving chat out of
     ``blocks[email]`` is "chat may interrupt email".
+
+    RONA (redirection on no answer): after ``rona_after`` offers missed in a row on a channel
+    the agent is made not ready there with reason ``rona`` (0: never); an offer that timed out
+    is a miss, a declined one too when ``rona_counts_decline``.
     """
 
     name: str
     capacity: Mapping[Channel, int]
     wrap_up_seconds: Mapping[Channel, int] = field(default_factory=dict)
     blocks: Mapping[Channel, frozenset[Channel]] = field(default_factory=dict)
+    rona_after: int = 1
+    rona_counts_decline: bool = False
 
     @classmethod
     def from_names(
@@ -73,6 +79,8 @@ class Profile:
         capacity: Mapping[Any, int],
         wrap_up_seconds: Mapping[Any, int],
         blocks: Mapping[Any, Iterable[Any]],
+        rona_after: int = 1,
+        rona_counts_decline: bool = False,
     ) -> Profile:
         """Build from channel names, as JSON carries them; ValueError for an unknown channel."""
         return cls(
@@ -80,7 +88,13 @@ class Profile:
             capacity={Channel(c): int(n) for c, n in capacity.items()},
             wrap_up_seconds={Channel(c): int(n) for c, n in wrap_up_seconds.items()},
             blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in blocks.items()},
+            rona_after=rona_after,
+            rona_counts_decline=rona_counts_decline,
         )
+
+    def counts_as_miss(self, declined: bool) -> bool:
+        """Whether an offer that ended so counts toward RONA."""
+        return self.rona_after > 0 and (not declined or self.rona_counts_decline)
 
     def as_names(self) -> dict[str, Any]:
         """Capacity, wrap-up and blocks keyed by channel name, as JSON carries them."""

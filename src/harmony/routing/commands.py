@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from harmony.errors import Conflict, HarmonyError, NotFound
-from harmony.routing import agents, interactions
+from harmony.routing import agents, interactions, rerouting
 from harmony.routing.agents import AgentOutcome, Reporter, StateReport
 from harmony.routing.interactions import NewInteraction, Outcome
 from harmony.routing.model import Channel
@@ -79,6 +79,23 @@ class CompleteInteraction(_FromCrm):
     """The agent finished the work in the CRM."""
 
     external_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeclineInteraction(_FromCrm):
+    """The agent declined offered work in the CRM."""
+
+    external_id: str
+    crm_agent_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbandonInteraction(_FromCrm):
+    """The customer left (or, ``cancelled``, the CRM withdrew the work)."""
+
+    external_id: str
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +159,8 @@ Command = (
     CreateInteraction
     | AcceptInteraction
     | CompleteInteraction
+    | DeclineInteraction
+    | AbandonInteraction
     | SelectAgent
     | QueueRequest
     | ReportAgentState
@@ -237,6 +256,8 @@ async def _report_state(
 PLAIN_USE_CASES: dict[type[Any], Callable[..., Awaitable[Result]]] = {
     AcceptInteraction: interactions.accept_interaction,
     CompleteInteraction: interactions.complete_interaction,
+    DeclineInteraction: rerouting.decline_interaction,
+    AbandonInteraction: rerouting.abandon_interaction,
     SelectAgent: interactions.select_agent,
     QueueRequest: interactions.queue_request,
     LoginFailed: agents.login_failed,

@@ -20,6 +20,7 @@ from harmony.routing.agent_state import (
     offer_refusal,
 )
 from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
+from harmony.routing.deadlines import TIMER_KIND, next_timer, offer_expiry
 from harmony.routing.ids import random_hex, random_uuid
 from harmony.routing.lifecycle import Event, Move
 from harmony.routing.messages import (
@@ -38,6 +39,8 @@ from harmony.routing.model import (
     GuardedMove,
     Interaction,
     InteractionState,
+    Offer,
+    OfferStatus,
     Queue,
     validate_capacity,
 )
@@ -45,6 +48,7 @@ from harmony.routing.ports import (
     Acknowledged,
     Clock,
     EventClaim,
+    Timer,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -81,7 +85,7 @@ class Outcome:
     duplicate: bool = False
 
 
-def _source(kind: TargetKind, adapter: str) -> str:
+def source_of(kind: TargetKind, adapter: str) -> str:
     return f"{kind.value}:{adapter}"
 
 
@@ -108,7 +112,7 @@ async def _duplicate_of(
     return Outcome(interaction_id=previous or interaction_id, duplicate=True)
 
 
-def _routing_request(interaction: Interaction) -> OutboundMessage:
+def routing_request(interaction: Interaction) -> OutboundMessage:
     assert interaction.request_id is not None
     return OutboundMessage(
         target_kind=TargetKind.ACD,
@@ -129,7 +133,7 @@ def _routing_request(interaction: Interaction) -> OutboundMessage:
     )
 
 
-def _work_ended(
+def work_ended(
     interaction: Interaction, agent: Agent, reason: str, wrap_up_seconds: int
 ) -> OutboundMessage:
     return OutboundMessage(
@@ -148,7 +152,7 @@ def _work_ended(
     )
 
 
-def _delivery(interaction: Interaction, agent: Agent) -> OutboundMessage:
+def _delivery(interaction: Interaction, agent: Agent, offer: Offer) -> OutboundMessage:
     return OutboundMessage(
         target_kind=TargetKind.CRM,
         target=interaction.crm_adapter,
@@ -160,8 +164,15 @@ def _delivery(interaction: Interaction, agent: Agent) -> OutboundMessage:
             "channel": interaction.channel.value,
             "queue": interaction.queue,
             "agent_id": agent.crm_agent_id,
+            "offer_id": offer.id,
+            "expires_at": offer.expires_at.isoformat(),
         },
     )
+
+
+def _required(timer: Timer | None) -> Timer:
+    assert timer is not None, "this state always has a deadline"
+    return timer
 
 
 async def receive_interaction(
@@ -198,7 +209,7 @@ class _Receiving:
 
     @property
     def source(self) -> str:
-        return _source(TargetKind.CRM, self.crm_adapter)
+        return source_of(TargetKind.CRM, self.crm_adapter)
 
 
 async def _receive_first(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcome:
@@ -206,13 +217,14 @@ async def _receive_first(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcom
     the event's inbox row in the one write (a repeat makes it fail: ``Collided``)."""
     interaction_id = str(random_uuid())
     async with uow:
-        queue = await _queue_named(uow, r.new.queue, recent=True)
+        queue = await queue_named(uow, r.new.queue, recent=True)
         now = clock.now()
         interaction = _received(interaction_id, r, queue, now)
         await uow.inbox.claim_with_next_write(
             r.source, r.event_id, "interaction.created", now, interaction_id
         )
-        await uow.outbox.add(_routing_request(interaction), now)
+        await uow.outbox.add(routing_request(interaction), now)
+        await _arm_first_deadline(uow, interaction, queue, now)
         await uow.interactions.add(interaction)  # the one write: it carries the rows above
         await uow.commit()
         return Outcome(interaction.id)
@@ -228,7 +240,7 @@ async def _receive_again(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcom
         )
         if duplicate:
             return duplicate
-        queue = await _queue_named(uow, r.new.queue)
+        queue = await queue_named(uow, r.new.queue)
         now = clock.now()
         interaction = _received(interaction_id, r, queue, now)
         if not await uow.interactions.add_if_absent(interaction):
@@ -237,12 +249,21 @@ async def _receive_again(uow: UnitOfWork, clock: Clock, r: _Receiving) -> Outcom
             await uow.inbox.link(r.source, r.event_id, existing.id)
             await uow.commit()
             return Outcome(existing.id, duplicate=True)
-        await uow.outbox.add(_routing_request(interaction), now)
+        await uow.outbox.add(routing_request(interaction), now)
+        await _arm_first_deadline(uow, interaction, queue, now)
         await uow.commit()
         return Outcome(interaction.id)
 
 
-async def _queue_named(uow: UnitOfWork, name: str, *, recent: bool = False) -> Queue:
+async def _arm_first_deadline(
+    uow: UnitOfWork, interaction: Interaction, queue: Queue, now: datetime
+) -> None:
+    timer = next_timer(interaction, queue, now)
+    assert timer is not None, "a routing request placed always has a deadline"
+    await uow.timers.arm_first(timer, now)
+
+
+async def queue_named(uow: UnitOfWork, name: str, *, recent: bool = False) -> Queue:
     queue = await (uow.queues.get_recent(name) if recent else uow.queues.get(name))
     if queue is None:
         raise ValidationFailed(f"data.queue: unknown queue '{name}'", code="unknown_queue")
@@ -276,7 +297,7 @@ def _received(interaction_id: str, r: _Receiving, queue: Queue, now: datetime) -
     return interaction
 
 
-async def _crm_event_claimed(
+async def crm_event_claimed(
     uow: UnitOfWork, crm_adapter: str, external_id: str, claim: EventClaim
 ) -> tuple[Interaction, Outcome | None]:
     """The interaction a CRM event concerns, locked, and the event claimed for it; the
@@ -304,10 +325,10 @@ async def accept_interaction(
     crm_agent_id: str | None,
 ) -> Outcome:
     """The agent accepted the delivered work in the CRM."""
-    source = _source(TargetKind.CRM, crm_adapter)
+    source = source_of(TargetKind.CRM, crm_adapter)
     async with uow:
         claim = EventClaim(source, event_id, "interaction.accepted", clock.now())
-        interaction, duplicate = await _crm_event_claimed(uow, crm_adapter, external_id, claim)
+        interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
         if crm_agent_id is not None and interaction.agent_id is not None:
@@ -318,7 +339,12 @@ async def accept_interaction(
                     f"{delivered_to}, not {crm_agent_id}",
                     code="invalid_transition",
                 )
-        interaction.apply(Event.ACCEPTED, clock.now(), cause=f"interaction.accepted {event_id}")
+        now = clock.now()
+        rule = interaction.apply(Event.ACCEPTED, now, cause=f"interaction.accepted {event_id}")
+        if isinstance(rule, Move):
+            # Accepted work has no deadline: it stays with the agent until they complete it.
+            await uow.offers.decide(interaction.id, OfferStatus.ACCEPTED, now)
+            await uow.timers.disarm(TIMER_KIND, interaction.id)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -328,19 +354,24 @@ async def complete_interaction(
     uow: UnitOfWork, clock: Clock, *, crm_adapter: str, event_id: str, external_id: str
 ) -> Outcome:
     """The agent finished: release the agent's capacity and tell the ACD the work ended."""
-    source = _source(TargetKind.CRM, crm_adapter)
+    source = source_of(TargetKind.CRM, crm_adapter)
     async with uow:
         claim = EventClaim(source, event_id, "interaction.completed", clock.now())
-        interaction, duplicate = await _crm_event_claimed(uow, crm_adapter, external_id, claim)
+        interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
         now = clock.now()
+        accepted_before = interaction.state == S.ACCEPTED
         rule = interaction.apply(Event.COMPLETED, now, cause=f"interaction.completed {event_id}")
         if isinstance(rule, Move):
-            agent = await _holding_agent(uow, interaction)
+            # The agent first: a read sends the rows written later before it.
+            agent = await holding_agent(uow, interaction)
+            await uow.offers.decide(interaction.id, OfferStatus.COMPLETED, now)
+            if not accepted_before:  # completed before accepted: its offer's timer still runs
+                await uow.timers.disarm(TIMER_KIND, interaction.id)
             seconds = (await profile_of(uow, agent)).wrap_up_seconds.get(interaction.channel, 0)
-            await _release(uow, agent, interaction, now, source, "work_completed", seconds)
-            await uow.outbox.add(_work_ended(interaction, agent, "completed", seconds), now)
+            await release_unit(uow, agent, interaction, now, source, "work_completed", seconds)
+            await uow.outbox.add(work_ended(interaction, agent, "completed", seconds), now)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -365,7 +396,7 @@ def _load_entry(
     )
 
 
-async def _release(
+async def release_unit(
     uow: UnitOfWork,
     agent: Agent,
     interaction: Interaction,
@@ -384,12 +415,13 @@ async def _release(
         load=max(before.load - 1, 0),
         wrap_up_until=wrap_up_until or before.wrap_up_until,
     )
+    agent.channels[channel] = after
     await uow.agents.append_history(
         [_load_entry(agent.id, after, now, source, event, interaction.id)]
     )
 
 
-async def _holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
+async def holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
     if interaction.agent_id is None:
         raise AssertionError(f"interaction {interaction.id} holds capacity but has no agent")
     agent = await uow.agents.get(interaction.agent_id, for_update=True)
@@ -431,7 +463,7 @@ async def select_agent(
     busy on a channel whose work blocks this one), nothing changes and Conflict
     (``agent_unavailable``) tells the ACD to choose again.
     """
-    source = _source(TargetKind.ACD, acd_adapter)
+    source = source_of(TargetKind.ACD, acd_adapter)
     async with uow:
         claim = EventClaim(source, event_id, "agent.selected", clock.now())
         interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
@@ -455,7 +487,18 @@ async def select_agent(
         await uow.agents.append_history(
             [_load_entry(agent.id, load, now, source, "offer_reserved", interaction.id)]
         )
+        queue = await queue_named(uow, interaction.queue, recent=True)
+        offer = Offer(
+            id=f"ofr_{random_hex()}",
+            interaction_id=interaction.id,
+            agent_id=agent.id,
+            channel=channel,
+            status=OfferStatus.PENDING,
+            offered_at=now,
+            expires_at=offer_expiry(queue, now),
+        )
         interaction.agent_id = agent.id
+        interaction.offers_made += 1
         interaction.apply(
             Event.AGENT_SELECTED,
             now,
@@ -466,9 +509,13 @@ async def select_agent(
                 "crm_agent_id": agent.crm_agent_id,
                 "load": load.load,
                 "capacity": load.capacity,
+                "offer_id": offer.id,
+                "offer": interaction.offers_made,
             },
         )
-        await uow.outbox.add(_delivery(interaction, agent), now)
+        await uow.offers.add(offer)
+        await uow.timers.arm(_required(next_timer(interaction, queue, now, offer=offer)), now)
+        await uow.outbox.add(_delivery(interaction, agent, offer), now)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -484,7 +531,7 @@ async def queue_request(
     position: int | None,
 ) -> Outcome:
     """The ACD holds the request until an agent frees up."""
-    source = _source(TargetKind.ACD, acd_adapter)
+    source = source_of(TargetKind.ACD, acd_adapter)
     async with uow:
         claim = EventClaim(source, event_id, "request.queued", clock.now())
         interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
@@ -493,7 +540,16 @@ async def queue_request(
         detail = {"position": position} if position is not None else {}
         cause = f"request.queued {event_id} from {source}"
         # In the queue already: its position; overtaken by the selection: a late notice.
-        interaction.apply(Event.QUEUED, clock.now(), cause=cause, detail=detail)
+        now = clock.now()
+        rule = interaction.apply(Event.QUEUED, now, cause=cause, detail=detail)
+        if isinstance(rule, Move):
+            # The ACD holds it now: the queue's maximum wait bounds it, not the routing timeout.
+            queue = await queue_named(uow, interaction.queue, recent=True)
+            timer = next_timer(interaction, queue, now)
+            if timer is None:
+                await uow.timers.disarm(TIMER_KIND, interaction.id)
+            else:
+                await uow.timers.arm(timer, now)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
@@ -576,20 +632,41 @@ async def _fail_after_lost_message(
     )
     lost_delivery = message.type == INTERACTION_DELIVER and interaction.state == S.OFFERED
     if lost_delivery:
-        agent = await _holding_agent(uow, interaction)
+        agent = await holding_agent(uow, interaction)
         interaction.apply(Event.FAILED, now, cause=cause)
-        source = _source(message.target_kind, message.target)
-        await _release(uow, agent, interaction, now, source, "delivery_failed", 0)
-        await uow.outbox.add(_work_ended(interaction, agent, "delivery_failed", 0), now)
+        await uow.offers.decide(interaction.id, OfferStatus.RESCINDED, now, "delivery_failed")
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
+        source = source_of(message.target_kind, message.target)
+        await release_unit(uow, agent, interaction, now, source, "delivery_failed", 0)
+        await uow.outbox.add(work_ended(interaction, agent, "delivery_failed", 0), now)
     elif lost_current_request:
         interaction.apply(Event.FAILED, now, cause=cause)
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
     else:
         interaction.note("message_lost", now, cause, {"message_id": message.id})
 
 
 async def upsert_queue(uow: UnitOfWork, queue: Queue) -> None:
-    """Create or replace a queue."""
+    """Create or replace a queue; its overflow queue must exist and take the same channel."""
     async with uow:
+        overflow = queue.overflow_queue
+        if overflow is not None:
+            target = await uow.queues.get(overflow)
+            if overflow == queue.name:
+                raise ValidationFailed(
+                    "overflow_queue: a queue cannot overflow into itself",
+                    code="invalid_overflow_queue",
+                )
+            if target is None:
+                raise ValidationFailed(
+                    f"overflow_queue: unknown queue '{overflow}'", code="unknown_queue"
+                )
+            if target.channel != queue.channel:
+                raise ValidationFailed(
+                    f"overflow_queue: queue '{overflow}' takes {target.channel.value}, "
+                    f"not {queue.channel.value}",
+                    code="queue_channel_mismatch",
+                )
         await uow.queues.upsert(queue)
         await uow.commit()
 

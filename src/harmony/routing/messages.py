@@ -16,6 +16,16 @@ from harmony.routing.ids import random_hex
 ROUTING_REQUESTED = "routing.requested"
 WORK_ENDED = "work.ended"
 INTERACTION_DELIVER = "interaction.deliver"
+# Harmony -> ACD: an offer ended without the work (the request stays open: select again).
+OFFER_DECLINED = "offer.declined"
+OFFER_TIMED_OUT = "offer.timed_out"
+# Harmony -> ACD: forget a routing request (the customer left, the work overflowed or went
+# back to the CRM); an agent it names gets the reserved unit back.
+REQUEST_CANCELLED = "request.cancelled"
+# Harmony -> CRM: an offer delivered to an agent is withdrawn (timed out, the agent left).
+OFFER_RESCINDED = "offer.rescinded"
+# Harmony -> CRM: route this yourself (the CRM's own routing takes the work back).
+INTERACTION_FALLBACK = "interaction.fallback"
 # Harmony -> ACD and CRM: one agent channel's state, so both sides show the same.
 AGENT_STATE = "agent.state"
 # Harmony -> ACD: an agent's capacities and cross-channel rules, after a profile or agent change.

@@ -6,7 +6,7 @@ No I/O here. Persistence and transport live behind the ports in ``ports.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -102,6 +102,10 @@ class Interaction:
     request_id: str | None = None
     agent_id: str | None = None
     version: int = 0
+    offers_made: int = 0
+    overflows: int = 0
+    # When the current queue's maximum wait runs out (its overflow rule then applies).
+    max_wait_at: datetime | None = None
     new_history: list[HistoryEntry] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
@@ -145,6 +149,7 @@ class Interaction:
             received_at=at,
             updated_at=at,
             state_times={S.RECEIVED: at},
+            max_wait_at=at + timedelta(seconds=queue.policy.max_wait_seconds),
         )
         interaction._record("received", None, S.RECEIVED, at, cause, {"queue": queue.name})
         return interaction
@@ -298,12 +303,90 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class QueueDefaults:
+    """A channel's queue policy where a queue sets none: seconds an offer waits for the CRM's
+    answer, seconds the ACD has to select or queue a request, the longest wait before the
+    overflow rule, and how many offers before it."""
+
+    offer_timeout_seconds: int
+    routing_timeout_seconds: int
+    max_wait_seconds: int
+    max_offers: int
+
+
+# Routing timeout: 60 s, the bound Salesforce Omni-Channel puts on an external router. A chat
+# customer waits minutes, an email days.
+QUEUE_DEFAULTS = {
+    Channel.CHAT: QueueDefaults(30, 60, 10 * 60, 5),
+    Channel.EMAIL: QueueDefaults(120, 60, 24 * 3600, 5),
+}
+# Moves to an overflow queue one interaction may make; then it goes back to the CRM, so queues
+# whose overflow rules point at each other cannot pass work around for ever.
+MAX_OVERFLOWS = 3
+
+
+@dataclass(frozen=True)
 class Queue:
-    """Where interactions of one channel wait; its skills are required of every agent."""
+    """Where interactions of one channel wait; its skills are required of every agent.
+
+    The policy fields left ``None`` take the channel's default (``QUEUE_DEFAULTS``).
+    ``overflow_queue`` is where work goes when the queue gives up on it (its maximum wait, its
+    maximum offers, or the ACD not answering twice); ``None`` hands it back to the CRM's own
+    routing."""
 
     name: str
     channel: Channel
     skills: list[str]
+    offer_timeout_seconds: int | None = None
+    routing_timeout_seconds: int | None = None
+    max_wait_seconds: int | None = None
+    max_offers: int | None = None
+    overflow_queue: str | None = None
+
+    @property
+    def policy(self) -> QueueDefaults:
+        """The queue's effective timeouts and limits, defaults filled in."""
+        default = QUEUE_DEFAULTS[self.channel]
+        return QueueDefaults(
+            offer_timeout_seconds=self.offer_timeout_seconds or default.offer_timeout_seconds,
+            routing_timeout_seconds=(
+                self.routing_timeout_seconds or default.routing_timeout_seconds
+            ),
+            max_wait_seconds=self.max_wait_seconds or default.max_wait_seconds,
+            max_offers=self.max_offers or default.max_offers,
+        )
+
+
+class OfferStatus(StrEnum):
+    """Where an offer of work to an agent stands (like a TaskRouter reservation)."""
+
+    PENDING = "pending"  # made; the CRM has not answered
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    TIMED_OUT = "timed_out"  # nobody answered within the queue's offer timeout
+    RESCINDED = "rescinded"  # Harmony took it back: the agent left, the delivery failed
+    ABANDONED = "abandoned"  # the customer left or the CRM withdrew the work
+    COMPLETED = "completed"  # accepted, and the agent finished the work
+    TRANSFERRED = "transferred"  # accepted, and the work left the agent by a transfer
+
+
+# An offer in these holds a unit of the agent's capacity; one per interaction at most.
+LIVE_OFFERS = frozenset({OfferStatus.PENDING, OfferStatus.ACCEPTED})
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One offer of an interaction to an agent."""
+
+    id: str
+    interaction_id: str
+    agent_id: str
+    channel: Channel
+    status: OfferStatus
+    offered_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+    reason: str | None = None
 
 
 MAX_CAPACITY = {Channel.VOICE: 1, Channel.CHAT: 20, Channel.EMAIL: 20}

@@ -20,6 +20,8 @@ from harmony.routing.model import (
     HistoryEntry,
     Interaction,
     InteractionState,
+    Offer,
+    OfferStatus,
     Queue,
 )
 
@@ -68,11 +70,14 @@ class VoiceCall:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """A queue's definition and what is waiting in it now."""
+    """A queue's definition, what waits in it now and what is offered to agents, and how many
+    customers left it while waiting in the last 24 hours."""
 
     queue: Queue
     waiting: int
     oldest_received_at: datetime | None
+    offered: int = 0
+    abandoned_24h: int = 0
 
 
 @dataclass(frozen=True)
@@ -330,8 +335,9 @@ class QueueRepository(Protocol):
         """Create or replace a queue's definition."""
         ...
 
-    async def stats(self) -> list[QueueStats]:
-        """Every queue with the count and age of interactions waiting for an agent."""
+    async def stats(self, now: datetime) -> list[QueueStats]:
+        """Every queue with the count and age of interactions waiting for an agent, the count
+        offered to one now, and the count abandoned in the 24 hours before ``now``."""
         ...
 
 
@@ -490,11 +496,67 @@ class ClaimedTimer:
     attempts: int
 
 
+class OfferRepository(Protocol):
+    """Offers of work to agents, written in the transaction of the selection or answer."""
+
+    async def add(self, offer: Offer) -> None:
+        """Store a new pending offer; the store may write it with the unit of work's next
+        write. A second live offer for the interaction makes that write fail."""
+        ...
+
+    async def decide(
+        self,
+        interaction_id: str,
+        status: OfferStatus,
+        at: datetime,
+        reason: str | None = None,
+    ) -> None:
+        """Record how the interaction's live offer ended, or that it was accepted; the store
+        may write it with the unit of work's next write (the interaction is held locked)."""
+        ...
+
+    async def live(self, interaction_id: str) -> Offer | None:
+        """The interaction's pending or accepted offer, if any."""
+        ...
+
+    async def of_interaction(self, interaction_id: str) -> list[Offer]:
+        """Every offer the interaction received, oldest first."""
+        ...
+
+    async def agents_tried(self, interaction_id: str) -> list[str]:
+        """The ACD ids of the agents the interaction was offered to, in the order of their
+        first offer."""
+        ...
+
+    async def live_of_agent(self, agent_id: str, channel: Channel) -> list[Offer]:
+        """The agent's pending and accepted offers on ``channel``, oldest first."""
+        ...
+
+    async def misses_in_a_row(
+        self, agent_id: str, channel: Channel, *, up_to: int, declines_count: bool
+    ) -> int:
+        """How many of the agent's latest offers on ``channel`` were missed in a row (timed
+        out, or declined when ``declines_count``), counting at most ``up_to``."""
+        ...
+
+
 class TimerRepository(Protocol):
     """Durable timers, written in the transaction of the state that needs them."""
 
     async def arm(self, timer: Timer, now: datetime) -> None:
-        """Schedule ``timer``, replacing any timer of its kind for its subject."""
+        """Schedule ``timer``, replacing any timer of its kind for its subject. The store may
+        write it with the unit of work's next write: nothing reads timers back meanwhile."""
+        ...
+
+    async def arm_first(self, timer: Timer, now: datetime) -> None:
+        """Schedule the first timer of its kind for a new subject (one that can have none
+        yet), as a plain insert the store may write with the unit of work's next write."""
+        ...
+
+    def firing(self, claimed: ClaimedTimer) -> None:
+        """Say which claimed timer this unit of work fires: arming or disarming its kind for
+        its subject then takes effect after ``finish`` removed the fired one, so what the
+        handler schedules next cannot be mistaken for it."""
         ...
 
     async def disarm(self, kind: str, subject: str) -> None:
@@ -547,6 +609,9 @@ class UnitOfWork(Protocol):
 
     @property
     def timers(self) -> TimerRepository: ...
+
+    @property
+    def offers(self) -> OfferRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

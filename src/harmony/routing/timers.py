@@ -13,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
+from harmony.routing import rerouting
+from harmony.routing.deadlines import TIMER_KIND
 from harmony.routing.ports import ClaimedTimer, Clock, Timer, UnitOfWork
 
 __all__ = ["HANDLERS", "TimerHandler", "fire"]
 
 TimerHandler = Callable[[UnitOfWork, Timer, datetime], Awaitable[None]]
 
-# Kinds are added with the use cases that arm them (offer timeout, routing timeout, queue
-# maximum wait, wrap-up end, pending agent state); until then no timer is armed.
-HANDLERS: Mapping[str, TimerHandler] = {}
+# Each kind of timer and the use case that handles it when it fires.
+HANDLERS: Mapping[str, TimerHandler] = {
+    TIMER_KIND: rerouting.on_deadline,
+}
 
 
 async def fire(
@@ -33,6 +36,7 @@ async def fire(
     """Do what ``claimed`` was armed for and remove it, in one transaction; False, with nothing
     done, when its claim was lost."""
     async with uow:
+        uow.timers.firing(claimed)
         # A kind no code handles is removed all the same: it would be claimed again forever.
         handler = handlers.get(claimed.timer.kind)
         if handler is not None:

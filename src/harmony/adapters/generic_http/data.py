@@ -46,6 +46,20 @@ class InteractionCompletedData(InboundModel):
     external_id: ExternalId
 
 
+class InteractionDeclinedData(InboundModel):
+    external_id: ExternalId
+    agent_id: PeerAgentId | None = None
+    reason: Annotated[Text, Field(max_length=200)] | None = None
+
+
+class InteractionAbandonedData(InboundModel):
+    external_id: ExternalId
+
+
+class InteractionCancelledData(InboundModel):
+    external_id: ExternalId
+
+
 class AgentSelectedData(InboundModel):
     request_id: RequestId
     agent_id: PeerAgentId

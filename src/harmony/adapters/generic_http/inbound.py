@@ -19,9 +19,12 @@ from harmony.adapters.generic_http.data import (
     AgentLoginFailedData,
     AgentSelectedData,
     AgentStateChangedData,
+    InteractionAbandonedData,
     InteractionAcceptedData,
+    InteractionCancelledData,
     InteractionCompletedData,
     InteractionCreatedData,
+    InteractionDeclinedData,
     RequestQueuedData,
     VoiceEndedData,
     VoiceStartedData,
@@ -32,9 +35,12 @@ from harmony.adapters.generic_http.protocol import (
     AGENT_LOGIN_FAILED,
     AGENT_SELECTED,
     AGENT_STATE_CHANGED,
+    INTERACTION_ABANDONED,
     INTERACTION_ACCEPTED,
+    INTERACTION_CANCELLED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
+    INTERACTION_DECLINED,
     REQUEST_QUEUED,
     VOICE_ENDED,
     VOICE_STARTED,
@@ -44,10 +50,12 @@ from harmony.errors import ValidationFailed
 from harmony.inputs import describe_pydantic_errors, parse_json
 from harmony.routing.agents import Reporter, StateReport
 from harmony.routing.commands import (
+    AbandonInteraction,
     AcceptInteraction,
     Command,
     CompleteInteraction,
     CreateInteraction,
+    DeclineInteraction,
     InboundEvent,
     LoginFailed,
     QueueRequest,
@@ -96,6 +104,26 @@ def _accepted(d: InteractionAcceptedData, e: Envelope, by: Reporter) -> Command:
 
 def _completed(d: InteractionCompletedData, e: Envelope, by: Reporter) -> Command:
     return CompleteInteraction(crm_adapter=by.name, event_id=e.id, external_id=d.external_id)
+
+
+def _declined(d: InteractionDeclinedData, e: Envelope, by: Reporter) -> Command:
+    return DeclineInteraction(
+        crm_adapter=by.name,
+        event_id=e.id,
+        external_id=d.external_id,
+        crm_agent_id=d.agent_id,
+        reason=d.reason,
+    )
+
+
+def _abandoned(d: InteractionAbandonedData, e: Envelope, by: Reporter) -> Command:
+    return AbandonInteraction(crm_adapter=by.name, event_id=e.id, external_id=d.external_id)
+
+
+def _cancelled(d: InteractionCancelledData, e: Envelope, by: Reporter) -> Command:
+    return AbandonInteraction(
+        crm_adapter=by.name, event_id=e.id, external_id=d.external_id, cancelled=True
+    )
 
 
 def _state(e: Envelope, by: Reporter, d: Any, status: str, **report: Any) -> Command:
@@ -178,6 +206,9 @@ CRM_EVENTS: Mapping[str, EventType] = {
     INTERACTION_CREATED: EventType(InteractionCreatedData, _created),
     INTERACTION_ACCEPTED: EventType(InteractionAcceptedData, _accepted),
     INTERACTION_COMPLETED: EventType(InteractionCompletedData, _completed),
+    INTERACTION_DECLINED: EventType(InteractionDeclinedData, _declined),
+    INTERACTION_ABANDONED: EventType(InteractionAbandonedData, _abandoned),
+    INTERACTION_CANCELLED: EventType(InteractionCancelledData, _cancelled),
     AGENT_LOGGED_IN: EventType(AgentLoggedInData, _logged_in),
     AGENT_LOGGED_OUT: LOGGED_OUT,
     AGENT_STATE_CHANGED: STATE_CHANGED,

@@ -21,6 +21,11 @@ from harmony.routing.messages import (
     AGENT_CAPACITY,
     AGENT_STATE,
     INTERACTION_DELIVER,
+    INTERACTION_FALLBACK,
+    OFFER_DECLINED,
+    OFFER_RESCINDED,
+    OFFER_TIMED_OUT,
+    REQUEST_CANCELLED,
     ROUTING_REQUESTED,
     WORK_ENDED,
 )
@@ -33,11 +38,19 @@ __all__ = [
     "AGENT_SELECTED",
     "AGENT_STATE",
     "AGENT_STATE_CHANGED",
+    "INTERACTION_ABANDONED",
     "INTERACTION_ACCEPTED",
+    "INTERACTION_CANCELLED",
     "INTERACTION_COMPLETED",
     "INTERACTION_CREATED",
+    "INTERACTION_DECLINED",
     "INTERACTION_DELIVER",
+    "INTERACTION_FALLBACK",
     "MAX_BODY_BYTES",
+    "OFFER_DECLINED",
+    "OFFER_RESCINDED",
+    "OFFER_TIMED_OUT",
+    "REQUEST_CANCELLED",
     "REQUEST_QUEUED",
     "ROUTING_REQUESTED",
     "VOICE_ENDED",
@@ -56,6 +69,9 @@ MAX_BODY_BYTES = 256 * 1024
 INTERACTION_CREATED = "interaction.created"
 INTERACTION_ACCEPTED = "interaction.accepted"
 INTERACTION_COMPLETED = "interaction.completed"
+INTERACTION_DECLINED = "interaction.declined"
+INTERACTION_ABANDONED = "interaction.abandoned"  # the customer left
+INTERACTION_CANCELLED = "interaction.cancelled"  # the CRM withdrew the work
 # CRM (media bar) -> Harmony; the ACD may send the last two as well
 AGENT_LOGGED_IN = "agent.logged_in"
 AGENT_LOGGED_OUT = "agent.logged_out"
@@ -66,8 +82,9 @@ REQUEST_QUEUED = "request.queued"
 AGENT_LOGIN_FAILED = "agent.login_failed"
 VOICE_STARTED = "voice.started"
 VOICE_ENDED = "voice.ended"
-# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY
-# Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE
+# Harmony -> ACD: ROUTING_REQUESTED, WORK_ENDED, AGENT_STATE, AGENT_CAPACITY, OFFER_DECLINED,
+#   OFFER_TIMED_OUT, REQUEST_CANCELLED
+# Harmony -> CRM: INTERACTION_DELIVER, AGENT_STATE, OFFER_RESCINDED, INTERACTION_FALLBACK
 
 
 # Visible ASCII without "/": it travels as the webhook-id header and as a path segment of

@@ -1,0 +1,386 @@
+"""Use cases of the unhappy paths: declines, offer and routing timeouts, maximum waits,
+overflow, abandon and cancel. Each is one unit of work, like those of ``interactions.py``.
+
+What they share: an offer that ends without the work gives the agent's unit back, may make the
+agent not ready (RONA, per profile), and puts the interaction back to waiting with its original
+age, the ACD told so it selects again (``offer.declined`` / ``offer.timed_out``, naming the agents
+already tried). Work a queue gives up on (its maximum wait, its maximum offers, the ACD not
+answering twice) follows the queue's overflow rule: another queue, or back to the CRM's own
+routing. Every interaction that waits carries its deadline timer (``routing.deadlines``);
+``on_deadline`` is that timer's handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from harmony.errors import ValidationFailed
+from harmony.routing.agent_state import StateOutcome, entry_for
+from harmony.routing.agents import mirror, profile_of
+from harmony.routing.deadlines import TIMER_KIND, Deadline, next_timer
+from harmony.routing.ids import random_hex
+from harmony.routing.interactions import (
+    Outcome,
+    crm_event_claimed,
+    holding_agent,
+    queue_named,
+    release_unit,
+    routing_request,
+    source_of,
+)
+from harmony.routing.lifecycle import Event, Move
+from harmony.routing.messages import (
+    INTERACTION_FALLBACK,
+    OFFER_DECLINED,
+    OFFER_RESCINDED,
+    OFFER_TIMED_OUT,
+    REQUEST_CANCELLED,
+    OutboundMessage,
+    TargetKind,
+)
+from harmony.routing.model import (
+    MAX_OVERFLOWS,
+    WAITING_STATES,
+    Agent,
+    ChannelStatus,
+    Interaction,
+    InteractionState,
+    OfferStatus,
+    Queue,
+)
+from harmony.routing.ports import Clock, EventClaim, Timer, UnitOfWork
+
+__all__ = [
+    "HARMONY",
+    "RONA_REASON",
+    "abandon_interaction",
+    "decline_interaction",
+    "on_deadline",
+]
+
+S = InteractionState
+HARMONY = "harmony"
+RONA_REASON = "rona"
+# The CRM's events that end work before an agent has it, and the state each leaves it in.
+_ENDINGS = {
+    Event.ABANDONED: (S.ABANDONED, OfferStatus.ABANDONED),
+    Event.CANCELLED: (S.CANCELLED, OfferStatus.ABANDONED),
+}
+
+
+def _to_acd(
+    interaction: Interaction, message_type: str, payload: dict[str, Any]
+) -> OutboundMessage:
+    return OutboundMessage(
+        target_kind=TargetKind.ACD,
+        target=interaction.acd_adapter,
+        type=message_type,
+        interaction_id=interaction.id,
+        payload={
+            "request_id": interaction.request_id,
+            "interaction_id": interaction.id,
+            **payload,
+        },
+    )
+
+
+def _to_crm(
+    interaction: Interaction, message_type: str, payload: dict[str, Any]
+) -> OutboundMessage:
+    return OutboundMessage(
+        target_kind=TargetKind.CRM,
+        target=interaction.crm_adapter,
+        type=message_type,
+        interaction_id=interaction.id,
+        payload={
+            "interaction_id": interaction.id,
+            "external_id": interaction.external_id,
+            "channel": interaction.channel.value,
+            **payload,
+        },
+    )
+
+
+def _waited(interaction: Interaction, now: datetime) -> float:
+    return round((now - interaction.received_at).total_seconds(), 3)
+
+
+async def decline_interaction(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    crm_adapter: str,
+    event_id: str,
+    external_id: str,
+    crm_agent_id: str | None = None,
+    reason: str | None = None,
+) -> Outcome:
+    """The agent declined the offered work in the CRM: the unit goes back, the work waits
+    again with its age, and the ACD selects again (or the queue's overflow rule applies once
+    the queue's offers are spent). A decline for an offer that ended already is noted."""
+    source = source_of(TargetKind.CRM, crm_adapter)
+    async with uow:
+        claim = EventClaim(source, event_id, "interaction.declined", clock.now())
+        interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
+        if duplicate:
+            return duplicate
+        if crm_agent_id is not None and interaction.agent_id is not None:
+            offered_to = await uow.agents.crm_agent_id_of(interaction.agent_id)
+            if offered_to is not None and offered_to != crm_agent_id:
+                raise ValidationFailed(
+                    f"data.agent_id: interaction {interaction.id} is offered to {offered_to}, "
+                    f"not {crm_agent_id}",
+                    code="not_offered_to_agent",
+                )
+        now = clock.now()
+        detail = {"reason": reason} if reason else {}
+        cause = f"interaction.declined {event_id} from {source}"
+        rule = interaction.apply(Event.DECLINED, now, cause=cause, detail=detail)
+        if isinstance(rule, Move):
+            await _offer_ended(uow, interaction, now, OfferStatus.DECLINED, reason or "declined")
+        await uow.interactions.save(interaction)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def abandon_interaction(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    crm_adapter: str,
+    event_id: str,
+    external_id: str,
+    cancelled: bool = False,
+) -> Outcome:
+    """The customer left (``interaction.abandoned``), or the CRM withdrew the work
+    (``interaction.cancelled``): waiting or offered work ends, the request is cancelled at the
+    ACD, an offer is taken back and its unit freed, and the wait is recorded. Work an agent
+    accepted stays with them; the abandon is noted."""
+    event = Event.CANCELLED if cancelled else Event.ABANDONED
+    event_type = f"interaction.{event.value}"
+    source = source_of(TargetKind.CRM, crm_adapter)
+    async with uow:
+        claim = EventClaim(source, event_id, event_type, clock.now())
+        interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
+        if duplicate:
+            return duplicate
+        now = clock.now()
+        before = interaction.state
+        detail = {"waited_seconds": _waited(interaction, now)}
+        cause = f"{event_type} {event_id} from {source}"
+        rule = interaction.apply(event, now, cause=cause, detail=detail)
+        if isinstance(rule, Move):
+            _, offer_status = _ENDINGS[event]
+            agent_payload: dict[str, Any] = {}
+            if before in (S.OFFERED, S.DELIVERED):
+                agent = await holding_agent(uow, interaction)
+                await uow.offers.decide(interaction.id, offer_status, now, event.value)
+                await release_unit(uow, agent, interaction, now, source, f"offer_{event.value}", 0)
+                agent_payload = {"agent_id": agent.acd_agent_id}
+            await uow.timers.disarm(TIMER_KIND, interaction.id)
+            if before != S.RECEIVED:
+                message = _to_acd(
+                    interaction, REQUEST_CANCELLED, {"reason": event.value, **agent_payload}
+                )
+                await uow.outbox.add(message, now)
+        await uow.interactions.save(interaction)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def _offer_ended(
+    uow: UnitOfWork,
+    interaction: Interaction,
+    now: datetime,
+    status: OfferStatus,
+    reason: str,
+) -> None:
+    """The live offer ended without the work (the interaction has moved back to routing):
+    free the unit, count the miss toward RONA, then select again or overflow."""
+    agent = await holding_agent(uow, interaction)
+    channel = interaction.channel
+    await uow.offers.decide(interaction.id, status, now, reason)
+    await release_unit(uow, agent, interaction, now, HARMONY, f"offer_{status.value}", 0)
+    interaction.agent_id = None
+    profile = await profile_of(uow, agent)
+    declined = status == OfferStatus.DECLINED
+    if profile.counts_as_miss(declined):
+        misses = await uow.offers.misses_in_a_row(
+            agent.id,
+            channel,
+            up_to=profile.rona_after,
+            declines_count=profile.rona_counts_decline,
+        )
+        if misses >= profile.rona_after:
+            await _rona(uow, agent, interaction, now, misses)
+    if status == OfferStatus.TIMED_OUT:
+        # The CRM delivered it to the agent's screen: take it back there.
+        rescind = {"agent_id": agent.crm_agent_id, "reason": status.value}
+        await uow.outbox.add(_to_crm(interaction, OFFER_RESCINDED, rescind), now)
+    queue = await queue_named(uow, interaction.queue, recent=True)
+    if interaction.offers_made >= queue.policy.max_offers:
+        await _give_up(uow, interaction, queue, now, "max_offers")
+        return
+    tried = await uow.offers.agents_tried(interaction.id)
+    payload = {
+        "agent_id": agent.acd_agent_id,
+        "agents_tried": tried,
+        "reason": reason,
+        "received_at": interaction.received_at.isoformat(),
+        "offers_made": interaction.offers_made,
+    }
+    message_type = OFFER_DECLINED if declined else OFFER_TIMED_OUT
+    await uow.outbox.add(_to_acd(interaction, message_type, payload), now)
+    await _arm(uow, interaction, queue, now)
+
+
+async def _rona(
+    uow: UnitOfWork, agent: Agent, interaction: Interaction, now: datetime, misses: int
+) -> None:
+    """Make the agent not ready (reason ``rona``) on the channel, on both sides."""
+    channel = interaction.channel
+    current = agent.capacity_on(channel)
+    if current.status != ChannelStatus.READY:
+        return
+    after = replace(
+        current, status=ChannelStatus.NOT_READY, reason=RONA_REASON, since=now, source_at=now
+    )
+    await uow.agents.save_channel(agent.id, after)
+    agent.channels[channel] = after
+    await uow.agents.append_history(
+        [
+            entry_for(
+                agent.id,
+                after,
+                at=now,
+                source=HARMONY,
+                event="rona",
+                outcome=StateOutcome.APPLIED,
+                detail={
+                    "interaction_id": interaction.id,
+                    "misses": misses,
+                    "previous": current.status.value,
+                },
+            )
+        ]
+    )
+    targets = [(TargetKind.ACD, interaction.acd_adapter), (TargetKind.CRM, agent.crm_adapter)]
+    await mirror(uow, agent, channel, targets, now)
+
+
+async def _arm(
+    uow: UnitOfWork, interaction: Interaction, queue: Queue, now: datetime, placements: int = 1
+) -> None:
+    timer = next_timer(interaction, queue, now, placements=placements)
+    if timer is None:
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
+    else:
+        await uow.timers.arm(timer, now)
+
+
+async def _give_up(
+    uow: UnitOfWork, interaction: Interaction, queue: Queue, now: datetime, why: str
+) -> None:
+    """The queue's overflow rule: move the waiting work to the overflow queue (its request
+    cancelled at the ACD and placed again there, with the same age), or hand it back to the
+    CRM's own routing when the queue names none, the overflow queue is gone or takes another
+    channel, or the work has overflowed as often as it may."""
+    target = await _overflow_queue(uow, interaction, queue)
+    cancelled = {"reason": why}
+    if target is None:
+        await uow.outbox.add(_to_acd(interaction, REQUEST_CANCELLED, cancelled), now)
+        interaction.apply(
+            Event.HANDED_BACK,
+            now,
+            cause=f"queue {queue.name}: {why}; handed back to crm:{interaction.crm_adapter}",
+            detail={"reason": why, "waited_seconds": _waited(interaction, now)},
+        )
+        fallback = {"queue": interaction.queue, "reason": why}
+        await uow.outbox.add(_to_crm(interaction, INTERACTION_FALLBACK, fallback), now)
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
+        return
+    await uow.outbox.add(_to_acd(interaction, REQUEST_CANCELLED, cancelled), now)
+    previous = interaction.queue
+    interaction.queue = target.name
+    interaction.overflows += 1
+    interaction.offers_made = 0
+    interaction.max_wait_at = now + timedelta(seconds=target.policy.max_wait_seconds)
+    interaction.request_id = f"rr_{random_hex()}"
+    interaction.apply(
+        Event.OVERFLOWED,
+        now,
+        cause=f"queue {previous}: {why}; overflow to {target.name}",
+        detail={
+            "from_queue": previous,
+            "to_queue": target.name,
+            "reason": why,
+            "request_id": interaction.request_id,
+        },
+    )
+    await uow.outbox.add(routing_request(interaction), now)
+    await _arm(uow, interaction, target, now)
+
+
+async def _overflow_queue(uow: UnitOfWork, interaction: Interaction, queue: Queue) -> Queue | None:
+    if queue.overflow_queue is None or interaction.overflows >= MAX_OVERFLOWS:
+        return None
+    target = await uow.queues.get_recent(queue.overflow_queue)
+    if target is None or target.channel != interaction.channel or target.name == queue.name:
+        return None
+    return target
+
+
+async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
+    """An interaction's deadline timer fired (``scheduled`` kind ``interaction``): act on the
+    deadline if it still holds, else arm the one the interaction's state needs now."""
+    interaction = await uow.interactions.get(timer.subject, for_update=True)
+    if interaction is None or interaction.is_terminal:
+        return
+    queue = await queue_named(uow, interaction.queue, recent=True)
+    deadline = timer.detail.get("deadline")
+    state = interaction.state
+    if deadline == Deadline.OFFER and state in (S.OFFERED, S.DELIVERED):
+        live = await uow.offers.live(interaction.id)
+        if live is not None and live.id == timer.guard and live.status == OfferStatus.PENDING:
+            cause = f"offer {live.id} not answered within {queue.policy.offer_timeout_seconds} s"
+            interaction.apply(Event.OFFER_TIMED_OUT, now, cause=cause, detail={"offer_id": live.id})
+            await _offer_ended(uow, interaction, now, OfferStatus.TIMED_OUT, "timed_out")
+            await uow.interactions.save(interaction)
+            return
+    elif deadline == Deadline.ROUTING and state == S.ROUTING:
+        placements = int(timer.detail.get("placements", 1))
+        bound = queue.policy.routing_timeout_seconds
+        if placements >= 2:
+            await _give_up(uow, interaction, queue, now, "routing_timeout")
+        else:
+            interaction.apply(
+                Event.ROUTING_TIMED_OUT,
+                now,
+                cause=f"acd:{interaction.acd_adapter} answered request "
+                f"{interaction.request_id} neither with a selection nor queued in {bound} s",
+                detail={"request_id": interaction.request_id, "placement": placements + 1},
+            )
+            await uow.outbox.add(routing_request(interaction), now)
+            await _arm(uow, interaction, queue, now, placements + 1)
+        await uow.interactions.save(interaction)
+        return
+    elif deadline == Deadline.MAX_WAIT and state in WAITING_STATES:
+        max_wait_at = interaction.max_wait_at
+        if max_wait_at is not None and max_wait_at <= now:
+            await _give_up(uow, interaction, queue, now, "max_wait")
+            await uow.interactions.save(interaction)
+            return
+    # The deadline no longer holds (what it guarded changed without re-arming it), or it was
+    # a ``check`` (migration 0009 armed one for work stored before timers): arm what is due.
+    if state in WAITING_STATES and interaction.max_wait_at is None:
+        wait = timedelta(seconds=queue.policy.max_wait_seconds)
+        interaction.max_wait_at = interaction.received_at + wait
+        await uow.interactions.save(interaction)
+    live = await uow.offers.live(interaction.id)
+    timer_now = next_timer(interaction, queue, now, offer=live)
+    if timer_now is None:
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
+    else:
+        await uow.timers.arm(timer_now, now)
