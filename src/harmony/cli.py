@@ -202,6 +202,11 @@ def cmd_sim_crm(args: argparse.Namespace) -> int:
         jitter=args.jitter,
         trickle_per_second=args.trickle,
         login_agents=not args.no_login,
+        decline_share=args.decline_share,
+        ignore_share=args.ignore_share,
+        abandon_share=args.abandon_share,
+        transfer_share=args.transfer_share,
+        abandon_within=args.abandon_within,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None)
     return 0
@@ -377,6 +382,13 @@ def _voice_args(parser: argparse.ArgumentParser, per_minute: float) -> None:
     )
 
 
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction between 0 and 1")
+    return share
+
+
 def _delay_args(parser: argparse.ArgumentParser, accept: float, complete: float) -> None:
     parser.add_argument(
         "--accept-delay",
@@ -449,6 +461,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FRACTION",
         default=0.3,
         help="spread of both delays, as a fraction (0.3: each delay +-30%%)",
+    )
+    for name, what in (
+        ("decline", "offers the agent declines"),
+        ("ignore", "offers nobody answers (Harmony's offer timeout takes them back)"),
+        ("abandon", "interactions whose customer leaves within --abandon-within seconds"),
+        ("transfer", "accepted interactions the agent transfers once"),
+    ):
+        sim_crm.add_argument(
+            f"--{name}-share",
+            type=_share,
+            metavar="FRACTION",
+            default=0.0,
+            help=f"share of {what} (0-1)",
+        )
+    sim_crm.add_argument(
+        "--abandon-within",
+        type=float,
+        metavar="SECONDS",
+        default=5.0,
+        help="abandoning customers leave at a random moment within this many seconds",
     )
     sim_crm.add_argument(
         "--trickle",

@@ -32,6 +32,7 @@ def test_every_route_documents_its_errors() -> None:
         "interaction.declined",
         "interaction.abandoned",
         "interaction.cancelled",
+        "interaction.transfer_requested",
         "agent.logged_in",
         "agent.logged_out",
         "agent.state_changed",

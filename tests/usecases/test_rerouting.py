@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import update
 
 from harmony.db.tables import interactions as interactions_table
-from harmony.errors import Refused, ValidationFailed
-from harmony.routing import agents, interactions
+from harmony.errors import Conflict, Refused, ValidationFailed
+from harmony.routing import agents, interactions, rerouting
 from harmony.routing.agent_state import default_profile
 from harmony.routing.messages import (
     AGENT_STATE,
@@ -22,6 +22,7 @@ from harmony.routing.messages import (
     OFFER_TIMED_OUT,
     REQUEST_CANCELLED,
     ROUTING_REQUESTED,
+    WORK_ENDED,
     TargetKind,
 )
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, OfferStatus, Queue
@@ -448,3 +449,130 @@ async def test_a_check_timer_arms_what_the_interactions_state_needs(world: World
     timer = await world.store.timer_of(created.interaction_id)
     assert timer is not None
     assert (timer.detail, timer.due_at) == ({"deadline": "max_wait"}, interaction.max_wait_at)
+
+
+# --- transfer -------------------------------------------------------------------------------
+
+
+async def transfer(world: World, ref: str, **target: str) -> interactions.Outcome:
+    return await rerouting.transfer_interaction(
+        world.store.uow(),
+        world.clock,
+        interaction_ref=ref,
+        target=rerouting.TransferTarget(**target),
+        by="operator",
+    )
+
+
+async def test_a_transfer_frees_the_agent_and_routes_the_work_again_with_its_age(
+    world: World,
+) -> None:
+    await interactions.upsert_queue(world.store.uow(), Queue("vip-chat", Channel.CHAT, ["vip"]))
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    before = await world.interaction(interaction_id)
+    world.clock.advance(30)
+
+    await transfer(world, interaction_id, queue="vip-chat")
+
+    interaction = await world.interaction(interaction_id)
+    assert (interaction.state, interaction.queue, interaction.agent_id) == (
+        S.ROUTING,
+        "vip-chat",
+        None,
+    )
+    assert interaction.received_at == before.received_at
+    assert interaction.request_id != before.request_id
+    assert await world.load("agent-2") == 0
+    [offer] = await world.store.offers(interaction_id)
+    assert offer.status == OfferStatus.TRANSFERRED
+    [ended] = await world.outbox_of(interaction_id, WORK_ENDED)
+    assert (ended.message.payload["agent_id"], ended.message.payload["reason"]) == (
+        "acd-2",
+        "transferred",
+    )
+    requests = await world.outbox_of(interaction_id, ROUTING_REQUESTED)
+    assert requests[-1].message.payload["queue"] == "vip-chat"
+    assert requests[-1].message.payload["received_at"] == before.received_at.isoformat()
+    assert "agent_id" not in requests[-1].message.payload
+    timer = await world.store.timer_of(interaction_id)
+    assert timer is not None and timer.detail["deadline"] == "routing_timeout"
+    last = (await world.store.history(interaction_id))[-1]
+    assert (last.event, last.from_state, last.to_state) == (
+        "transfer_requested",
+        S.ACCEPTED,
+        S.ROUTING,
+    )
+    assert (last.detail["from_agent_id"], last.detail["to_queue"], last.detail["by"]) == (
+        "agent-2",
+        "vip-chat",
+        "operator",
+    )
+    # The next agent's offer and acceptance make a second offer record.
+    await world.select(interaction_id, "acd-1")
+    offers = await world.store.offers(interaction_id)
+    assert [(o.agent_id, o.status) for o in offers] == [
+        ("agent-2", OfferStatus.TRANSFERRED),
+        ("agent-1", OfferStatus.PENDING),
+    ]
+
+
+async def test_a_transfer_to_a_named_agent_asks_the_acd_for_that_agent(world: World) -> None:
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    await transfer(world, interaction_id, agent_id="agent-1")
+    request = (await world.outbox_of(interaction_id, ROUTING_REQUESTED))[-1]
+    assert request.message.payload["agent_id"] == "acd-1"
+    last = (await world.store.history(interaction_id))[-1]
+    assert last.detail["to_agent_id"] == "agent-1"
+
+
+async def test_a_transfer_to_an_agent_who_cannot_take_it_is_refused_with_the_reason(
+    world: World,
+) -> None:
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    await world.report("crm-1", ChannelStatus.NOT_READY, reason="lunch")
+    before = await world.store.dump()
+    with pytest.raises(Conflict) as refused:
+        await transfer(world, interaction_id, agent_id="agent-1")
+    assert refused.value.code == "agent_unavailable"
+    assert "not_ready (lunch) on chat" in refused.value.detail
+    assert await world.store.dump() == before
+
+
+async def test_only_accepted_work_can_be_transferred(world: World) -> None:
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    with pytest.raises(Refused) as refused:
+        await transfer(world, interaction_id, queue="support-chat")
+    assert (refused.value.code, refused.value.state) == ("not_accepted", "offered")
+
+
+async def test_a_transfer_from_the_crm_is_claimed_once_and_checks_who_asks(world: World) -> None:
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    with pytest.raises(Conflict) as refused:
+        await rerouting.transfer_interaction(
+            world.store.uow(),
+            world.clock,
+            interaction_ref="chat-1",
+            target=rerouting.TransferTarget(queue="support-chat"),
+            by="crm:generic",
+            crm_adapter="generic",
+            event_id="evt-t0",
+            crm_agent_id="crm-1",
+        )
+    assert refused.value.code == "invalid_transition"
+    for _ in range(2):
+        outcome = await rerouting.transfer_interaction(
+            world.store.uow(),
+            world.clock,
+            interaction_ref="chat-1",
+            target=rerouting.TransferTarget(queue="support-chat"),
+            by="crm:generic",
+            crm_adapter="generic",
+            event_id="evt-t1",
+            crm_agent_id="crm-2",
+        )
+    assert outcome.duplicate
+    assert len(await world.outbox_of(interaction_id, WORK_ENDED)) == 1

@@ -25,11 +25,13 @@ from harmony.api.schemas import (
     QueueIn,
     QueueOut,
     Readiness,
+    TransferIn,
 )
-from harmony.errors import HarmonyError, NotFound
+from harmony.errors import HarmonyError, NotFound, ValidationFailed
 from harmony.inputs import AnyChannel, Name, RoutableChannel, Skill, Text
-from harmony.routing import agents, interactions
+from harmony.routing import agents, interactions, rerouting
 from harmony.routing.agent_state import Presence, Profile
+from harmony.routing.agents import OPERATOR
 from harmony.routing.model import Channel, ChannelStatus, InteractionState, Queue
 from harmony.routing.ports import AgentFilter, InteractionFilter
 from harmony.routing.retry import run_with_retry
@@ -91,6 +93,41 @@ async def get_interaction(
         offers=[OfferOut.of(o) for o in offers],
         history=[HistoryOut.of(h) for h in history],
     )
+
+
+@router.post(
+    "/v1/interactions/{interaction_id}/transfer",
+    response_model=InteractionOut,
+    status_code=202,
+    responses=errors(400, 404, 409, 413, 415, 422, 503),
+    tags=["interactions"],
+)
+async def transfer_interaction(
+    wired: Wired,
+    interaction_id: Annotated[Text, Path(min_length=1, max_length=36)],
+    body: TransferIn,
+) -> InteractionOut:
+    """Send accepted work to another queue or agent (a supervisor's transfer): the agent who
+    has it is freed, and it is routed again through the ACD with its history and original age.
+    409 ``not_accepted`` (and the current state) unless an agent accepted it; 409
+    ``agent_unavailable`` with the reason when the named agent cannot take it now."""
+    if body.queue is None and body.agent_id is None:
+        raise ValidationFailed(
+            "body: name a queue, an agent_id, or both", code="transfer_target_missing"
+        )
+    target = rerouting.TransferTarget(queue=body.queue, agent_id=body.agent_id)
+    await run_with_retry(
+        wired.db.uow,
+        rerouting.transfer_interaction,
+        wired.clock,
+        interaction_ref=interaction_id,
+        target=target,
+        by=OPERATOR,
+    )
+    async with wired.db.reader() as uow:
+        interaction = await uow.interactions.get(interaction_id)
+    assert interaction is not None
+    return InteractionOut.of(interaction)
 
 
 @router.get(

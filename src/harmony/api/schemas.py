@@ -299,6 +299,16 @@ class AgentHistoryPage(BaseModel):
         return {"items": items, "next_cursor": page.next_cursor}
 
 
+class TransferIn(InboundModel):
+    """Where a supervisor sends accepted work: a queue, an agent, or an agent in a queue."""
+
+    model_config = ConfigDict(extra="forbid")
+    queue: Name | None = Field(default=None, description="the queue to route it in again")
+    agent_id: Name | None = Field(
+        default=None, description="Harmony's id of the agent to route it to (ready, with room)"
+    )
+
+
 class ProfileIn(InboundModel):
     model_config = ConfigDict(extra="forbid")
     capacity: ChannelCapacities

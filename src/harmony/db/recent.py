@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from harmony.routing.model import Queue
 
@@ -46,15 +45,29 @@ class RecentQueues:
         if self._monotonic() >= until:
             del self._kept[name]
             return None
-        return replace(queue, skills=list(queue.skills))
+        return _copy(queue)
 
     def keep(self, queue: Queue) -> None:
         """Remember ``queue`` as just read."""
         if len(self._kept) >= self._limit:
             self._kept.clear()
-        copy = replace(queue, skills=list(queue.skills))
+        copy = _copy(queue)
         self._kept[queue.name] = (self._monotonic() + self._ttl, copy)
 
     def forget(self, name: str) -> None:
         """Drop ``name``: this process is changing it."""
         self._kept.pop(name, None)
+
+
+def _copy(queue: Queue) -> Queue:
+    # The constructor, not dataclasses.replace: a third of the cost, on every event's read.
+    return Queue(
+        queue.name,
+        queue.channel,
+        list(queue.skills),
+        queue.offer_timeout_seconds,
+        queue.routing_timeout_seconds,
+        queue.max_wait_seconds,
+        queue.max_offers,
+        queue.overflow_queue,
+    )

@@ -61,12 +61,26 @@ class UtcDateTime(TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # asyncpg takes an aware datetime in any zone for a timestamptz as it is: only the
+        # naive check is left, without TypeDecorator's wrapping (a routed interaction binds
+        # some thirty of these).
+        if dialect.driver == "asyncpg":
+            return _aware_only
+        return super().bind_processor(dialect)
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         # asyncpg returns every timestamptz as an aware datetime in UTC already: no call per
         # value (a page of agents reads over a thousand of them).
         if dialect.driver == "asyncpg":
             return None
         return super().result_processor(dialect, coltype)
+
+
+def _aware_only(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value
 
 
 CHANNELS_SQL = "('voice', 'chat', 'email')"

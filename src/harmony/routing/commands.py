@@ -99,6 +99,16 @@ class AbandonInteraction(_FromCrm):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TransferInteraction(_FromCrm):
+    """The agent transfers accepted work to a queue or to another agent (by the CRM's id)."""
+
+    external_id: str
+    crm_agent_id: str | None = None
+    queue: str | None = None
+    to_crm_agent_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class SelectAgent(_FromAcd):
     """The ACD chose an agent for a routing request."""
 
@@ -161,6 +171,7 @@ Command = (
     | CompleteInteraction
     | DeclineInteraction
     | AbandonInteraction
+    | TransferInteraction
     | SelectAgent
     | QueueRequest
     | ReportAgentState
@@ -236,6 +247,21 @@ async def _create(
     )
 
 
+async def _transfer(
+    c: TransferInteraction, uows: UnitOfWorkFactory, clock: Clock, _: Policy
+) -> Outcome:
+    return await rerouting.transfer_interaction(
+        uows(),
+        clock,
+        interaction_ref=c.external_id,
+        target=rerouting.TransferTarget(queue=c.queue, crm_agent_id=c.to_crm_agent_id),
+        by=f"crm:{c.crm_adapter}",
+        crm_adapter=c.crm_adapter,
+        event_id=c.event_id,
+        crm_agent_id=c.crm_agent_id,
+    )
+
+
 async def _report_state(
     c: ReportAgentState, uows: UnitOfWorkFactory, clock: Clock, policy: Policy
 ) -> AgentOutcome:
@@ -266,6 +292,7 @@ PLAIN_USE_CASES: dict[type[Any], Callable[..., Awaitable[Result]]] = {
 }
 COMMAND_HANDLERS: dict[type[Any], Handler] = {
     CreateInteraction: _create,
+    TransferInteraction: _transfer,
     ReportAgentState: _report_state,
     **{command: _as_is(use_case) for command, use_case in PLAIN_USE_CASES.items()},
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from harmony.errors import Conflict, Refused, ValidationFailed
@@ -343,7 +344,7 @@ class Queue:
     max_offers: int | None = None
     overflow_queue: str | None = None
 
-    @property
+    @cached_property
     def policy(self) -> QueueDefaults:
         """The queue's effective timeouts and limits, defaults filled in."""
         default = QUEUE_DEFAULTS[self.channel]

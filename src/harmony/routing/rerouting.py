@@ -12,12 +12,12 @@ routing. Every interaction that waits carries its deadline timer (``routing.dead
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from harmony.errors import ValidationFailed
-from harmony.routing.agent_state import StateOutcome, entry_for
+from harmony.errors import Conflict, NotFound, ValidationFailed
+from harmony.routing.agent_state import StateOutcome, entry_for, offer_refusal
 from harmony.routing.agents import mirror, profile_of
 from harmony.routing.deadlines import TIMER_KIND, Deadline, next_timer
 from harmony.routing.ids import random_hex
@@ -29,6 +29,7 @@ from harmony.routing.interactions import (
     release_unit,
     routing_request,
     source_of,
+    work_ended,
 )
 from harmony.routing.lifecycle import Event, Move
 from harmony.routing.messages import (
@@ -55,9 +56,11 @@ from harmony.routing.ports import Clock, EventClaim, Timer, UnitOfWork
 __all__ = [
     "HARMONY",
     "RONA_REASON",
+    "TransferTarget",
     "abandon_interaction",
     "decline_interaction",
     "on_deadline",
+    "transfer_interaction",
 ]
 
 S = InteractionState
@@ -188,6 +191,130 @@ async def abandon_interaction(
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
+
+
+@dataclass(frozen=True)
+class TransferTarget:
+    """Where a transfer sends the work: a queue, or a named agent (in its current queue unless
+    a queue is named too). Exactly one of the agent's ids is given, or none."""
+
+    queue: str | None = None
+    agent_id: str | None = None  # Harmony's id (an operator)
+    crm_agent_id: str | None = None  # the CRM's id (the CRM's own transfer)
+
+
+async def transfer_interaction(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    interaction_ref: str,
+    target: TransferTarget,
+    by: str,
+    crm_adapter: str | None = None,
+    event_id: str | None = None,
+    crm_agent_id: str | None = None,
+) -> Outcome:
+    """The agent (``interaction.transfer_requested`` from the CRM: ``interaction_ref`` is the
+    CRM's external id) or a supervisor (``interaction_ref`` is Harmony's id) sends accepted work
+    elsewhere: the first agent's unit is freed and the ACD told the work ended there, and the
+    work is routed again through the ACD in the target queue, with its history and original
+    age. A named agent who cannot take it now is refused with the reason (409
+    ``agent_unavailable``), and nothing changes."""
+    async with uow:
+        if crm_adapter is not None:
+            assert event_id is not None
+            source = source_of(TargetKind.CRM, crm_adapter)
+            claim = EventClaim(source, event_id, "interaction.transfer_requested", clock.now())
+            interaction, duplicate = await crm_event_claimed(
+                uow, crm_adapter, interaction_ref, claim
+            )
+            if duplicate:
+                return duplicate
+        else:
+            source = by
+            found = await uow.interactions.get(interaction_ref, for_update=True)
+            if found is None:
+                raise NotFound(f"no interaction '{interaction_ref}'", code="unknown_interaction")
+            interaction = found
+        interaction.refuse_unless_allowed(Event.TRANSFER_REQUESTED)
+        now = clock.now()
+        queue = await queue_named(uow, target.queue or interaction.queue)
+        if queue.channel != interaction.channel:
+            raise ValidationFailed(
+                f"queue: '{queue.name}' takes {queue.channel.value}, not "
+                f"{interaction.channel.value}",
+                code="queue_channel_mismatch",
+            )
+        holder = await holding_agent(uow, interaction)
+        if crm_agent_id is not None and crm_agent_id != holder.crm_agent_id:
+            raise Conflict(
+                f"data.agent_id: interaction {interaction.id} is with {holder.crm_agent_id}, "
+                f"not {crm_agent_id}",
+                code="invalid_transition",
+            )
+        named = await _named_agent(uow, target, holder, interaction, now)
+        if named is None and queue.name == interaction.queue and target.queue is None:
+            raise ValidationFailed(
+                "a transfer names a queue or an agent", code="transfer_target_missing"
+            )
+        await uow.offers.decide(interaction.id, OfferStatus.TRANSFERRED, now, "transferred")
+        await release_unit(uow, holder, interaction, now, source, "work_transferred", 0)
+        await uow.outbox.add(work_ended(interaction, holder, "transferred", 0), now)
+        previous_queue = interaction.queue
+        interaction.agent_id = None
+        interaction.queue = queue.name
+        interaction.offers_made = 0
+        interaction.max_wait_at = now + timedelta(seconds=queue.policy.max_wait_seconds)
+        interaction.request_id = f"rr_{random_hex()}"
+        detail: dict[str, Any] = {
+            "from_agent_id": holder.id,
+            "from_queue": previous_queue,
+            "to_queue": queue.name,
+            "request_id": interaction.request_id,
+            "by": by,
+        }
+        if named is not None:
+            detail["to_agent_id"] = named.id
+        interaction.apply(
+            Event.TRANSFER_REQUESTED,
+            now,
+            cause=f"transfer requested by {by}" + (f" ({event_id})" if event_id else ""),
+            detail=detail,
+        )
+        request = routing_request(interaction)
+        if named is not None:
+            request.payload["agent_id"] = named.acd_agent_id
+        await uow.outbox.add(request, now)
+        await _arm(uow, interaction, queue, now)
+        await uow.interactions.save(interaction)
+        await uow.commit()
+        return Outcome(interaction.id)
+
+
+async def _named_agent(
+    uow: UnitOfWork, target: TransferTarget, holder: Agent, interaction: Interaction, now: datetime
+) -> Agent | None:
+    """The agent a transfer names, if any, checked able to take the work now."""
+    if target.agent_id is None and target.crm_agent_id is None:
+        return None
+    if target.agent_id is not None:
+        agent = await uow.agents.get(target.agent_id)
+        ref = target.agent_id
+    else:
+        assert target.crm_agent_id is not None
+        agent = await uow.agents.get_by_crm_id(target.crm_agent_id)
+        ref = target.crm_agent_id
+    if agent is None:
+        raise NotFound(f"agent_id: no agent '{ref}'", code="unknown_agent")
+    if agent.id == holder.id:
+        raise Conflict(
+            f"agent {agent.id} holds interaction {interaction.id} already",
+            code="agent_unavailable",
+        )
+    refusal = offer_refusal(agent.channels, await profile_of(uow, agent), interaction.channel, now)
+    if refusal is not None:
+        raise Conflict(f"agent {agent.id} {refusal}", code="agent_unavailable")
+    return agent
 
 
 async def _offer_ended(

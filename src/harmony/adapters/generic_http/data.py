@@ -52,6 +52,13 @@ class InteractionDeclinedData(InboundModel):
     reason: Annotated[Text, Field(max_length=200)] | None = None
 
 
+class InteractionTransferRequestedData(InboundModel):
+    external_id: ExternalId
+    agent_id: PeerAgentId | None = None
+    queue: Name | None = None
+    to_agent_id: PeerAgentId | None = None
+
+
 class InteractionAbandonedData(InboundModel):
     external_id: ExternalId
 

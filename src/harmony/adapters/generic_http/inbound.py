@@ -25,6 +25,7 @@ from harmony.adapters.generic_http.data import (
     InteractionCompletedData,
     InteractionCreatedData,
     InteractionDeclinedData,
+    InteractionTransferRequestedData,
     RequestQueuedData,
     VoiceEndedData,
     VoiceStartedData,
@@ -41,6 +42,7 @@ from harmony.adapters.generic_http.protocol import (
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
     INTERACTION_DECLINED,
+    INTERACTION_TRANSFER_REQUESTED,
     REQUEST_QUEUED,
     VOICE_ENDED,
     VOICE_STARTED,
@@ -61,6 +63,7 @@ from harmony.routing.commands import (
     QueueRequest,
     ReportAgentState,
     SelectAgent,
+    TransferInteraction,
     VoiceEnded,
     VoiceStarted,
 )
@@ -113,6 +116,17 @@ def _declined(d: InteractionDeclinedData, e: Envelope, by: Reporter) -> Command:
         external_id=d.external_id,
         crm_agent_id=d.agent_id,
         reason=d.reason,
+    )
+
+
+def _transfer_requested(d: InteractionTransferRequestedData, e: Envelope, by: Reporter) -> Command:
+    return TransferInteraction(
+        crm_adapter=by.name,
+        event_id=e.id,
+        external_id=d.external_id,
+        crm_agent_id=d.agent_id,
+        queue=d.queue,
+        to_crm_agent_id=d.to_agent_id,
     )
 
 
@@ -209,6 +223,9 @@ CRM_EVENTS: Mapping[str, EventType] = {
     INTERACTION_DECLINED: EventType(InteractionDeclinedData, _declined),
     INTERACTION_ABANDONED: EventType(InteractionAbandonedData, _abandoned),
     INTERACTION_CANCELLED: EventType(InteractionCancelledData, _cancelled),
+    INTERACTION_TRANSFER_REQUESTED: EventType(
+        InteractionTransferRequestedData, _transfer_requested
+    ),
     AGENT_LOGGED_IN: EventType(AgentLoggedInData, _logged_in),
     AGENT_LOGGED_OUT: LOGGED_OUT,
     AGENT_STATE_CHANGED: STATE_CHANGED,

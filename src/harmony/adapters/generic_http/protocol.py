@@ -46,6 +46,7 @@ __all__ = [
     "INTERACTION_DECLINED",
     "INTERACTION_DELIVER",
     "INTERACTION_FALLBACK",
+    "INTERACTION_TRANSFER_REQUESTED",
     "MAX_BODY_BYTES",
     "OFFER_DECLINED",
     "OFFER_RESCINDED",
@@ -72,6 +73,7 @@ INTERACTION_COMPLETED = "interaction.completed"
 INTERACTION_DECLINED = "interaction.declined"
 INTERACTION_ABANDONED = "interaction.abandoned"  # the customer left
 INTERACTION_CANCELLED = "interaction.cancelled"  # the CRM withdrew the work
+INTERACTION_TRANSFER_REQUESTED = "interaction.transfer_requested"
 # CRM (media bar) -> Harmony; the ACD may send the last two as well
 AGENT_LOGGED_IN = "agent.logged_in"
 AGENT_LOGGED_OUT = "agent.logged_out"

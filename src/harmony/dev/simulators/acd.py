@@ -43,6 +43,9 @@ from harmony.adapters.generic_http.protocol import (
     AGENT_SELECTED,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
+    OFFER_DECLINED,
+    OFFER_TIMED_OUT,
+    REQUEST_CANCELLED,
     REQUEST_QUEUED,
     ROUTING_REQUESTED,
     VOICE_ENDED,
@@ -113,6 +116,8 @@ class RoutingRequested(BaseModel):
     skills: list[str] = Field(default_factory=list)
     # Optional so an older sender still works; a missing value means "now" (FIFO by arrival).
     received_at: AwareDatetime | None = None
+    # A transfer to a named agent: only that agent may be selected.
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class WorkEnded(BaseModel):
@@ -127,6 +132,28 @@ class WorkEnded(BaseModel):
     reason: str = "completed"
     # The channel's wrap-up, which starts when the work ends (absent from older senders).
     wrap_up_seconds: int = Field(default=0, ge=0, le=3600)
+
+
+class OfferEnded(BaseModel):
+    """``data`` of ``offer.declined`` / ``offer.timed_out``: the request is open again."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str = Field(min_length=1, max_length=200)
+    interaction_id: str = ""
+    agent_id: str = Field(min_length=1, max_length=200)
+    agents_tried: list[str] = Field(default_factory=list)
+    received_at: AwareDatetime | None = None
+
+
+class RequestCancelled(BaseModel):
+    """``data`` of ``request.cancelled``: forget the request (and free the agent it names)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str = Field(min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    reason: str = ""
 
 
 class AgentCapacity(BaseModel):
@@ -146,6 +173,9 @@ class AgentCapacity(BaseModel):
 
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
     ROUTING_REQUESTED: RoutingRequested,
+    OFFER_DECLINED: OfferEnded,
+    OFFER_TIMED_OUT: OfferEnded,
+    REQUEST_CANCELLED: RequestCancelled,
     WORK_ENDED: WorkEnded,
     AGENT_STATE: AgentStateMessage,
     AGENT_CAPACITY: AgentCapacity,
@@ -278,6 +308,11 @@ class SimRequest:
     seq: int
     # agent_id -> monotonic time until which that agent may not be offered this request again.
     excluded: dict[str, float] = field(default_factory=dict)
+    # Agents whose offer of this request ended unanswered or declined: offered again only when
+    # no other agent qualifies for it at all.
+    tried: frozenset[str] = frozenset()
+    # Only this agent may take it (a transfer to a named agent).
+    required_agent: str | None = None
     queued_reported: bool = False
     queued_task: asyncio.Task[None] | None = None
 
@@ -290,6 +325,12 @@ class SimRequest:
         until = self.excluded.get(agent_id)
         return until is not None and until > now
 
+    def waited_past(self, max_wait_seconds: float | None, wall_now: datetime) -> bool:
+        """True once the request has waited (since ``received_at``) beyond the queue's bound."""
+        if max_wait_seconds is None:
+            return False
+        return (wall_now - self.received_at).total_seconds() > max_wait_seconds
+
 
 @dataclass
 class Selection:
@@ -301,6 +342,9 @@ class Selection:
     # work.ended can overtake the callback's answer (Harmony delivers, the CRM completes and
     # Harmony reports work.ended before our POST returns); the slot is then already free.
     ended: bool = False
+    # The offer ended (declined, timed out, cancelled) before the answer came: the request is
+    # back in the queue or gone, and this selection is over.
+    offer_ended: bool = False
 
 
 @dataclass
@@ -347,6 +391,12 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         ]
         self._agents_by_id = {agent.agent_id: agent for agent in self._agents}
         self._seen_ids: set[str] = set()
+        # Every request held, by id, to put it back in the queue when its offer ends.
+        self._requests: dict[str, SimRequest] = {}
+        self._max_wait = {q.name: q.max_wait_seconds for q in config.seed.queues}
+        self._offers_ended: list[dict[str, Any]] = []
+        self._cancelled: dict[str, str] = {}
+        self._expired: list[str] = []
         self._pending: dict[str, SimRequest] = {}
         self._in_flight: dict[str, Selection] = {}
         self._assignments: dict[str, Assignment] = {}
@@ -377,6 +427,10 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 return {"status": "duplicate"}
             if isinstance(data, RoutingRequested):
                 status = self._on_routing_requested(data)
+            elif isinstance(data, OfferEnded):
+                status = self._on_offer_ended(message.type, data)
+            elif isinstance(data, RequestCancelled):
+                status = self._on_request_cancelled(data)
             elif isinstance(data, WorkEnded):
                 status = self._on_work_ended(data)
             elif isinstance(data, AgentStateMessage):
@@ -396,7 +450,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             log.warning("acd_sim.request_already_held", request_id=rid)
             return "duplicate"
         self._rejected.pop(rid, None)
-        self._pending[rid] = SimRequest(
+        request = SimRequest(
             request_id=rid,
             interaction_id=data.interaction_id,
             channel=data.channel,
@@ -405,8 +459,57 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             skills=frozenset(data.skills),
             received_at=data.received_at or datetime.now(UTC),
             seq=next(self._seq),
+            required_agent=data.agent_id,
         )
+        self._pending[rid] = self._requests[rid] = request
         log.info("acd_sim.request_received", request_id=rid, channel=data.channel)
+        return "accepted"
+
+    def _free_offer(self, rid: str, agent_id: str) -> bool:
+        """The offer of ``rid`` to ``agent_id`` ended without work: give the slot back."""
+        selection = self._in_flight.get(rid)
+        if selection and selection.agent.agent_id == agent_id and not selection.ended:
+            # Harmony's answer to the selection is still on its way: settle frees nothing more.
+            selection.ended = selection.offer_ended = True
+            del self._in_flight[rid]
+            self._release(selection.agent, selection.request.channel, touch=False)
+            return True
+        assignment = self._assignments.pop(rid, None)
+        if assignment and assignment.agent_id == agent_id and assignment.ended_at is None:
+            self._release(self._agents_by_id[agent_id], assignment.channel, touch=False)
+            return True
+        if assignment is not None:
+            self._assignments[rid] = assignment
+        return False
+
+    def _on_offer_ended(self, message_type: str, data: OfferEnded) -> str:
+        """Free the agent and put the request back in its queue with its original age; the
+        agents already tried are left out while another qualifies."""
+        rid = data.request_id
+        freed = self._free_offer(rid, data.agent_id)
+        self._offers_ended.append(
+            {"type": message_type, "request_id": rid, "agent_id": data.agent_id, "freed": freed}
+        )
+        request = self._requests.get(rid)
+        if request is None or rid in self._cancelled:
+            return "ignored"
+        request.tried = request.tried | {data.agent_id, *data.agents_tried}
+        if data.received_at is not None:
+            request.received_at = data.received_at
+        # Harmony waits for the answer again: report queued again if nobody is free.
+        request.queued_reported = False
+        request.queued_task = None
+        self._pending[rid] = request
+        log.info("acd_sim.offer_ended", request_id=rid, agent_id=data.agent_id, type=message_type)
+        return "accepted"
+
+    def _on_request_cancelled(self, data: RequestCancelled) -> str:
+        rid = data.request_id
+        self._cancelled[rid] = data.reason
+        self._pending.pop(rid, None)
+        if data.agent_id is not None:
+            self._free_offer(rid, data.agent_id)
+        log.info("acd_sim.request_cancelled", request_id=rid, reason=data.reason)
         return "accepted"
 
     def _on_work_ended(self, data: WorkEnded) -> str:
@@ -514,12 +617,23 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
     # -- dispatch (lock held, no I/O: callbacks go out in background tasks)
 
     def _pick(self, request: SimRequest, now: float) -> SimAgent | None:
-        candidates = [
+        qualified = [
             agent
             for agent in self._agents
-            if request.skills <= agent.skills
-            and agent.offerable(request.channel, now)
-            and not request.excludes(agent.agent_id, now)
+            if agent.capacity.get(request.channel, 0) > 0
+            # A transfer to a named agent goes to that agent, skills or not.
+            and (
+                request.required_agent == agent.agent_id
+                if request.required_agent is not None
+                else request.skills <= agent.skills
+            )
+        ]
+        # An agent tried before only when nobody else could ever take it.
+        untried = [agent for agent in qualified if agent.agent_id not in request.tried]
+        candidates = [
+            agent
+            for agent in (untried or qualified)
+            if agent.offerable(request.channel, now) and not request.excludes(agent.agent_id, now)
         ]
         return min(candidates, key=SimAgent.idle_key, default=None)
 
@@ -530,8 +644,15 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         request needing a rare skill must not stall ordinary work.
         """
         now = time.monotonic()
+        wall_now = datetime.now(UTC)
         waiting: list[SimRequest] = []
         for request in sorted(self._pending.values(), key=SimRequest.sort_key):
+            if request.waited_past(self._max_wait.get(request.queue), wall_now):
+                # Past its queue's maximum wait: Harmony applies the overflow rule; an agent
+                # chosen now would only be refused.
+                del self._pending[request.request_id]
+                self._expired.append(request.request_id)
+                continue
             agent = self._pick(request, now)
             if agent is None:
                 waiting.append(request)
@@ -740,7 +861,10 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         """Apply Harmony's answer to an ``agent.selected`` (lock held)."""
         request, agent = selection.request, selection.agent
         rid = request.request_id
-        self._in_flight.pop(rid, None)
+        if self._in_flight.get(rid) is selection:
+            del self._in_flight[rid]
+        if selection.offer_ended:
+            return
         if answer.ok:
             self._assignments[rid] = Assignment(
                 agent_id=agent.agent_id,
@@ -789,6 +913,9 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
                 "refusals": self._refusals,
                 "rejected": {rid: dict(r) for rid, r in self._rejected.items()},
                 "unmatched_work_ended": self._unmatched_work_ended,
+                "offers_ended": [dict(entry) for entry in self._offers_ended],
+                "cancelled": dict(self._cancelled),
+                "expired": list(self._expired),
                 "unknown_agent_state": self._unknown_agent_state,
                 "echoes_sent": self._echoes_sent,
                 "voice_started": self._voice_started,

@@ -39,10 +39,15 @@ from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_OUT,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
+    INTERACTION_ABANDONED,
     INTERACTION_ACCEPTED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
+    INTERACTION_DECLINED,
     INTERACTION_DELIVER,
+    INTERACTION_FALLBACK,
+    INTERACTION_TRANSFER_REQUESTED,
+    OFFER_RESCINDED,
     Envelope,
 )
 from harmony.dev.simulators._common import (
@@ -83,6 +88,15 @@ class CrmSimConfig(SimConfig):
     trickle_per_second: float = 0.0
     max_concurrency: int = 20
     login_agents: bool = True
+    # Shares of the unhappy paths: of offers, declined after the accept delay or never answered
+    # (Harmony's offer timeout takes them back); of interactions, abandoned by the customer at
+    # a random moment within ``abandon_within`` seconds, or transferred once by the agent who
+    # accepted them (to another queue of the channel if the seed has one, else the same).
+    decline_share: float = 0.0
+    ignore_share: float = 0.0
+    abandon_share: float = 0.0
+    transfer_share: float = 0.0
+    abandon_within: float = 5.0
 
 
 # --- inbound events -------------------------------------------------------------------------
@@ -98,6 +112,56 @@ class InteractionDeliver(BaseModel):
     channel: Literal["chat", "email"]
     queue: str = ""
     agent_id: str = Field(min_length=1)
+    offer_id: str | None = None
+
+
+class OfferRescinded(BaseModel):
+    """``data`` of ``offer.rescinded``: Harmony took an unanswered offer back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    external_id: str = Field(min_length=1, max_length=200)
+    agent_id: str = Field(min_length=1)
+    reason: str = ""
+
+
+class InteractionFallback(BaseModel):
+    """``data`` of ``interaction.fallback``: the CRM's own routing takes the work back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    external_id: str = Field(min_length=1, max_length=200)
+    queue: str = ""
+    reason: str = ""
+
+
+class BehaviourRequest(BaseModel):
+    """Body of ``POST /simulate/behaviour``: the shares of the unhappy paths from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decline_share: float | None = Field(default=None, ge=0, le=1)
+    ignore_share: float | None = Field(default=None, ge=0, le=1)
+    abandon_share: float | None = Field(default=None, ge=0, le=1)
+    transfer_share: float | None = Field(default=None, ge=0, le=1)
+
+
+class AbandonRequest(BaseModel):
+    """Body of ``POST /simulate/abandon``: the customer of this interaction leaves now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=200)
+
+
+class TransferRequest(BaseModel):
+    """Body of ``POST /simulate/transfer``: the agent holding it transfers it now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=200)
+    queue: str | None = Field(default=None, min_length=1, max_length=100)
+    to_agent_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class SimulateRequest(BaseModel):
@@ -123,6 +187,8 @@ class AgentStateRequest(BaseModel):
 
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
     INTERACTION_DELIVER: InteractionDeliver,
+    OFFER_RESCINDED: OfferRescinded,
+    INTERACTION_FALLBACK: InteractionFallback,
     AGENT_STATE: AgentStateMessage,
 }
 # Outcomes in Harmony's answer to an agent event under which the reported state now holds.
@@ -163,6 +229,17 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         self._seen_ids: set[str] = set()
         self._applied_sequences = SequenceGuard()
         self._in_progress: set[str] = set()
+        # external id -> (agent, channel) while an agent holds it, and its cycle's task.
+        self._holders: dict[str, tuple[str, str]] = {}
+        self._cycles: dict[str, asyncio.Task[None]] = {}
+        # external id -> the agents it was offered to, in order.
+        self._offers: dict[str, list[str]] = {}
+        self._declined: list[str] = []
+        self._ignored: list[str] = []
+        self._rescinded: list[str] = []
+        self._abandoned: list[str] = []
+        self._transferred: list[str] = []
+        self._fallback: dict[str, str] = {}
         self._created: dict[str, dict[str, Any]] = {}
         self._deliveries: dict[str, dict[str, Any]] = {}
         self._accepted: list[str] = []
@@ -297,6 +374,8 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         record["interaction_id"] = interaction_id if isinstance(interaction_id, str) else None
         if not answer.ok:
             self._record_error(INTERACTION_CREATED, external_id, answer)
+        elif self._random.random() < self.config.abandon_share:
+            self._spawn(self._abandon_later(external_id))
 
     async def _trickle(self, per_second: float) -> None:
         """Create one interaction every ``1/per_second`` seconds until cancelled."""
@@ -321,29 +400,59 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
     # -- deliveries and the agent's cycle
 
     def handle_delivery(self, message: Envelope, data: InteractionDeliver) -> dict[str, Any]:
-        """Record a verified delivery and start the agent's accept/complete cycle."""
+        """Record a verified delivery and start the agent's cycle: decline, ignore, or accept
+        and then complete (or transfer), by the configured shares."""
         if message.id in self._seen_ids:
             return {"status": "duplicate"}
         self._seen_ids.add(message.id)
         if data.external_id in self._in_progress:
-            # The same work delivered again under a new id: counting it twice would inflate the
-            # agent's load, and the running cycle will accept and complete it anyway.
+            # The same work delivered again under a new id while an agent still holds it:
+            # counting it twice would inflate the agent's load.
             log.warning("crm_sim.already_in_progress", external_id=data.external_id)
             return {"status": "duplicate"}
         self._deliveries[data.external_id] = {
             "agent_id": data.agent_id,
             "interaction_id": data.interaction_id,
             "channel": data.channel,
+            "offer_id": data.offer_id,
             "delivered_at": datetime.now(UTC).isoformat(),
         }
+        self._offers.setdefault(data.external_id, []).append(data.agent_id)
         active = self._active[data.agent_id]
         active[data.channel] = active.get(data.channel, 0) + 1
         peak = self._peak_active[data.agent_id]
         peak[data.channel] = max(peak.get(data.channel, 0), active[data.channel])
         self._in_progress.add(data.external_id)
+        self._holders[data.external_id] = (data.agent_id, data.channel)
         log.info("crm_sim.delivered", external_id=data.external_id, agent_id=data.agent_id)
-        self._spawn(self._work(data.external_id, data.agent_id, data.channel))
+        roll = self._random.random()
+        config = self.config
+        if roll < config.decline_share:
+            work = self._decline(data.external_id, data.agent_id)
+        elif roll < config.decline_share + config.ignore_share:
+            # Nobody answers: the agent's slot stays held until Harmony rescinds the offer.
+            self._ignored.append(data.external_id)
+            return {"status": "accepted"}
+        else:
+            work = self._work(data.external_id, data.agent_id, data.channel)
+        self._cycles[data.external_id] = self._spawn(work)
         return {"status": "accepted"}
+
+    def _release(self, external_id: str) -> None:
+        """The agent no longer holds this work (idempotent)."""
+        holder = self._holders.pop(external_id, None)
+        if holder is None:
+            return
+        agent_id, channel = holder
+        self._active[agent_id][channel] -= 1
+        self._in_progress.discard(external_id)
+
+    def _stop_work(self, external_id: str) -> None:
+        """Stop the agent's cycle for this work, if one runs, and release it."""
+        task = self._cycles.pop(external_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._release(external_id)
 
     def _delay(self, base: float) -> float:
         jitter = self.config.jitter
@@ -351,17 +460,34 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             return base
         return max(0.0, base * (1 + self._random.uniform(-jitter, jitter)))
 
+    async def _decline(self, external_id: str, agent_id: str) -> None:
+        await asyncio.sleep(self._delay(self.config.accept_delay))
+        # Released first: Harmony may offer it again before the answer to this post returns.
+        self._release(external_id)
+        answer = await self._post(
+            INTERACTION_DECLINED,
+            {"external_id": external_id, "agent_id": agent_id, "reason": "busy"},
+        )
+        if answer.ok:
+            self._declined.append(external_id)
+        else:
+            self._record_error(INTERACTION_DECLINED, external_id, answer)
+
+    def _transfer_queue(self, external_id: str) -> str | None:
+        """Another queue of the work's channel, if the seed has one."""
+        created = self._created.get(external_id)
+        if created is None:
+            return None
+        others = [
+            q.name
+            for q in self.config.seed.queues
+            if q.channel == created["channel"] and q.name != created["queue"]
+        ]
+        return others[0] if others else created["queue"]
+
     async def _work(self, external_id: str, agent_id: str, channel: str) -> None:
-        """Accept after ``accept_delay``, complete after ``complete_delay``."""
-        finished = False
-
-        def finish() -> None:
-            nonlocal finished
-            if not finished:
-                finished = True
-                self._active[agent_id][channel] -= 1
-                self._in_progress.discard(external_id)
-
+        """Accept after ``accept_delay``; then complete after ``complete_delay``, or, for the
+        configured share, transfer it after half that."""
         try:
             await asyncio.sleep(self._delay(self.config.accept_delay))
             answer = await self._post(
@@ -371,17 +497,99 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
                 self._record_error(INTERACTION_ACCEPTED, external_id, answer)
                 return
             self._accepted.append(external_id)
+            if (
+                external_id not in self._transferred
+                and self._random.random() < self.config.transfer_share
+            ):
+                await asyncio.sleep(self._delay(self.config.complete_delay / 2))
+                await self.transfer(external_id, self._transfer_queue(external_id), None)
+                return
             await asyncio.sleep(self._delay(self.config.complete_delay))
             # The agent is done before Harmony hears of it: Harmony may hand this agent new work
             # before our POST returns, and counting both would report a load never really held.
-            finish()
+            self._release(external_id)
             answer = await self._post(INTERACTION_COMPLETED, {"external_id": external_id})
             if not answer.ok:
                 self._record_error(INTERACTION_COMPLETED, external_id, answer)
                 return
             self._completed.append(external_id)
         finally:
-            finish()
+            # Only this cycle's own hold: after a transfer a new cycle may hold the same work.
+            if self._cycles.get(external_id) is asyncio.current_task():
+                del self._cycles[external_id]
+                self._release(external_id)
+
+    async def transfer(
+        self, external_id: str, queue: str | None, to_agent_id: str | None
+    ) -> Answer:
+        """The agent holding the work transfers it (``interaction.transfer_requested``)."""
+        holder = self._holders.get(external_id)
+        data: dict[str, Any] = {"external_id": external_id}
+        if holder is not None:
+            data["agent_id"] = holder[0]
+        if queue is not None:
+            data["queue"] = queue
+        if to_agent_id is not None:
+            data["to_agent_id"] = to_agent_id
+        # Released first: the work may reach its next agent before this post returns.
+        self._release(external_id)
+        answer = await self._post(INTERACTION_TRANSFER_REQUESTED, data)
+        if answer.ok:
+            self._transferred.append(external_id)
+        else:
+            self._record_error(INTERACTION_TRANSFER_REQUESTED, external_id, answer)
+        return answer
+
+    async def _abandon_later(self, external_id: str) -> None:
+        await asyncio.sleep(self._random.uniform(0, self.config.abandon_within))
+        await self.abandon(external_id)
+
+    async def abandon(self, external_id: str) -> Answer:
+        """The customer leaves (``interaction.abandoned``); an agent who had not accepted the
+        work stops; one who had keeps it and completes it."""
+        accepted = external_id in self._accepted
+        if not accepted:
+            self._stop_work(external_id)
+        answer = await self._post(INTERACTION_ABANDONED, {"external_id": external_id})
+        if answer.ok:
+            self._abandoned.append(external_id)
+        else:
+            self._record_error(INTERACTION_ABANDONED, external_id, answer)
+        return answer
+
+    def handle_rescinded(self, message: Envelope, data: OfferRescinded) -> dict[str, Any]:
+        """Harmony took an offer back: it leaves the agent's screen."""
+        if message.id in self._seen_ids:
+            return {"status": "duplicate"}
+        self._seen_ids.add(message.id)
+        holder = self._holders.get(data.external_id)
+        if holder is not None and holder[0] == data.agent_id:
+            self._stop_work(data.external_id)
+        self._rescinded.append(data.external_id)
+        return {"status": "accepted"}
+
+    def handle_fallback(self, message: Envelope, data: InteractionFallback) -> dict[str, Any]:
+        """The CRM's own routing takes the work back (not simulated further)."""
+        if message.id in self._seen_ids:
+            return {"status": "duplicate"}
+        self._seen_ids.add(message.id)
+        self._fallback[data.external_id] = data.reason
+        return {"status": "accepted"}
+
+    def set_behaviour(self, request: BehaviourRequest) -> dict[str, float]:
+        """Change the shares of the unhappy paths from now on; the shares now in force."""
+        changes = {k: v for k, v in request.model_dump().items() if v is not None}
+        shares = {
+            name: changes.get(name, getattr(self.config, name))
+            for name in ("decline_share", "ignore_share", "abandon_share", "transfer_share")
+        }
+        if shares["decline_share"] + shares["ignore_share"] > 1:
+            raise EventError(
+                422, "validation_error", "decline_share + ignore_share must not exceed 1"
+            )
+        for name, value in shares.items():
+            setattr(self.config, name, value)
+        return shares
 
     # -- the agents' media bars
 
@@ -524,6 +732,17 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             "deliveries": {eid: dict(record) for eid, record in self._deliveries.items()},
             "accepted": list(self._accepted),
             "completed": list(self._completed),
+            "offers": {eid: list(agents) for eid, agents in self._offers.items()},
+            "declined": list(self._declined),
+            "ignored": list(self._ignored),
+            "rescinded": list(self._rescinded),
+            "abandoned": list(self._abandoned),
+            "transferred": list(self._transferred),
+            "fallback": dict(self._fallback),
+            "behaviour": {
+                name: getattr(self.config, name)
+                for name in ("decline_share", "ignore_share", "abandon_share", "transfer_share")
+            },
             "peak_active": {agent: dict(per) for agent, per in self._peak_active.items()},
             "active": {agent: dict(per) for agent, per in self._active.items()},
             "errors": [dict(error) for error in self._errors],
@@ -537,7 +756,11 @@ def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None 
     async def handle(message: Envelope, data: BaseModel) -> dict[str, Any]:
         if isinstance(data, AgentStateMessage):
             return sim.handle_agent_state(message, data)
-        # INBOUND_MODELS admits only these two, so this only narrows the type.
+        if isinstance(data, OfferRescinded):
+            return sim.handle_rescinded(message, data)
+        if isinstance(data, InteractionFallback):
+            return sim.handle_fallback(message, data)
+        # INBOUND_MODELS admits only these, so this only narrows the type.
         assert isinstance(data, InteractionDeliver)
         return sim.handle_delivery(message, data)
 
@@ -566,6 +789,39 @@ def create_app(config: CrmSimConfig, transport: httpx.AsyncBaseTransport | None 
             detail = answer.detail or "Harmony could not be reached"
             return JSONResponse({"error": "unreachable", "detail": detail}, status_code=502)
         return JSONResponse(answer.body, status_code=answer.status)
+
+    def harmony_answer(answer: Answer) -> JSONResponse:
+        if answer.status is None:
+            detail = answer.detail or "Harmony could not be reached"
+            return JSONResponse({"error": "unreachable", "detail": detail}, status_code=502)
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @app.post("/simulate/behaviour")
+    async def simulate_behaviour(request: Request) -> JSONResponse:
+        """Set the shares of declined, ignored, abandoned and transferred work from now on."""
+        try:
+            body = await read_body(request, BehaviourRequest)
+            return JSONResponse(sim.set_behaviour(body))
+        except EventError as exc:
+            return exc.response()
+
+    @app.post("/simulate/abandon")
+    async def simulate_abandon(request: Request) -> JSONResponse:
+        """The customer of an interaction leaves now; answers with Harmony's answer."""
+        try:
+            body = await read_body(request, AbandonRequest)
+        except EventError as exc:
+            return exc.response()
+        return harmony_answer(await sim.abandon(body.external_id))
+
+    @app.post("/simulate/transfer")
+    async def simulate_transfer(request: Request) -> JSONResponse:
+        """The agent holding an interaction transfers it now; answers with Harmony's answer."""
+        try:
+            body = await read_body(request, TransferRequest)
+        except EventError as exc:
+            return exc.response()
+        return harmony_answer(await sim.transfer(body.external_id, body.queue, body.to_agent_id))
 
     @app.post("/simulate/interactions")
     async def simulate(request: Request) -> JSONResponse:
