@@ -92,6 +92,10 @@ def upgrade() -> None:
         sa.Column("rona_counts_decline", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
     op.add_column(
+        "profiles",
+        sa.Column("return_accepted_email", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column(
         "interactions", sa.Column("offers_made", sa.Integer(), nullable=False, server_default="0")
     )
     op.add_column(
@@ -179,6 +183,7 @@ def downgrade() -> None:
         ("interactions", "max_wait_at"),
         ("interactions", "overflows"),
         ("interactions", "offers_made"),
+        ("profiles", "return_accepted_email"),
         ("profiles", "rona_counts_decline"),
         ("profiles", "rona_after"),
         ("queues", "overflow_queue"),

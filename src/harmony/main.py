@@ -137,6 +137,7 @@ def profile_from_seed(profile: SeedProfile) -> Profile:
         profile.blocks,
         profile.rona_after,
         profile.rona_counts_decline,
+        profile.return_accepted_email,
     )
 
 

@@ -39,6 +39,7 @@ class SeedProfile(BaseModel):
     blocks: dict[str, list[str]] = Field(default_factory=dict)
     rona_after: int = Field(default=1, ge=0, le=100)
     rona_counts_decline: bool = False
+    return_accepted_email: bool = False
 
 
 class SeedAgent(BaseModel):

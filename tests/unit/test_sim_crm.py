@@ -471,6 +471,7 @@ async def test_media_bar_follows_harmony_agent_state() -> None:
         "busy": True,
         "load": 1,
         "wrap_up_until": None,
+        "pending_state": None,
     }
     assert bar["crm-1"]["chat"]["state"] == "not_ready"
     assert bar["crm-1"]["chat"]["reason"] == "break"

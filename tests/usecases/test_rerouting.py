@@ -491,10 +491,14 @@ async def test_a_transfer_frees_the_agent_and_routes_the_work_again_with_its_age
         "acd-2",
         "transferred",
     )
-    requests = await world.outbox_of(interaction_id, ROUTING_REQUESTED)
-    assert requests[-1].message.payload["queue"] == "vip-chat"
-    assert requests[-1].message.payload["received_at"] == before.received_at.isoformat()
-    assert "agent_id" not in requests[-1].message.payload
+    [request] = [
+        r.message
+        for r in await world.outbox_of(interaction_id, ROUTING_REQUESTED)
+        if r.message.payload["request_id"] == interaction.request_id
+    ]
+    assert request.payload["queue"] == "vip-chat"
+    assert request.payload["received_at"] == before.received_at.isoformat()
+    assert "agent_id" not in request.payload
     timer = await world.store.timer_of(interaction_id)
     assert timer is not None and timer.detail["deadline"] == "routing_timeout"
     last = (await world.store.history(interaction_id))[-1]
@@ -521,7 +525,12 @@ async def test_a_transfer_to_a_named_agent_asks_the_acd_for_that_agent(world: Wo
     interaction_id = await offered(world, "chat-1", "acd-2")
     await world.accept("chat-1")
     await transfer(world, interaction_id, agent_id="agent-1")
-    request = (await world.outbox_of(interaction_id, ROUTING_REQUESTED))[-1]
+    now_placed = (await world.interaction(interaction_id)).request_id
+    [request] = [
+        r
+        for r in await world.outbox_of(interaction_id, ROUTING_REQUESTED)
+        if r.message.payload["request_id"] == now_placed
+    ]
     assert request.message.payload["agent_id"] == "acd-1"
     last = (await world.store.history(interaction_id))[-1]
     assert last.detail["to_agent_id"] == "agent-1"

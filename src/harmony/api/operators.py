@@ -278,6 +278,7 @@ async def put_profile(wired: Wired, name: Annotated[Name, Path()], body: Profile
         body.blocks,
         body.rona_after,
         body.rona_counts_decline,
+        body.return_accepted_email,
     )
     await run_with_retry(
         wired.db.uow,

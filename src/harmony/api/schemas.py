@@ -170,6 +170,11 @@ class ChannelOut(BaseModel):
     )
     wrap_up_until: datetime | None
     in_wrap_up: bool
+    pending_state: str | None = Field(
+        description="a not ready or log out asked for while the agent held work here: no new "
+        "offers on the channel, and it applies when the last work ends"
+    )
+    pending_reason: str | None
 
     @staticmethod
     def fields_of(c: ChannelState, now: datetime) -> dict[str, Any]:
@@ -187,6 +192,8 @@ class ChannelOut(BaseModel):
             "over_capacity": load > capacity,
             "wrap_up_until": wrap_up_until,
             "in_wrap_up": wrap_up_until is not None and wrap_up_until > now,
+            "pending_state": c.next_status.value if c.next_status else None,
+            "pending_reason": c.next_reason,
         }
 
 
@@ -325,6 +332,11 @@ class ProfileIn(InboundModel):
     rona_counts_decline: bool = Field(
         default=False, description="whether a declined offer counts as a miss (a timeout does)"
     )
+    return_accepted_email: bool = Field(
+        default=False,
+        description="accepted email goes back to its queue when its agent goes not ready or "
+        "logs out on email (accepted chats always stay with the agent)",
+    )
 
 
 class ProfileOut(BaseModel):
@@ -334,6 +346,7 @@ class ProfileOut(BaseModel):
     blocks: dict[str, list[str]]
     rona_after: int
     rona_counts_decline: bool
+    return_accepted_email: bool
 
     @classmethod
     def of(cls, p: Profile) -> ProfileOut:
@@ -342,6 +355,7 @@ class ProfileOut(BaseModel):
             **p.as_names(),
             rona_after=p.rona_after,
             rona_counts_decline=p.rona_counts_decline,
+            return_accepted_email=p.return_accepted_email,
         )
 
 

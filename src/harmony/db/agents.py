@@ -66,6 +66,8 @@ def _channel_state(row: Any) -> ChannelState:
         since=row.since,
         source_at=row.source_at,
         wrap_up_until=row.wrap_up_until,
+        next_status=ChannelStatus(row.next_status) if row.next_status else None,
+        next_reason=row.next_reason,
     )
 
 
@@ -91,6 +93,8 @@ CHANNEL_COLUMNS = (
     agent_channels.c.since,
     agent_channels.c.source_at,
     agent_channels.c.wrap_up_until,
+    agent_channels.c.next_status,
+    agent_channels.c.next_reason,
 )
 # The channels and skills of a page of agents, on PostgreSQL (``SqlAgents._load``).
 _IDS = bindparam("ids", type_=ARRAY(String))
@@ -119,6 +123,7 @@ def _profile(row: Any) -> Profile:
         row.blocks,
         row.rona_after,
         bool(row.rona_counts_decline),
+        bool(row.return_accepted_email),
     )
 
 
@@ -174,6 +179,7 @@ def _one_agent(dialect: str, key: str, for_update: bool) -> Any:
             profiles.c.blocks.label("profile_blocks"),
             profiles.c.rona_after.label("profile_rona_after"),
             profiles.c.rona_counts_decline.label("profile_rona_counts_decline"),
+            profiles.c.return_accepted_email.label("profile_return_accepted_email"),
         )
         .select_from(
             agents.outerjoin(agent_channels, agent_channels.c.agent_id == agents.c.id).join(
@@ -197,6 +203,8 @@ _CHANNEL_COLUMNS = (
     "since",
     "source_at",
     "wrap_up_until",
+    "next_status",
+    "next_reason",
 )
 # Built once (building a statement costs more CPU than running it), by dialect, lookup key and
 # whether the agent row is locked.
@@ -225,6 +233,7 @@ def _one_agent_reserving() -> Any:
         .where(agent_channels.c.channel == bindparam("b_channel"))
         .where(agent_channels.c.load + agent_channels.c.overflow < agent_channels.c.capacity)
         .where(agent_channels.c.status == ChannelStatus.READY.value)
+        .where(agent_channels.c.next_status.is_(None))
         .values(load=agent_channels.c.load + 1)
         .returning(agent_channels.c.agent_id)
         .cte("reserved")
@@ -245,7 +254,10 @@ def _reserve(require_ready: bool) -> Any:
         .values(load=agent_channels.c.load + 1)
     )
     if require_ready:
-        statement = statement.where(agent_channels.c.status == ChannelStatus.READY.value)
+        statement = statement.where(
+            agent_channels.c.status == ChannelStatus.READY.value,
+            agent_channels.c.next_status.is_(None),
+        )
     return statement
 
 
@@ -319,10 +331,32 @@ class SqlAgents:
                 .order_by(agent_skills.c.skill)
             )
         channels: dict[str, dict[Channel, ChannelState]] = {agent_id: {} for agent_id in ids}
-        for agent_id, channel, capacity, load, overflow, status, *rest in channel_rows:
+        for (
+            agent_id,
+            channel,
+            capacity,
+            load,
+            overflow,
+            status,
+            reason,
+            since,
+            source_at,
+            wrap_up_until,
+            next_status,
+            next_reason,
+        ) in channel_rows:
             # Positional and without Enum calls: a page of agents builds hundreds of these.
             channels[agent_id][CHANNELS[channel]] = ChannelState(
-                CHANNELS[channel], capacity, load + overflow, STATUSES[status], *rest
+                CHANNELS[channel],
+                capacity,
+                load + overflow,
+                STATUSES[status],
+                reason,
+                since,
+                source_at,
+                wrap_up_until,
+                STATUSES[next_status] if next_status else None,
+                next_reason,
             )
         skills: dict[str, list[str]] = {agent_id: [] for agent_id in ids}
         for agent_id, skill in skill_rows:
@@ -369,6 +403,7 @@ class SqlAgents:
             first.profile_blocks,
             first.profile_rona_after,
             bool(first.profile_rona_counts_decline),
+            bool(first.profile_return_accepted_email),
         )
         return Agent(
             id=first.id,
@@ -577,6 +612,8 @@ class SqlAgents:
                 since=state.since,
                 source_at=state.source_at,
                 wrap_up_until=state.wrap_up_until,
+                next_status=state.next_status.value if state.next_status else None,
+                next_reason=state.next_reason,
             )
         )
 
@@ -824,6 +861,7 @@ class SqlProfiles:
             **profile.as_names(),
             "rona_after": profile.rona_after,
             "rona_counts_decline": profile.rona_counts_decline,
+            "return_accepted_email": profile.return_accepted_email,
             "updated_at": now,
         }
         self._read[profile.name] = profile

@@ -128,6 +128,8 @@ profiles = Table(
     # RONA: not ready after this many offers missed in a row (0: never).
     Column("rona_after", Integer, nullable=False, server_default="1"),
     Column("rona_counts_decline", Boolean, nullable=False, server_default=false()),
+    # Accepted email goes back to its queue when its agent leaves email (chats stay).
+    Column("return_accepted_email", Boolean, nullable=False, server_default=false()),
 )
 
 agents = Table(

@@ -71,6 +71,9 @@ class Profile:
     blocks: Mapping[Channel, frozenset[Channel]] = field(default_factory=dict)
     rona_after: int = 1
     rona_counts_decline: bool = False
+    # Accepted email goes back to its queue when its agent goes not ready or logs out on email
+    # (chats always stay with the agent until they end).
+    return_accepted_email: bool = False
 
     @classmethod
     def from_names(
@@ -81,6 +84,7 @@ class Profile:
         blocks: Mapping[Any, Iterable[Any]],
         rona_after: int = 1,
         rona_counts_decline: bool = False,
+        return_accepted_email: bool = False,
     ) -> Profile:
         """Build from channel names, as JSON carries them; ValueError for an unknown channel."""
         return cls(
@@ -90,6 +94,7 @@ class Profile:
             blocks={Channel(c): frozenset(Channel(b) for b in bs) for c, bs in blocks.items()},
             rona_after=rona_after,
             rona_counts_decline=rona_counts_decline,
+            return_accepted_email=return_accepted_email,
         )
 
     def counts_as_miss(self, declined: bool) -> bool:
@@ -156,6 +161,8 @@ def offer_refusal(
     if state.status != ChannelStatus.READY:
         why = f" ({state.reason})" if state.reason else ""
         return f"is {state.status.value}{why} on {wanted.value}"
+    if state.next_status is not None:
+        return f"goes {state.next_status.value} on {wanted.value} once its work there ends"
     if state.in_wrap_up(now):
         assert state.wrap_up_until is not None
         return f"is in wrap-up on {wanted.value} until {state.wrap_up_until.isoformat()}"

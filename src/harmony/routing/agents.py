@@ -27,15 +27,17 @@ from harmony.routing.agent_state import (
     operator_refusal,
     presence,
 )
+from harmony.routing.deadlines import TIMER_KIND
 from harmony.routing.messages import AGENT_CAPACITY, AGENT_STATE, OutboundMessage, TargetKind
 from harmony.routing.model import (
     Agent,
     Channel,
     ChannelState,
     ChannelStatus,
+    OfferStatus,
     validate_capacity,
 )
-from harmony.routing.ports import AgentFilter, Clock, UnitOfWork, VoiceCall
+from harmony.routing.ports import AgentFilter, Clock, Timer, UnitOfWork, VoiceCall
 
 # How long after Harmony mirrors a change a matching report from that side counts as its echo.
 ECHO_WINDOW = timedelta(seconds=60)
@@ -147,6 +149,10 @@ def mirror_message(
             "busy": state.busy(now),
             "wrap_up_until": state.wrap_up_until.isoformat() if state.wrap_up_until else None,
             "presence": presence(agent.channels.values(), now).value,
+            # Set while a not ready or log out waits for the channel's work to end: offer
+            # nothing more on the channel meanwhile.
+            "pending_state": state.next_status.value if state.next_status else None,
+            "pending_reason": state.next_reason,
             "changed_at": now.isoformat(),
             "sequence": sequence,
         },
@@ -330,6 +336,109 @@ async def _apply(
         return AgentOutcome(agent.id, change.outcomes)
 
 
+# Deadline of an offer whose agent left before answering (routing.rerouting.on_deadline).
+AGENT_LEFT = "agent_left"
+# Deadline of accepted email that goes back to its queue when its agent leaves.
+RETURN_TO_QUEUE = "return_to_queue"
+WRAP_UP_TIMER = "wrap_up"
+
+
+def wrap_up_timer(agent: Agent, channel: Channel, until: datetime, acd_adapter: str) -> Timer:
+    """The timer that tells both sides when the channel's wrap-up ends."""
+    return Timer(
+        WRAP_UP_TIMER,
+        f"{agent.id}/{channel.value}",
+        until,
+        detail={"agent_id": agent.id, "channel": channel.value, "acd_adapter": acd_adapter},
+    )
+
+
+async def apply_pending_state(
+    uow: UnitOfWork, agent: Agent, channel: Channel, now: datetime, acd_adapter: str, cause: str
+) -> bool:
+    """The agent's last work on ``channel`` ended: apply the state asked for meanwhile (if
+    any), record it and tell both sides. The agent is held locked; ``agent.channels`` is
+    current. True if a pending state was applied."""
+    state = agent.capacity_on(channel)
+    if state.next_status is None or state.load > 0:
+        return False
+    applied = replace(
+        state,
+        status=state.next_status,
+        reason=state.next_reason,
+        since=now,
+        next_status=None,
+        next_reason=None,
+    )
+    await uow.agents.save_channel(agent.id, applied)
+    agent.channels[channel] = applied
+    await uow.agents.append_history(
+        [
+            entry_for(
+                agent.id,
+                applied,
+                at=now,
+                source=OPERATOR if cause == OPERATOR else "harmony",
+                event="pending_state_applied",
+                outcome=StateOutcome.APPLIED,
+                detail={"previous": state.status.value, "cause": cause},
+            )
+        ]
+    )
+    targets = [(TargetKind.ACD, acd_adapter), (TargetKind.CRM, agent.crm_adapter)]
+    await mirror(uow, agent, channel, targets, now)
+    return True
+
+
+async def _leave_with_work(
+    change: _Change, channel: Channel, status: ChannelStatus, reason: str | None, acd_adapter: str
+) -> bool:
+    """A not ready or log out on a channel where the agent holds work: offers not yet answered
+    are taken back at once (their interactions' deadlines fall due now, guarded by the offer);
+    accepted email goes back to its queue where the profile says so; what is still held makes
+    the change the channel's pending next state (True), applied when the last work ends."""
+    uow, agent, now = change.uow, change.agent, change.now
+    current = agent.channels[channel]
+    live = await uow.offers.live_of_agent(agent.id, channel)
+    pending = [offer for offer in live if offer.status == OfferStatus.PENDING]
+    accepted = [offer for offer in live if offer.status == OfferStatus.ACCEPTED]
+    for offer in pending:
+        timer = Timer(
+            TIMER_KIND, offer.interaction_id, now, guard=offer.id, detail={"deadline": AGENT_LEFT}
+        )
+        await uow.timers.arm(timer, now)
+    returning: list[str] = []
+    if channel == Channel.EMAIL and (await profile_of(uow, agent)).return_accepted_email:
+        for offer in accepted:
+            timer = Timer(
+                TIMER_KIND,
+                offer.interaction_id,
+                now,
+                guard=offer.id,
+                detail={"deadline": RETURN_TO_QUEUE},
+            )
+            await uow.timers.arm(timer, now)
+            returning.append(offer.interaction_id)
+    held = current.load - len(pending)
+    if held <= 0:
+        return False
+    staying = [offer.interaction_id for offer in accepted if offer.interaction_id not in returning]
+    waiting = replace(current, next_status=status, next_reason=reason, source_at=change.source_at)
+    await change.store(waiting)
+    change.record(
+        waiting,
+        StateOutcome.APPLIED,
+        pending=status.value,
+        holding=held,
+        rescinded=[offer.interaction_id for offer in pending] or None,
+        returning=returning or None,
+        # Accepted work stays with the agent until they finish it: said where it is recorded.
+        warning=f"{status.value} waits for accepted work {staying}" if staying else None,
+    )
+    await mirror(uow, agent, channel, mirror_targets(change.reporter, agent, acd_adapter), now)
+    return True
+
+
 async def report_state(
     uow: UnitOfWork,
     clock: Clock,
@@ -386,9 +495,34 @@ async def report_state(
                 change.now,
             ):
                 change.record(current, StateOutcome.ECHO, **reported)
+            elif current.next_status is not None and report.status == ChannelStatus.READY:
+                # A later ready cancels the pending not ready or log out.
+                await change.store(
+                    replace(
+                        current,
+                        status=ChannelStatus.READY,
+                        reason=None,
+                        next_status=None,
+                        next_reason=None,
+                        source_at=change.source_at,
+                    )
+                )
+                change.record(
+                    agent.channels[channel],
+                    StateOutcome.APPLIED,
+                    cancelled_pending=current.next_status.value,
+                )
+                targets = mirror_targets(reporter, agent, acd_adapter)
+                await mirror(uow, agent, channel, targets, change.now)
             elif current.status == report.status and current.reason == reason:
                 await change.store(replace(current, source_at=change.source_at))
                 change.record(agent.channels[channel], StateOutcome.UNCHANGED)
+            elif (
+                report.status != ChannelStatus.READY
+                and current.load > 0
+                and await _leave_with_work(change, channel, report.status, reason, acd_adapter)
+            ):
+                pass
             else:
                 await change.store(
                     replace(
@@ -397,6 +531,8 @@ async def report_state(
                         reason=reason,
                         since=change.now,
                         source_at=change.source_at,
+                        next_status=None,
+                        next_reason=None,
                     )
                 )
                 change.record(
@@ -559,7 +695,14 @@ async def voice_ended(
             call_id=call_id,
             wrap_up_seconds=seconds,
         )
-        await change.mirror_to_crm(Channel.VOICE)
+        if wrap_up_until is not None:
+            await uow.timers.arm(
+                wrap_up_timer(agent, Channel.VOICE, wrap_up_until, acd_adapter), change.now
+            )
+        if not await apply_pending_state(
+            uow, agent, Channel.VOICE, change.now, acd_adapter, f"voice.ended {call_id}"
+        ):
+            await change.mirror_to_crm(Channel.VOICE)
 
     reporter = Reporter(TargetKind.ACD, acd_adapter)
     return await _apply(

@@ -19,7 +19,13 @@ from harmony.routing.agent_state import (
     entry_for,
     offer_refusal,
 )
-from harmony.routing.agents import OPERATOR, mirror_capacity, profile_of
+from harmony.routing.agents import (
+    OPERATOR,
+    apply_pending_state,
+    mirror_capacity,
+    profile_of,
+    wrap_up_timer,
+)
 from harmony.routing.deadlines import TIMER_KIND, next_timer, offer_expiry
 from harmony.routing.ids import random_hex, random_uuid
 from harmony.routing.lifecycle import Event, Move
@@ -418,6 +424,13 @@ async def release_unit(
     agent.channels[channel] = after
     await uow.agents.append_history(
         [_load_entry(agent.id, after, now, source, event, interaction.id)]
+    )
+    if wrap_up_until is not None:
+        # Its end is told to both sides, so the CRM's media bar shows ready without polling.
+        timer = wrap_up_timer(agent, channel, wrap_up_until, interaction.acd_adapter)
+        await uow.timers.arm(timer, now)
+    await apply_pending_state(
+        uow, agent, channel, now, interaction.acd_adapter, f"{event} {interaction.id}"
     )
 
 

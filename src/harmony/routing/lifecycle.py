@@ -70,6 +70,8 @@ class Event(StrEnum):
     TRANSFER_REQUESTED = "transfer_requested"
     # timers
     OFFER_TIMED_OUT = "offer_timed_out"
+    # Harmony took the offer back: the agent went not ready or logged out before answering.
+    OFFER_RESCINDED = "offer_rescinded"
     ROUTING_TIMED_OUT = "routing_timed_out"  # the ACD neither selected nor queued in time
     OVERFLOWED = "overflowed"  # a queue's overflow rule moved it to another queue
     HANDED_BACK = "handed_back"  # to the CRM's own routing
@@ -138,6 +140,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
         "cancelled": Note("late_cancel"),
         "transfer_requested": closed,
         "offer_timed_out": Note("stale_timer"),
+        "offer_rescinded": Note("stale_timer"),
         "routing_timed_out": Note("stale_timer"),
         "overflowed": Note("stale_timer"),
         "handed_back": closed,
@@ -156,6 +159,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Move(S.CANCELLED),
             transfer_requested=Refuse("not_with_an_agent"),
             offer_timed_out=Note("stale_timer"),
+            offer_rescinded=Note("stale_timer"),
             routing_timed_out=Note("stale_timer"),
             overflowed=Move(S.ROUTING),
             handed_back=Move(S.FALLBACK),
@@ -174,6 +178,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Move(S.CANCELLED),
             transfer_requested=Refuse("not_with_an_agent"),
             offer_timed_out=Note("stale_timer"),
+            offer_rescinded=Note("stale_timer"),
             # The use case places the request again (once), then overflows.
             routing_timed_out=Note("routing_placed_again"),
             overflowed=Move(S.ROUTING),
@@ -192,6 +197,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Move(S.CANCELLED),
             transfer_requested=Refuse("not_with_an_agent"),
             offer_timed_out=Note("stale_timer"),
+            offer_rescinded=Note("stale_timer"),
             # The ACD answered (queued): its queue's maximum wait applies, not this bound.
             routing_timed_out=Note("stale_timer"),
             overflowed=Move(S.ROUTING),
@@ -210,6 +216,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Move(S.CANCELLED),
             transfer_requested=Refuse("not_accepted"),
             offer_timed_out=Move(S.ROUTING),
+            offer_rescinded=Move(S.ROUTING),
             routing_timed_out=Note("stale_timer"),
             overflowed=Note("stale_timer"),
             handed_back=Refuse("with_an_agent"),
@@ -227,6 +234,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Move(S.CANCELLED),
             transfer_requested=Refuse("not_accepted"),
             offer_timed_out=Move(S.ROUTING),
+            offer_rescinded=Move(S.ROUTING),
             routing_timed_out=Note("stale_timer"),
             overflowed=Note("stale_timer"),
             handed_back=Refuse("with_an_agent"),
@@ -245,6 +253,7 @@ def _build() -> dict[InteractionState, dict[Event, Rule]]:
             cancelled=Refuse("with_an_agent"),
             transfer_requested=Move(S.ROUTING),
             offer_timed_out=Note("stale_timer"),
+            offer_rescinded=Note("stale_timer"),
             routing_timed_out=Note("stale_timer"),
             overflowed=Note("stale_timer"),
             handed_back=Refuse("with_an_agent"),

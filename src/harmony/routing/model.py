@@ -268,6 +268,10 @@ class ChannelState:
     since: datetime | None = None
     source_at: datetime | None = None
     wrap_up_until: datetime | None = None
+    # A not ready or log out asked for while the agent held work here: no new offers, and it
+    # applies when the last work on the channel ends; a later change replaces it.
+    next_status: ChannelStatus | None = None
+    next_reason: str | None = None
 
     @property
     def free(self) -> int:

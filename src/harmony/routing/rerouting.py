@@ -18,7 +18,12 @@ from typing import Any
 
 from harmony.errors import Conflict, NotFound, ValidationFailed
 from harmony.routing.agent_state import StateOutcome, entry_for, offer_refusal
-from harmony.routing.agents import mirror, profile_of
+from harmony.routing.agents import (
+    AGENT_LEFT,
+    RETURN_TO_QUEUE,
+    mirror,
+    profile_of,
+)
 from harmony.routing.deadlines import TIMER_KIND, Deadline, next_timer
 from harmony.routing.ids import random_hex
 from harmony.routing.interactions import (
@@ -45,6 +50,7 @@ from harmony.routing.model import (
     MAX_OVERFLOWS,
     WAITING_STATES,
     Agent,
+    Channel,
     ChannelStatus,
     Interaction,
     InteractionState,
@@ -60,12 +66,19 @@ __all__ = [
     "abandon_interaction",
     "decline_interaction",
     "on_deadline",
+    "on_wrap_up_end",
     "transfer_interaction",
 ]
 
 S = InteractionState
 HARMONY = "harmony"
 RONA_REASON = "rona"
+# What the ACD is told when an offer ends without the work (it selects again).
+_TOLD_TO_ACD = {
+    OfferStatus.DECLINED: OFFER_DECLINED,
+    OfferStatus.TIMED_OUT: OFFER_TIMED_OUT,
+    OfferStatus.RESCINDED: OFFER_RESCINDED,
+}
 # The CRM's events that end work before an agent has it, and the state each leaves it in.
 _ENDINGS = {
     Event.ABANDONED: (S.ABANDONED, OfferStatus.ABANDONED),
@@ -236,59 +249,72 @@ async def transfer_interaction(
             if found is None:
                 raise NotFound(f"no interaction '{interaction_ref}'", code="unknown_interaction")
             interaction = found
-        interaction.refuse_unless_allowed(Event.TRANSFER_REQUESTED)
-        now = clock.now()
-        queue = await queue_named(uow, target.queue or interaction.queue)
-        if queue.channel != interaction.channel:
-            raise ValidationFailed(
-                f"queue: '{queue.name}' takes {queue.channel.value}, not "
-                f"{interaction.channel.value}",
-                code="queue_channel_mismatch",
-            )
-        holder = await holding_agent(uow, interaction)
-        if crm_agent_id is not None and crm_agent_id != holder.crm_agent_id:
-            raise Conflict(
-                f"data.agent_id: interaction {interaction.id} is with {holder.crm_agent_id}, "
-                f"not {crm_agent_id}",
-                code="invalid_transition",
-            )
-        named = await _named_agent(uow, target, holder, interaction, now)
-        if named is None and queue.name == interaction.queue and target.queue is None:
-            raise ValidationFailed(
-                "a transfer names a queue or an agent", code="transfer_target_missing"
-            )
-        await uow.offers.decide(interaction.id, OfferStatus.TRANSFERRED, now, "transferred")
-        await release_unit(uow, holder, interaction, now, source, "work_transferred", 0)
-        await uow.outbox.add(work_ended(interaction, holder, "transferred", 0), now)
-        previous_queue = interaction.queue
-        interaction.agent_id = None
-        interaction.queue = queue.name
-        interaction.offers_made = 0
-        interaction.max_wait_at = now + timedelta(seconds=queue.policy.max_wait_seconds)
-        interaction.request_id = f"rr_{random_hex()}"
-        detail: dict[str, Any] = {
-            "from_agent_id": holder.id,
-            "from_queue": previous_queue,
-            "to_queue": queue.name,
-            "request_id": interaction.request_id,
-            "by": by,
-        }
-        if named is not None:
-            detail["to_agent_id"] = named.id
-        interaction.apply(
-            Event.TRANSFER_REQUESTED,
-            now,
-            cause=f"transfer requested by {by}" + (f" ({event_id})" if event_id else ""),
-            detail=detail,
-        )
-        request = routing_request(interaction)
-        if named is not None:
-            request.payload["agent_id"] = named.acd_agent_id
-        await uow.outbox.add(request, now)
-        await _arm(uow, interaction, queue, now)
+        await _transfer(uow, interaction, target, by, clock.now(), source, crm_agent_id, event_id)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)
+
+
+async def _transfer(
+    uow: UnitOfWork,
+    interaction: Interaction,
+    target: TransferTarget,
+    by: str,
+    now: datetime,
+    source: str,
+    crm_agent_id: str | None = None,
+    event_id: str | None = None,
+) -> None:
+    """Move the locked, accepted ``interaction`` to ``target`` (see ``transfer_interaction``);
+    the caller saves it."""
+    interaction.refuse_unless_allowed(Event.TRANSFER_REQUESTED)
+    queue = await queue_named(uow, target.queue or interaction.queue)
+    if queue.channel != interaction.channel:
+        raise ValidationFailed(
+            f"queue: '{queue.name}' takes {queue.channel.value}, not {interaction.channel.value}",
+            code="queue_channel_mismatch",
+        )
+    holder = await holding_agent(uow, interaction)
+    if crm_agent_id is not None and crm_agent_id != holder.crm_agent_id:
+        raise Conflict(
+            f"data.agent_id: interaction {interaction.id} is with {holder.crm_agent_id}, "
+            f"not {crm_agent_id}",
+            code="invalid_transition",
+        )
+    named = await _named_agent(uow, target, holder, interaction, now)
+    if named is None and queue.name == interaction.queue and target.queue is None:
+        raise ValidationFailed(
+            "a transfer names a queue or an agent", code="transfer_target_missing"
+        )
+    await uow.offers.decide(interaction.id, OfferStatus.TRANSFERRED, now, "transferred")
+    await release_unit(uow, holder, interaction, now, source, "work_transferred", 0)
+    await uow.outbox.add(work_ended(interaction, holder, "transferred", 0), now)
+    previous_queue = interaction.queue
+    interaction.agent_id = None
+    interaction.queue = queue.name
+    interaction.offers_made = 0
+    interaction.max_wait_at = now + timedelta(seconds=queue.policy.max_wait_seconds)
+    interaction.request_id = f"rr_{random_hex()}"
+    detail: dict[str, Any] = {
+        "from_agent_id": holder.id,
+        "from_queue": previous_queue,
+        "to_queue": queue.name,
+        "request_id": interaction.request_id,
+        "by": by,
+    }
+    if named is not None:
+        detail["to_agent_id"] = named.id
+    interaction.apply(
+        Event.TRANSFER_REQUESTED,
+        now,
+        cause=f"transfer requested by {by}" + (f" ({event_id})" if event_id else ""),
+        detail=detail,
+    )
+    request = routing_request(interaction)
+    if named is not None:
+        request.payload["agent_id"] = named.acd_agent_id
+    await uow.outbox.add(request, now)
+    await _arm(uow, interaction, queue, now)
 
 
 async def _named_agent(
@@ -333,7 +359,8 @@ async def _offer_ended(
     interaction.agent_id = None
     profile = await profile_of(uow, agent)
     declined = status == OfferStatus.DECLINED
-    if profile.counts_as_miss(declined):
+    # Only an offer the agent let pass counts toward RONA, not one taken back as they left.
+    if status != OfferStatus.RESCINDED and profile.counts_as_miss(declined):
         misses = await uow.offers.misses_in_a_row(
             agent.id,
             channel,
@@ -342,9 +369,9 @@ async def _offer_ended(
         )
         if misses >= profile.rona_after:
             await _rona(uow, agent, interaction, now, misses)
-    if status == OfferStatus.TIMED_OUT:
+    if status in (OfferStatus.TIMED_OUT, OfferStatus.RESCINDED):
         # The CRM delivered it to the agent's screen: take it back there.
-        rescind = {"agent_id": agent.crm_agent_id, "reason": status.value}
+        rescind = {"agent_id": agent.crm_agent_id, "reason": reason}
         await uow.outbox.add(_to_crm(interaction, OFFER_RESCINDED, rescind), now)
     queue = await queue_named(uow, interaction.queue, recent=True)
     if interaction.offers_made >= queue.policy.max_offers:
@@ -358,8 +385,7 @@ async def _offer_ended(
         "received_at": interaction.received_at.isoformat(),
         "offers_made": interaction.offers_made,
     }
-    message_type = OFFER_DECLINED if declined else OFFER_TIMED_OUT
-    await uow.outbox.add(_to_acd(interaction, message_type, payload), now)
+    await uow.outbox.add(_to_acd(interaction, _TOLD_TO_ACD[status], payload), now)
     await _arm(uow, interaction, queue, now)
 
 
@@ -459,6 +485,23 @@ async def _overflow_queue(uow: UnitOfWork, interaction: Interaction, queue: Queu
     return target
 
 
+async def on_wrap_up_end(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
+    """A channel's wrap-up ended (``scheduled`` kind ``wrap_up``): tell both sides the
+    channel's state now, so the CRM's media bar shows the agent free without polling."""
+    agent = await uow.agents.get(str(timer.detail["agent_id"]), for_update=True)
+    if agent is None:
+        return
+    channel = Channel(str(timer.detail["channel"]))
+    state = agent.capacity_on(channel)
+    if state.wrap_up_until is not None and state.wrap_up_until > now:
+        # A later end of work started a longer wrap-up: that one's end is told instead.
+        await uow.timers.arm(replace(timer, due_at=state.wrap_up_until), now)
+        return
+    acd_adapter = str(timer.detail["acd_adapter"])
+    targets = [(TargetKind.ACD, acd_adapter), (TargetKind.CRM, agent.crm_adapter)]
+    await mirror(uow, agent, channel, targets, now)
+
+
 async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
     """An interaction's deadline timer fired (``scheduled`` kind ``interaction``): act on the
     deadline if it still holds, else arm the one the interaction's state needs now."""
@@ -474,6 +517,21 @@ async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
             cause = f"offer {live.id} not answered within {queue.policy.offer_timeout_seconds} s"
             interaction.apply(Event.OFFER_TIMED_OUT, now, cause=cause, detail={"offer_id": live.id})
             await _offer_ended(uow, interaction, now, OfferStatus.TIMED_OUT, "timed_out")
+            await uow.interactions.save(interaction)
+            return
+    elif deadline == AGENT_LEFT and state in (S.OFFERED, S.DELIVERED):
+        live = await uow.offers.live(interaction.id)
+        if live is not None and live.id == timer.guard and live.status == OfferStatus.PENDING:
+            cause = f"agent {live.agent_id} left {interaction.channel.value} before answering"
+            interaction.apply(Event.OFFER_RESCINDED, now, cause=cause, detail={"offer_id": live.id})
+            await _offer_ended(uow, interaction, now, OfferStatus.RESCINDED, "agent_left")
+            await uow.interactions.save(interaction)
+            return
+    elif deadline == RETURN_TO_QUEUE and state == S.ACCEPTED:
+        live = await uow.offers.live(interaction.id)
+        if live is not None and live.id == timer.guard:
+            target = TransferTarget(queue=interaction.queue)
+            await _transfer(uow, interaction, target, HARMONY, now, HARMONY)
             await uow.interactions.save(interaction)
             return
     elif deadline == Deadline.ROUTING and state == S.ROUTING:

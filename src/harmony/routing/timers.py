@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 from harmony.routing import rerouting
+from harmony.routing.agents import WRAP_UP_TIMER
 from harmony.routing.deadlines import TIMER_KIND
 from harmony.routing.ports import ClaimedTimer, Clock, Timer, UnitOfWork
 
@@ -24,6 +25,7 @@ TimerHandler = Callable[[UnitOfWork, Timer, datetime], Awaitable[None]]
 # Each kind of timer and the use case that handles it when it fires.
 HANDLERS: Mapping[str, TimerHandler] = {
     TIMER_KIND: rerouting.on_deadline,
+    WRAP_UP_TIMER: rerouting.on_wrap_up_end,
 }
 
 

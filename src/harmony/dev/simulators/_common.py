@@ -61,6 +61,9 @@ class AgentStateMessage(BaseModel):
     busy: bool = False
     wrap_up_until: AwareDatetime | None = None
     presence: str | None = None
+    # A not ready or log out waiting for the channel's work to end: offer nothing meanwhile.
+    pending_state: StateName | None = None
+    pending_reason: str | None = Field(default=None, max_length=64)
     # When Harmony applied the change, and its place among this agent's mirrors to this peer:
     # a receiver applies only a sequence newer than the last it applied (absent: apply).
     changed_at: AwareDatetime | None = None

@@ -44,6 +44,7 @@ from harmony.adapters.generic_http.protocol import (
     AGENT_STATE,
     AGENT_STATE_CHANGED,
     OFFER_DECLINED,
+    OFFER_RESCINDED,
     OFFER_TIMED_OUT,
     REQUEST_CANCELLED,
     REQUEST_QUEUED,
@@ -175,6 +176,7 @@ INBOUND_MODELS: dict[str, type[BaseModel]] = {
     ROUTING_REQUESTED: RoutingRequested,
     OFFER_DECLINED: OfferEnded,
     OFFER_TIMED_OUT: OfferEnded,
+    OFFER_RESCINDED: OfferEnded,
     REQUEST_CANCELLED: RequestCancelled,
     WORK_ENDED: WorkEnded,
     AGENT_STATE: AgentStateMessage,
@@ -213,6 +215,8 @@ class SimAgent:
     # channel -> logged_out | not_ready | ready, as Harmony last reported it.
     state: dict[str, str] = field(default_factory=dict)
     reason: dict[str, str | None] = field(default_factory=dict)
+    # channel -> a not ready or log out waiting for the channel's work to end (no offers).
+    pending: dict[str, str | None] = field(default_factory=dict)
     # channel -> monotonic time its wrap-up ends.
     wrap_up_until: dict[str, float] = field(default_factory=dict)
     # Ids of the voice calls the agent is on, oldest first.
@@ -265,6 +269,7 @@ class SimAgent:
         """Ready on ``channel``, out of wrap-up, under capacity and not blocked."""
         return (
             self.state.get(channel, LOGGED_OUT) == READY
+            and self.pending.get(channel) is None
             and not self.in_wrap_up(channel, now)
             and self.has_room(channel)
             and self.blocker(channel) is None
@@ -284,6 +289,7 @@ class SimAgent:
             "peak_load": dict(self.peak_load),
             "state": dict(self.state),
             "reason": dict(self.reason),
+            "pending": dict(self.pending),
             "wrap_up_until": {
                 ch: (wall_now + timedelta(seconds=self.wrap_up_until[ch] - now)).isoformat()
                 if self.in_wrap_up(ch, now)
@@ -548,9 +554,11 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         if not self._applied_sequences.admit((agent.agent_id, channel), data.sequence):
             log.info("acd_sim.agent_state_stale", agent_id=agent.agent_id, channel=channel)
             return "stale"
+        pending_before = agent.pending.get(channel)
+        agent.pending[channel] = data.pending_state
         before = (agent.state.get(channel, LOGGED_OUT), agent.reason.get(channel))
         if before == (data.state, data.reason):
-            return "unchanged"
+            return "unchanged" if pending_before == data.pending_state else "accepted"
         agent.state[channel], agent.reason[channel] = data.state, data.reason
         log.info(
             "acd_sim.agent_state",

@@ -601,6 +601,7 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             "busy": False,
             "load": 0,
             "wrap_up_until": None,
+            "pending_state": None,
         }
 
     def _bar(self, agent_id: str, channel: str) -> dict[str, Any]:
@@ -674,6 +675,7 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             busy=data.busy,
             load=data.load,
             wrap_up_until=data.wrap_up_until,
+            pending_state=data.pending_state,
         )
         log.info(
             "crm_sim.media_bar",
