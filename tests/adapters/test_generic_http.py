@@ -25,6 +25,11 @@ from harmony.config import AdapterSettings
 from harmony.routing.messages import (
     AGENT_STATE,
     INTERACTION_DELIVER,
+    INTERACTION_FALLBACK,
+    OFFER_DECLINED,
+    OFFER_RESCINDED,
+    OFFER_TIMED_OUT,
+    REQUEST_CANCELLED,
     ROUTING_REQUESTED,
     WORK_ENDED,
     OutboundMessage,
@@ -347,3 +352,34 @@ def test_verify_inbound_accepts_the_peers_signature_and_refuses_others(
 def test_adapter_errors_form_one_tree() -> None:
     assert issubclass(TransientAdapterError, AdapterError)
     assert issubclass(PermanentAdapterError, AdapterError)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message_type"),
+    [
+        (TargetKind.ACD, OFFER_DECLINED),
+        (TargetKind.ACD, OFFER_TIMED_OUT),
+        (TargetKind.ACD, OFFER_RESCINDED),
+        (TargetKind.ACD, REQUEST_CANCELLED),
+        (TargetKind.CRM, OFFER_RESCINDED),
+        (TargetKind.CRM, INTERACTION_FALLBACK),
+    ],
+)
+async def test_the_adapters_carry_what_the_unhappy_paths_send(
+    kind: TargetKind,
+    message_type: str,
+    crm: GenericHttpAdapter,
+    acd: GenericHttpAdapter,
+    peer: respx.MockRouter,
+) -> None:
+    adapter, url = (acd, ACD_EVENTS) if kind == TargetKind.ACD else (crm, CRM_EVENTS)
+    route = peer.post(url).mock(return_value=httpx.Response(202))
+    data = {"interaction_id": "i-1", "request_id": "rr_1"}
+
+    await adapter.send(OutboundMessage(kind, adapter.name, message_type, "i-1", data))
+
+    [call] = route.calls
+    assert (sent_envelope(call.request)["type"], sent_envelope(call.request)["data"]) == (
+        message_type,
+        data,
+    )
