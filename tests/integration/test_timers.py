@@ -11,6 +11,7 @@ import pytest
 from harmony.db.engine import Database
 from harmony.routing.ports import Timer, UnitOfWork
 from harmony.routing.timers import fire
+from harmony.scheduler import Scheduler
 from harmony.testing import FakeClock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -86,30 +87,29 @@ async def test_a_timer_fires_once_for_the_claim_that_holds_it(database_url: str)
 
 @pytest.mark.postgres
 async def test_two_schedulers_fire_each_of_200_timers_exactly_once(postgres_url: str) -> None:
+    """Two replicas (each its own database pool and scheduler) claim and fire side by side."""
     clock = FakeClock(T0 + timedelta(hours=1))
-    db = Database(postgres_url, clock.now)
+    replicas = [Database(postgres_url, clock.now) for _ in range(2)]
     fired: list[str] = []
 
     async def record(uow: UnitOfWork, t: Timer, now: datetime) -> None:
         await asyncio.sleep(0)
         fired.append(t.subject)
 
-    async def scheduler(name: str) -> None:
-        while True:
-            async with db.uow() as uow:
-                batch = await uow.timers.claim_due(clock.now(), 7, 30, name)
-                await uow.commit()
-            if not batch:
-                return
-            for claimed in batch:
-                assert await fire(db.uow(), clock, claimed, {"test": record})
+    async def replica(db: Database, name: str) -> None:
+        scheduler = Scheduler(db.uow, clock, claimer=name, batch_size=7, handlers={"test": record})
+        while await scheduler.run_once():
+            pass
 
     try:
-        await arm(db, *(timer(f"t{n:03}", n) for n in range(200)))
-        await asyncio.gather(scheduler("replica-1"), scheduler("replica-2"))
-        async with db.reader() as uow:
+        await arm(replicas[0], *(timer(f"t{n:03}", n) for n in range(200)))
+        await asyncio.gather(
+            *(replica(db, f"replica-{n}") for n, db in enumerate(replicas, start=1))
+        )
+        async with replicas[0].reader() as uow:
             pending = await uow.timers.pending()
     finally:
-        await db.dispose()
+        for db in replicas:
+            await db.dispose()
     assert sorted(fired) == [f"t{n:03}" for n in range(200)]
     assert pending == []
