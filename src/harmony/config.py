@@ -146,6 +146,9 @@ class Settings(BaseSettings):
         bad = [r for r in value if not r or len(r) > 64 or not r.replace("_", "").isalnum()]
         if bad:
             raise ValueError(f"reason codes are 1-64 letters, digits or _: {bad}")
+        if "rona" not in value:
+            # Harmony sets it itself (RONA) and both peers echo it back.
+            raise ValueError("must include 'rona', the reason Harmony gives a missed offer")
         return value
 
     @model_validator(mode="after")

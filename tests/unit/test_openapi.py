@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from harmony.cli import openapi_document
 from harmony.config import Settings
 from harmony.main import create_app
@@ -75,13 +78,20 @@ def test_event_data_is_described_per_type_with_the_signature_headers() -> None:
 
 
 def test_capacities_and_reasons_are_as_tight_as_validation() -> None:
-    app = create_app(Settings(migrate_on_start=False, not_ready_reasons=("lunch", "other")))
+    reasons = ("lunch", "rona", "other")
+    app = create_app(Settings(migrate_on_start=False, not_ready_reasons=reasons))
     spec = app.openapi()
     capacities = spec["components"]["schemas"]["ChannelCapacities"]["properties"]
     voice = capacities["voice"]["anyOf"][0]
     assert (voice["minimum"], voice["maximum"]) == (0, 1)
     state = spec["components"]["schemas"]["AgentStateIn"]["properties"]["reason"]
-    assert state["anyOf"][0]["enum"] == ["lunch", "other"]
+    assert state["anyOf"][0]["enum"] == ["lunch", "rona", "other"]
+
+
+def test_the_not_ready_reasons_must_include_the_one_harmony_gives_a_missed_offer() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(migrate_on_start=False, not_ready_reasons=("lunch", "other"))
+    assert "must include 'rona'" in str(refused.value)
 
 
 def test_every_write_documents_the_retryable_503() -> None:
