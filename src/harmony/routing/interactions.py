@@ -321,6 +321,17 @@ async def crm_event_claimed(
     return interaction, await _duplicate_of(uow, claim.source, claim.event_id, interaction.id)
 
 
+async def other_agent_named(
+    uow: UnitOfWork, interaction: Interaction, crm_agent_id: str | None
+) -> str | None:
+    """The CRM's id of the agent holding ``interaction`` when an event names another one
+    (``crm_agent_id``); None when it names none, or the holder."""
+    if crm_agent_id is None or interaction.agent_id is None:
+        return None
+    holder = await uow.agents.crm_agent_id_of(interaction.agent_id)
+    return holder if holder is not None and holder != crm_agent_id else None
+
+
 async def accept_interaction(
     uow: UnitOfWork,
     clock: Clock,
@@ -337,14 +348,13 @@ async def accept_interaction(
         interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
-        if crm_agent_id is not None and interaction.agent_id is not None:
-            delivered_to = await uow.agents.crm_agent_id_of(interaction.agent_id)
-            if delivered_to is not None and delivered_to != crm_agent_id:
-                raise Conflict(
-                    f"data.agent_id: interaction {interaction.id} was delivered to "
-                    f"{delivered_to}, not {crm_agent_id}",
-                    code="invalid_transition",
-                )
+        delivered_to = await other_agent_named(uow, interaction, crm_agent_id)
+        if delivered_to is not None:
+            raise Conflict(
+                f"data.agent_id: interaction {interaction.id} was delivered to "
+                f"{delivered_to}, not {crm_agent_id}",
+                code="invalid_transition",
+            )
         now = clock.now()
         rule = interaction.apply(Event.ACCEPTED, now, cause=f"interaction.accepted {event_id}")
         if isinstance(rule, Move):

@@ -30,6 +30,7 @@ from harmony.routing.interactions import (
     Outcome,
     crm_event_claimed,
     holding_agent,
+    other_agent_named,
     queue_named,
     release_unit,
     routing_request,
@@ -142,14 +143,13 @@ async def decline_interaction(
         interaction, duplicate = await crm_event_claimed(uow, crm_adapter, external_id, claim)
         if duplicate:
             return duplicate
-        if crm_agent_id is not None and interaction.agent_id is not None:
-            offered_to = await uow.agents.crm_agent_id_of(interaction.agent_id)
-            if offered_to is not None and offered_to != crm_agent_id:
-                raise ValidationFailed(
-                    f"data.agent_id: interaction {interaction.id} is offered to {offered_to}, "
-                    f"not {crm_agent_id}",
-                    code="not_offered_to_agent",
-                )
+        offered_to = await other_agent_named(uow, interaction, crm_agent_id)
+        if offered_to is not None:
+            raise ValidationFailed(
+                f"data.agent_id: interaction {interaction.id} is offered to {offered_to}, "
+                f"not {crm_agent_id}",
+                code="not_offered_to_agent",
+            )
         now = clock.now()
         detail = {"reason": reason} if reason else {}
         cause = f"interaction.declined {event_id} from {source}"
