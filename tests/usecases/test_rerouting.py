@@ -199,6 +199,25 @@ async def test_an_accepted_offer_breaks_the_run_of_misses(world: World) -> None:
     assert await chat_status(world, "agent-2") == (ChannelStatus.READY, None)
 
 
+async def test_rona_with_accepted_work_in_hand_waits_for_it_to_end(world: World) -> None:
+    await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    await offered(world, "chat-2", "acd-2")
+    await world.after(30)  # chat-2's offer missed: RONA, while chat-1 is with the agent
+
+    agent = await world.store.agent("agent-2")
+    assert agent is not None
+    state = agent.capacity_on(Channel.CHAT)
+    assert (state.status, state.next_status, state.next_reason, state.load) == (
+        ChannelStatus.READY,
+        ChannelStatus.NOT_READY,
+        "rona",
+        1,
+    )
+    await world.complete("chat-1")
+    assert await chat_status(world, "agent-2") == (ChannelStatus.NOT_READY, "rona")
+
+
 async def test_declines_count_toward_rona_only_where_the_profile_says(world: World) -> None:
     await set_rona(world, rona_after=1, counts_decline=True)
     await offered(world, "chat-1", "acd-2")
@@ -272,7 +291,11 @@ async def test_the_queues_last_offer_hands_the_work_back_to_the_crm(world: World
         "reason": "max_offers",
     }
     [cancel] = await world.outbox_of(interaction_id, REQUEST_CANCELLED)
-    assert cancel.message.payload["reason"] == "max_offers"
+    # The ACD still holds the last agent's unit for the request: the cancel names that agent.
+    assert (cancel.message.payload["reason"], cancel.message.payload["agent_id"]) == (
+        "max_offers",
+        "acd-1",
+    )
     assert len(await world.outbox_of(interaction_id, OFFER_DECLINED)) == 1
     assert await world.store.timer_of(interaction_id) is None
     assert (await world.load("agent-1"), await world.load("agent-2")) == (0, 0)

@@ -390,15 +390,35 @@ async def apply_pending_state(
     return True
 
 
-async def _leave_with_work(
-    change: _Change, channel: Channel, status: ChannelStatus, reason: str | None, acd_adapter: str
-) -> bool:
-    """A not ready or log out on a channel where the agent holds work: offers not yet answered
-    are taken back at once (their interactions' deadlines fall due now, guarded by the offer);
-    accepted email goes back to its queue where the profile says so; what is still held makes
-    the change the channel's pending next state (True), applied when the last work ends."""
-    uow, agent, now = change.uow, change.agent, change.now
-    current = agent.channels[channel]
+@dataclass(frozen=True)
+class Leaving:
+    """What an agent leaving a channel (not ready, logged out, RONA) does to its work there:
+    units still held once the unanswered offers are taken back, and which interactions were
+    taken back, go back to their queue, or stay with the agent."""
+
+    held: int
+    rescinded: list[str]
+    returning: list[str]
+    staying: list[str]
+
+    def detail(self, status: ChannelStatus) -> dict[str, object]:
+        """The history's account of it (a warning when accepted work stays)."""
+        return {
+            "pending": status.value,
+            "holding": self.held,
+            "rescinded": self.rescinded or None,
+            "returning": self.returning or None,
+            # Accepted work stays with the agent until they finish it: said where recorded.
+            "warning": (
+                f"{status.value} waits for accepted work {self.staying}" if self.staying else None
+            ),
+        }
+
+
+async def take_back_work(uow: UnitOfWork, agent: Agent, channel: Channel, now: datetime) -> Leaving:
+    """The agent leaves ``channel``: its offers not yet answered there are taken back at once
+    (their interactions' deadlines fall due now, guarded by the offer), and its accepted email
+    goes back to its queue where the profile says so. The agent is held locked."""
     live = await uow.offers.live_of_agent(agent.id, channel)
     pending = [offer for offer in live if offer.status == OfferStatus.PENDING]
     accepted = [offer for offer in live if offer.status == OfferStatus.ACCEPTED]
@@ -419,22 +439,28 @@ async def _leave_with_work(
             )
             await uow.timers.arm(timer, now)
             returning.append(offer.interaction_id)
-    held = current.load - len(pending)
-    if held <= 0:
+    return Leaving(
+        held=agent.capacity_on(channel).load - len(pending),
+        rescinded=[offer.interaction_id for offer in pending],
+        returning=returning,
+        staying=[o.interaction_id for o in accepted if o.interaction_id not in returning],
+    )
+
+
+async def _leave_with_work(
+    change: _Change, channel: Channel, status: ChannelStatus, reason: str | None, acd_adapter: str
+) -> bool:
+    """A not ready or log out on a channel where the agent holds work (``take_back_work``):
+    what is still held makes the change the channel's pending next state (True), applied when
+    the last work ends."""
+    uow, agent, now = change.uow, change.agent, change.now
+    leaving = await take_back_work(uow, agent, channel, now)
+    if leaving.held <= 0:
         return False
-    staying = [offer.interaction_id for offer in accepted if offer.interaction_id not in returning]
+    current = agent.channels[channel]
     waiting = replace(current, next_status=status, next_reason=reason, source_at=change.source_at)
     await change.store(waiting)
-    change.record(
-        waiting,
-        StateOutcome.APPLIED,
-        pending=status.value,
-        holding=held,
-        rescinded=[offer.interaction_id for offer in pending] or None,
-        returning=returning or None,
-        # Accepted work stays with the agent until they finish it: said where it is recorded.
-        warning=f"{status.value} waits for accepted work {staying}" if staying else None,
-    )
+    change.record(waiting, StateOutcome.APPLIED, **leaving.detail(status))
     await mirror(uow, agent, channel, mirror_targets(change.reporter, agent, acd_adapter), now)
     return True
 

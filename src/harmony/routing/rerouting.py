@@ -23,6 +23,7 @@ from harmony.routing.agents import (
     RETURN_TO_QUEUE,
     mirror,
     profile_of,
+    take_back_work,
 )
 from harmony.routing.deadlines import TIMER_KIND, Deadline, next_timer
 from harmony.routing.ids import random_hex
@@ -375,7 +376,8 @@ async def _offer_ended(
         await uow.outbox.add(_to_crm(interaction, OFFER_RESCINDED, rescind), now)
     queue = await queue_named(uow, interaction.queue, recent=True)
     if interaction.offers_made >= queue.policy.max_offers:
-        await _give_up(uow, interaction, queue, now, "max_offers")
+        # The ACD still holds the agent's unit for this request: the cancel frees it.
+        await _give_up(uow, interaction, queue, now, "max_offers", agent.acd_agent_id)
         return
     tried = await uow.offers.agents_tried(interaction.id)
     payload = {
@@ -392,16 +394,33 @@ async def _offer_ended(
 async def _rona(
     uow: UnitOfWork, agent: Agent, interaction: Interaction, now: datetime, misses: int
 ) -> None:
-    """Make the agent not ready (reason ``rona``) on the channel, on both sides."""
+    """Make the agent not ready (reason ``rona``) on the channel, on both sides, as any change
+    away from ready is made: its other unanswered offers there go back, and while it still holds
+    accepted work there, not ready waits as the channel's pending state."""
     channel = interaction.channel
     current = agent.capacity_on(channel)
     if current.status != ChannelStatus.READY:
         return
-    after = replace(
-        current, status=ChannelStatus.NOT_READY, reason=RONA_REASON, since=now, source_at=now
-    )
+    leaving = await take_back_work(uow, agent, channel, now)
+    if leaving.held > 0:
+        after = replace(
+            current, next_status=ChannelStatus.NOT_READY, next_reason=RONA_REASON, source_at=now
+        )
+    else:
+        after = replace(
+            current,
+            status=ChannelStatus.NOT_READY,
+            reason=RONA_REASON,
+            since=now,
+            source_at=now,
+            next_status=None,
+            next_reason=None,
+        )
     await uow.agents.save_channel(agent.id, after)
     agent.channels[channel] = after
+    detail = {"interaction_id": interaction.id, "misses": misses, "previous": current.status.value}
+    if leaving.held > 0:
+        detail.update(leaving.detail(ChannelStatus.NOT_READY))
     await uow.agents.append_history(
         [
             entry_for(
@@ -411,11 +430,7 @@ async def _rona(
                 source=HARMONY,
                 event="rona",
                 outcome=StateOutcome.APPLIED,
-                detail={
-                    "interaction_id": interaction.id,
-                    "misses": misses,
-                    "previous": current.status.value,
-                },
+                detail={k: v for k, v in detail.items() if v is not None},
             )
         ]
     )
@@ -434,7 +449,12 @@ async def _arm(
 
 
 async def _give_up(
-    uow: UnitOfWork, interaction: Interaction, queue: Queue, now: datetime, why: str
+    uow: UnitOfWork,
+    interaction: Interaction,
+    queue: Queue,
+    now: datetime,
+    why: str,
+    offered_to: str | None = None,
 ) -> None:
     """The queue's overflow rule: move the waiting work to the overflow queue (its request
     cancelled at the ACD and placed again there, with the same age), or hand it back to the
@@ -442,6 +462,8 @@ async def _give_up(
     channel, or the work has overflowed as often as it may."""
     target = await _overflow_queue(uow, interaction, queue)
     cancelled = {"reason": why}
+    if offered_to is not None:
+        cancelled["agent_id"] = offered_to
     if target is None:
         await uow.outbox.add(_to_acd(interaction, REQUEST_CANCELLED, cancelled), now)
         interaction.apply(
