@@ -290,6 +290,22 @@ async def test_refusal_makes_it_pick_another_agent() -> None:
     assert [d["agent_id"] for d in harmony.data(AGENT_SELECTED)] == ["a1", "a2"]
 
 
+async def test_work_routed_again_goes_to_an_agent_who_has_not_had_it() -> None:
+    harmony = FakeHarmony()
+    async with running_acd(harmony, agent("a1", [], chat=2), agent("a2", [], chat=2)) as client:
+        await send(client, ROUTING_REQUESTED, routing("r1"))
+        assert await assigned(client, "r1") == "a1"
+        await send(client, ROUTING_REQUESTED, routing("r2"))
+        assert await assigned(client, "r2") == "a2"
+        # a1 has been idle longest and has room, but had this work: a transfer (a new request
+        # for the same interaction, before work.ended for the first) goes to a2.
+        await send(client, ROUTING_REQUESTED, {**routing("r3"), "interaction_id": "int-r1"})
+        assert await assigned(client, "r3") == "a2"
+        # Another interaction is not concerned: a1, idle longest, takes it.
+        await send(client, ROUTING_REQUESTED, routing("r4"))
+        assert await assigned(client, "r4") == "a1"
+
+
 async def test_refused_agent_is_retried_after_cooldown() -> None:
     harmony = FakeHarmony()
     refused: list[str] = []

@@ -15,6 +15,7 @@ from harmony.adapters.generic_http.protocol import (
     AGENT_LOGGED_OUT,
     AGENT_STATE,
     AGENT_STATE_CHANGED,
+    INTERACTION_ABANDONED,
     INTERACTION_ACCEPTED,
     INTERACTION_COMPLETED,
     INTERACTION_CREATED,
@@ -288,6 +289,89 @@ async def test_refused_accept_is_recorded_and_frees_the_agent() -> None:
     assert current["accepted"] == []
     assert current["active"]["crm-001"]["chat"] == 0
     assert harmony.data(INTERACTION_COMPLETED) == []
+
+
+async def test_a_delivery_that_crossed_the_customers_abandon_is_not_worked() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony) as client:
+        left = await client.post("/simulate/abandon", json={"external_id": "chat-gone"})
+        assert left.status_code == 202
+        # Harmony offered it before it heard of the abandon: the delivery arrives after it.
+        await deliver(client, "chat-gone")
+        await deliver(client, "chat-stays")
+        current = await wait_until(client, lambda s: s["completed"] == ["chat-stays"])
+
+    assert current["abandoned"] == ["chat-gone"]
+    assert current["offers"]["chat-gone"] == ["crm-001"]
+    assert [d["external_id"] for d in harmony.data(INTERACTION_ACCEPTED)] == ["chat-stays"]
+    assert current["active"]["crm-001"]["chat"] == 0
+    assert current["errors"] == []
+
+
+async def test_an_acceptance_on_its_way_when_the_customer_leaves_is_settled_by_harmony() -> None:
+    harmony = FakeHarmony()
+    accepting = asyncio.Event()
+    answer_accept = asyncio.Event()
+    closed = {"error": "interaction_closed", "detail": "abandoned", "state": "abandoned"}
+
+    async def hold_accepts(message: dict[str, Any]) -> httpx.Response | None:
+        if message["type"] != INTERACTION_ACCEPTED:
+            return None
+        accepting.set()
+        await answer_accept.wait()
+        # Harmony took the first acceptance before the abandon, the second one after it.
+        if message["data"]["external_id"] == "chat-late":
+            return httpx.Response(409, json=closed)
+        return None
+
+    harmony.policy = hold_accepts
+    async with running_crm(harmony) as client:
+        for external_id in ("chat-kept", "chat-late"):
+            accepting.clear()
+            answer_accept.clear()
+            await deliver(client, external_id)
+            await asyncio.wait_for(accepting.wait(), 5)
+            left = await client.post("/simulate/abandon", json={"external_id": external_id})
+            assert left.status_code == 202
+            answer_accept.set()
+        current = await wait_until(
+            client, lambda s: s["completed"] and s["active"]["crm-001"]["chat"] == 0
+        )
+
+    # Accepted first: the agent keeps the work and completes it. Refused: no error, freed.
+    assert current["completed"] == ["chat-kept"]
+    assert current["accepted"] == ["chat-kept"]
+    assert current["abandoned"] == ["chat-kept", "chat-late"]
+    assert current["errors"] == []
+    assert [d["external_id"] for d in harmony.data(INTERACTION_ABANDONED)] == [
+        "chat-kept",
+        "chat-late",
+    ]
+
+
+async def test_a_transfer_asked_on_the_control_api_ends_the_agents_cycle() -> None:
+    harmony = FakeHarmony()
+    async with running_crm(harmony, complete_delay=0.2) as client:
+        await deliver(client, "chat-t", agent_id="crm-001")
+        await wait_until(client, lambda s: s["accepted"] == ["chat-t"])
+        moved = await client.post(
+            "/simulate/transfer", json={"external_id": "chat-t", "queue": "billing-chat"}
+        )
+        assert moved.status_code == 202
+        # Routed again to another agent, who completes it; the first agent does not.
+        await deliver(client, "chat-t", agent_id="crm-002")
+        await wait_until(client, lambda s: s["completed"] == ["chat-t"])
+        await asyncio.sleep(0.3)  # past the first agent's complete delay
+        current = await state(client)
+
+    assert current["transferred"] == ["chat-t"]
+    assert current["offers"]["chat-t"] == ["crm-001", "crm-002"]
+    assert current["completed"] == ["chat-t"]
+    assert len(harmony.data(INTERACTION_COMPLETED)) == 1
+    assert current["active"] == {
+        "crm-001": {"chat": 0, "email": 0},
+        "crm-002": {"chat": 0, "email": 0},
+    }
 
 
 async def test_network_errors_are_retried_during_the_cycle() -> None:

@@ -314,8 +314,9 @@ class SimRequest:
     seq: int
     # agent_id -> monotonic time until which that agent may not be offered this request again.
     excluded: dict[str, float] = field(default_factory=dict)
-    # Agents whose offer of this request ended unanswered or declined: offered again only when
-    # no other agent qualifies for it at all.
+    # Agents whose offer of this request ended unanswered or declined, or who had the work under
+    # an earlier request (a transfer, an overflow): offered it again only when no other agent
+    # qualifies for it at all.
     tried: frozenset[str] = frozenset()
     # Only this agent may take it (a transfer to a named agent).
     required_agent: str | None = None
@@ -406,6 +407,9 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         self._pending: dict[str, SimRequest] = {}
         self._in_flight: dict[str, Selection] = {}
         self._assignments: dict[str, Assignment] = {}
+        # interaction id -> the agents Harmony took a selection of for it, over all its requests:
+        # work routed again (transferred, overflowed) goes to someone else while anyone can.
+        self._had: dict[str, set[str]] = {}
         self._rejected: dict[str, dict[str, Any]] = {}
         self._refusals = 0
         self._unmatched_work_ended = 0
@@ -465,6 +469,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
             skills=frozenset(data.skills),
             received_at=data.received_at or datetime.now(UTC),
             seq=next(self._seq),
+            tried=frozenset(self._had.get(data.interaction_id, ())),
             required_agent=data.agent_id,
         )
         self._pending[rid] = self._requests[rid] = request
@@ -513,9 +518,14 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         rid = data.request_id
         self._cancelled[rid] = data.reason
         self._pending.pop(rid, None)
-        if data.agent_id is not None:
-            self._free_offer(rid, data.agent_id)
-        log.info("acd_sim.request_cancelled", request_id=rid, reason=data.reason)
+        freed = data.agent_id is not None and self._free_offer(rid, data.agent_id)
+        log.info(
+            "acd_sim.request_cancelled",
+            request_id=rid,
+            reason=data.reason,
+            agent_id=data.agent_id,
+            freed=freed,
+        )
         return "accepted"
 
     def _on_work_ended(self, data: WorkEnded) -> str:
@@ -525,11 +535,13 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         if selection and selection.agent.agent_id == agent_id and not selection.ended:
             selection.ended = True
             self._end_work(selection.agent, selection.request.channel, data.wrap_up_seconds)
+            log.info("acd_sim.work_ended", request_id=rid, agent_id=agent_id, reason=data.reason)
             return "accepted"
         assignment = self._assignments.get(rid)
         if assignment and assignment.agent_id == agent_id and assignment.ended_at is None:
             assignment.ended_at = datetime.now(UTC)
             self._end_work(self._agents_by_id[agent_id], assignment.channel, data.wrap_up_seconds)
+            log.info("acd_sim.work_ended", request_id=rid, agent_id=agent_id, reason=data.reason)
             return "accepted"
         # Unknown request, another agent, or a second end for one request: freeing anything
         # would corrupt the load, so only count it.
@@ -874,6 +886,7 @@ class AcdSimulator(SimulatorBase[AcdSimConfig]):
         if selection.offer_ended:
             return
         if answer.ok:
+            self._had.setdefault(request.interaction_id, set()).add(agent.agent_id)
             self._assignments[rid] = Assignment(
                 agent_id=agent.agent_id,
                 interaction_id=request.interaction_id,

@@ -238,11 +238,20 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         self._ignored: list[str] = []
         self._rescinded: list[str] = []
         self._abandoned: list[str] = []
+        # Work whose customer left, and of it, work no agent had accepted then: a delivery
+        # that crossed the abandon on the wire is not worked (Harmony ends that offer as it
+        # applies the abandon).
+        self._customer_left: set[str] = set()
+        self._left_waiting: set[str] = set()
         self._transferred: list[str] = []
         self._fallback: dict[str, str] = {}
         self._created: dict[str, dict[str, Any]] = {}
         self._deliveries: dict[str, dict[str, Any]] = {}
         self._accepted: list[str] = []
+        # Work its holder accepted and still holds (not once transferred onward), and work
+        # whose acceptance is on its way to Harmony.
+        self._held_accepted: set[str] = set()
+        self._accepting: set[str] = set()
         self._completed: list[str] = []
         self._active: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(CHANNELS, 0))
         self._peak_active: dict[str, dict[str, int]] = defaultdict(
@@ -418,6 +427,9 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             "delivered_at": datetime.now(UTC).isoformat(),
         }
         self._offers.setdefault(data.external_id, []).append(data.agent_id)
+        if data.external_id in self._left_waiting:
+            log.info("crm_sim.delivered_after_abandon", external_id=data.external_id)
+            return {"status": "accepted"}
         active = self._active[data.agent_id]
         active[data.channel] = active.get(data.channel, 0) + 1
         peak = self._peak_active[data.agent_id]
@@ -490,13 +502,22 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
         configured share, transfer it after half that."""
         try:
             await asyncio.sleep(self._delay(self.config.accept_delay))
-            answer = await self._post(
-                INTERACTION_ACCEPTED, {"external_id": external_id, "agent_id": agent_id}
-            )
+            self._accepting.add(external_id)
+            try:
+                answer = await self._post(
+                    INTERACTION_ACCEPTED, {"external_id": external_id, "agent_id": agent_id}
+                )
+            finally:
+                self._accepting.discard(external_id)
             if not answer.ok:
+                if answer.status == 409 and external_id in self._customer_left:
+                    # The customer left as the agent accepted, and Harmony heard of it first.
+                    log.info("crm_sim.accept_after_abandon", external_id=external_id)
+                    return
                 self._record_error(INTERACTION_ACCEPTED, external_id, answer)
                 return
             self._accepted.append(external_id)
+            self._held_accepted.add(external_id)
             if (
                 external_id not in self._transferred
                 and self._random.random() < self.config.transfer_share
@@ -531,8 +552,13 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
             data["queue"] = queue
         if to_agent_id is not None:
             data["to_agent_id"] = to_agent_id
-        # Released first: the work may reach its next agent before this post returns.
-        self._release(external_id)
+        # Released first: the work may reach its next agent before this post returns. The
+        # agent's cycle ends here too (cancelled when this is a /simulate/transfer), so it
+        # neither completes work that has moved on nor is cancelled mid-post by an abandon.
+        # Work not accepted yet is left as it is: Harmony refuses to transfer it.
+        if external_id in self._held_accepted:
+            self._held_accepted.discard(external_id)
+            self._stop_work(external_id)
         answer = await self._post(INTERACTION_TRANSFER_REQUESTED, data)
         if answer.ok:
             self._transferred.append(external_id)
@@ -546,9 +572,13 @@ class CrmSimulator(SimulatorBase[CrmSimConfig]):
 
     async def abandon(self, external_id: str) -> Answer:
         """The customer leaves (``interaction.abandoned``); an agent who had not accepted the
-        work stops; one who had keeps it and completes it."""
-        accepted = external_id in self._accepted
-        if not accepted:
+        work stops (and a delivery of it arriving later is not worked); one who had keeps it and
+        completes it."""
+        self._customer_left.add(external_id)
+        # An acceptance on its way is left to Harmony to order against this: accepted work stays
+        # with its agent (who completes it), else the acceptance is refused and the cycle ends.
+        if external_id not in self._held_accepted and external_id not in self._accepting:
+            self._left_waiting.add(external_id)
             self._stop_work(external_id)
         answer = await self._post(INTERACTION_ABANDONED, {"external_id": external_id})
         if answer.ok:
