@@ -64,9 +64,9 @@ def upgrade() -> None:
         postgresql_where=sa.text(LIVE_OFFER),
         sqlite_where=sa.text(LIVE_OFFER),
     )
-    # RONA reads an agent's latest offers on a channel.
+    # RONA reads the offers an agent most recently answered or missed on a channel.
     op.create_index(
-        "ix_offers_agent_id_channel_offered_at", "offers", ["agent_id", "channel", "offered_at"]
+        "ix_offers_agent_id_channel_decided_at", "offers", ["agent_id", "channel", "decided_at"]
     )
     op.create_index(
         "ix_offers_live_agent",
@@ -196,7 +196,7 @@ def downgrade() -> None:
         # a batch copy on SQLite would lose the interactions table's triggers.
         op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     op.drop_index("ix_offers_live_agent", table_name="offers")
-    op.drop_index("ix_offers_agent_id_channel_offered_at", table_name="offers")
+    op.drop_index("ix_offers_agent_id_channel_decided_at", table_name="offers")
     op.drop_index("uq_offers_live_interaction", table_name="offers")
     op.drop_index("ix_offers_interaction_id_offered_at", table_name="offers")
     op.drop_table("offers")

@@ -608,3 +608,65 @@ async def test_a_transfer_from_the_crm_is_claimed_once_and_checks_who_asks(world
         )
     assert outcome.duplicate
     assert len(await world.outbox_of(interaction_id, WORK_ENDED)) == 1
+
+
+# --- found by the state machine -------------------------------------------------------------
+
+
+async def test_a_named_agents_transfer_placed_again_still_names_the_agent(world: World) -> None:
+    interaction_id = await offered(world, "chat-1", "acd-2")
+    await world.accept("chat-1")
+    await transfer(world, interaction_id, agent_id="agent-1")
+    assert await world.after(60) == 1  # the ACD answered nothing: placed again once
+
+    request_id = (await world.interaction(interaction_id)).request_id
+    placed = [
+        r.message.payload
+        for r in await world.outbox_of(interaction_id, ROUTING_REQUESTED)
+        if r.message.payload["request_id"] == request_id
+    ]
+    assert len(placed) == 2
+    assert [p["agent_id"] for p in placed] == ["acd-1", "acd-1"]
+
+
+async def test_a_selection_repeated_after_its_request_was_replaced_is_a_duplicate(
+    world: World,
+) -> None:
+    created = await world.create("chat-1")
+    first_request = await world.request_id(created.interaction_id)
+    await world.select(created.interaction_id, "acd-2", event_id="sel-1")
+    await world.accept("chat-1")
+    await transfer(world, created.interaction_id, queue="support-chat")
+
+    again = await interactions.select_agent(
+        world.store.uow(),
+        world.clock,
+        acd_adapter="generic",
+        event_id="sel-1",
+        request_id=first_request,
+        acd_agent_id="acd-2",
+    )
+    assert again == interactions.Outcome(created.interaction_id, duplicate=True)
+
+
+async def test_misses_in_a_row_follow_when_offers_ended_not_when_they_were_made(
+    world: World,
+) -> None:
+    first = await world.create("mail-a", Channel.EMAIL)
+    await world.select(first.interaction_id, "acd-1")
+    world.clock.advance(1)
+    second = await world.create("mail-b", Channel.EMAIL)
+    await world.select(second.interaction_id, "acd-1")
+    await world.accept("mail-b")  # taken before mail-a's offer times out: that one is the miss
+
+    assert await world.after(119) == 1
+
+    agent = await world.store.agent("agent-1")
+    assert agent is not None
+    email = agent.capacity_on(Channel.EMAIL)
+    # Missed once in a row (the default profile's RONA), with mail-b still in hand: pending.
+    assert (email.status, email.next_status, email.next_reason) == (
+        ChannelStatus.READY,
+        ChannelStatus.NOT_READY,
+        "rona",
+    )

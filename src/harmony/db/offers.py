@@ -53,10 +53,11 @@ _LATEST_OF_AGENT = Prepared(
     .where(
         offers.c.agent_id == bindparam("b_agent_id"),
         offers.c.channel == bindparam("b_channel"),
-        # Offers still pending are neither taken nor missed yet.
-        offers.c.status != OfferStatus.PENDING.value,
+        # Offers still pending are neither taken nor missed yet (and have no decision time).
+        offers.c.decided_at.is_not(None),
     )
-    .order_by(offers.c.offered_at.desc(), offers.c.id.desc())
+    # In the order they ended: an offer taken after an earlier one was made breaks the run.
+    .order_by(offers.c.decided_at.desc(), offers.c.offered_at.desc(), offers.c.id.desc())
     .limit(bindparam("b_limit"))
 )
 _LIVE_OF_AGENT = Prepared(

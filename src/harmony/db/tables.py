@@ -379,8 +379,8 @@ offers = Table(
         postgresql_where=text(LIVE_OFFER_SQL),
         sqlite_where=text(LIVE_OFFER_SQL),
     ),
-    # RONA reads an agent's latest offers on a channel.
-    Index("ix_offers_agent_id_channel_offered_at", "agent_id", "channel", "offered_at"),
+    # RONA reads the offers an agent most recently answered or missed on a channel.
+    Index("ix_offers_agent_id_channel_decided_at", "agent_id", "channel", "decided_at"),
     Index(
         "ix_offers_live_agent",
         "agent_id",

@@ -44,12 +44,14 @@ def next_timer(
     *,
     offer: Offer | None = None,
     placements: int = 1,
+    named_agent: str | None = None,
 ) -> Timer | None:
     """The timer ``interaction`` needs in its current state (None: it needs none).
 
     Offered or delivered: the live ``offer``'s expiry (guarded by the offer's id). Waiting for
     the ACD's answer (routing): the routing timeout from ``now`` (``placements``: how many times
-    the request was placed for it so far), or the maximum wait if sooner. Queued: the maximum
+    the request was placed for it so far; ``named_agent``: the ACD id a transfer named, to name
+    again when the request is placed again), or the maximum wait if sooner. Queued: the maximum
     wait.
     """
     state = interaction.state
@@ -62,7 +64,9 @@ def next_timer(
         routing = now + timedelta(seconds=queue.policy.routing_timeout_seconds)
         if max_wait is not None and max_wait <= routing:
             return _timer(interaction, Deadline.MAX_WAIT, max_wait)
-        return _timer(interaction, Deadline.ROUTING, routing, placements=placements)
+        return _timer(
+            interaction, Deadline.ROUTING, routing, placements=placements, named_agent=named_agent
+        )
     if state == S.QUEUED and max_wait is not None:
         return _timer(interaction, Deadline.MAX_WAIT, max_wait)
     return None
@@ -75,8 +79,11 @@ def _timer(
     *,
     guard: str = "",
     placements: int = 1,
+    named_agent: str | None = None,
 ) -> Timer:
     detail: dict[str, object] = {"deadline": deadline.value}
     if deadline == Deadline.ROUTING:
         detail["placements"] = placements
+        if named_agent is not None:
+            detail["agent_id"] = named_agent
     return Timer(TIMER_KIND, interaction.id, due_at, guard=guard, detail=detail)

@@ -455,10 +455,17 @@ async def holding_agent(uow: UnitOfWork, interaction: Interaction) -> Agent:
 
 async def _request_event_claimed(
     uow: UnitOfWork, acd_adapter: str, request_id: str, claim: EventClaim
-) -> tuple[Interaction, Outcome | None]:
+) -> tuple[Interaction | None, Outcome | None]:
     """The interaction of an ACD's routing request, locked, and the event claimed for it; the
-    outcome to answer instead when the event was applied before."""
+    outcome to answer instead when the event was applied before (then without the interaction
+    when the request has been replaced since)."""
     interaction, claimed = await uow.interactions.get_by_request_id_claiming(request_id, claim)
+    if interaction is None:
+        # The request may have been replaced since (a transfer, an overflow): a repeat of an
+        # event applied for it is still a duplicate.
+        applied_for = await uow.inbox.interaction_for(claim.source, claim.event_id)
+        if applied_for is not None:
+            return None, Outcome(interaction_id=applied_for, duplicate=True)
     # A request placed with one ACD is unknown to any other: it cannot answer for it (the
     # claim rolls back with the refusal).
     if interaction is None or interaction.acd_adapter != acd_adapter:
@@ -492,6 +499,7 @@ async def select_agent(
         interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
         if duplicate:
             return duplicate
+        assert interaction is not None
         channel = interaction.channel
         # Locking the agent serialises this check with voice calls and state changes. The
         # unit is reserved with the lock (one round trip); a refusal below rolls it back.
@@ -560,6 +568,7 @@ async def queue_request(
         interaction, duplicate = await _request_event_claimed(uow, acd_adapter, request_id, claim)
         if duplicate:
             return duplicate
+        assert interaction is not None
         detail = {"position": position} if position is not None else {}
         cause = f"request.queued {event_id} from {source}"
         # In the queue already: its position; overtaken by the selection: a late notice.

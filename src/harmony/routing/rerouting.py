@@ -311,11 +311,17 @@ async def _transfer(
         cause=f"transfer requested by {by}" + (f" ({event_id})" if event_id else ""),
         detail=detail,
     )
+    named_acd_id = named.acd_agent_id if named is not None else None
+    await uow.outbox.add(_placed(interaction, named_acd_id), now)
+    await _arm(uow, interaction, queue, now, named_agent=named_acd_id)
+
+
+def _placed(interaction: Interaction, named_agent: str | None) -> OutboundMessage:
+    """The routing request, naming the agent a transfer asked for (``agent_id``), if any."""
     request = routing_request(interaction)
-    if named is not None:
-        request.payload["agent_id"] = named.acd_agent_id
-    await uow.outbox.add(request, now)
-    await _arm(uow, interaction, queue, now)
+    if named_agent is not None:
+        request.payload["agent_id"] = named_agent
+    return request
 
 
 async def _named_agent(
@@ -439,9 +445,14 @@ async def _rona(
 
 
 async def _arm(
-    uow: UnitOfWork, interaction: Interaction, queue: Queue, now: datetime, placements: int = 1
+    uow: UnitOfWork,
+    interaction: Interaction,
+    queue: Queue,
+    now: datetime,
+    placements: int = 1,
+    named_agent: str | None = None,
 ) -> None:
-    timer = next_timer(interaction, queue, now, placements=placements)
+    timer = next_timer(interaction, queue, now, placements=placements, named_agent=named_agent)
     if timer is None:
         await uow.timers.disarm(TIMER_KIND, interaction.id)
     else:
@@ -569,8 +580,10 @@ async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
                 f"{interaction.request_id} neither with a selection nor queued in {bound} s",
                 detail={"request_id": interaction.request_id, "placement": placements + 1},
             )
-            await uow.outbox.add(routing_request(interaction), now)
-            await _arm(uow, interaction, queue, now, placements + 1)
+            named = timer.detail.get("agent_id")
+            named_acd_id = str(named) if named is not None else None
+            await uow.outbox.add(_placed(interaction, named_acd_id), now)
+            await _arm(uow, interaction, queue, now, placements + 1, named_acd_id)
         await uow.interactions.save(interaction)
         return
     elif deadline == Deadline.MAX_WAIT and state in WAITING_STATES:
