@@ -21,7 +21,7 @@ from harmony.db.engine import Database
 from harmony.db.tables import outbox
 from harmony.dev.bench.served import SqlCounter
 from harmony.errors import TryAgain
-from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay
+from harmony.outbox.relay import MAX_BACKOFF_SECONDS, Relay, full_jitter
 from harmony.routing import agents, interactions
 from harmony.routing.agent_state import DEFAULT_NOT_READY_REASONS
 from harmony.routing.lifecycle import Event
@@ -59,6 +59,8 @@ class World:
             "max_attempts": MAX_ATTEMPTS,
             "base_backoff_seconds": BASE_BACKOFF,
             "lease_seconds": LEASE,
+            # The top of each jittered range, so a test knows the wait it asserts.
+            "jitter": lambda ceiling: ceiling,
             **overrides,
         }
         return Relay(self.db.uow, self.registry, self.clock, **options)
@@ -254,6 +256,36 @@ async def test_retry_after(world: World, retry_after: float, expected_wait: floa
     world.clock.advance(0.001)
     await relay.drain()
     assert (await world.only(ROUTING_REQUESTED)).status == "sent"
+
+
+async def test_a_retry_waits_a_jittered_time_under_the_ceiling_and_never_under_retry_after(
+    world: World,
+) -> None:
+    ceilings: list[float] = []
+
+    def quarter(ceiling: float) -> float:
+        ceilings.append(ceiling)
+        return ceiling / 4
+
+    relay = world.relay(jitter=quarter, base_backoff_seconds=8)
+    await world.create("chat-1")
+    world.acd.fail_next(1)
+    await relay.drain()
+    row = await world.only(ROUTING_REQUESTED)
+    assert row.next_attempt_at == world.clock.now() + timedelta(seconds=2)
+    world.clock.set(row.next_attempt_at)
+    world.acd.fail_next(1, retry_after=30)
+    await relay.drain()
+    row = await world.only(ROUTING_REQUESTED)
+    assert row.next_attempt_at == world.clock.now() + timedelta(seconds=30)
+    assert ceilings == [8, 16]
+
+
+def test_full_jitter_spreads_waits_over_the_whole_range() -> None:
+    waits = [full_jitter(10.0) for _ in range(2000)]
+    assert all(0 <= wait <= 10 for wait in waits)
+    assert min(waits) < 1 and max(waits) > 9
+    assert 4 < sum(waits) / len(waits) < 6
 
 
 async def test_the_backoff_is_capped(world: World) -> None:

@@ -34,8 +34,10 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import random
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -55,6 +57,13 @@ from harmony.routing.retry import run_with_retry
 
 log = structlog.get_logger("harmony.outbox.relay")
 MAX_BACKOFF_SECONDS = 60.0
+
+
+def full_jitter(ceiling: float) -> float:
+    """A wait drawn evenly from 0 to ``ceiling`` seconds ("full jitter")."""
+    return random.uniform(0.0, ceiling)
+
+
 # A send the peer acknowledged, and the future its sender awaits: True once recorded, False
 # if the claim was lost, None if the outcome could not be recorded.
 Acknowledged = tuple[OutboxEntry, "asyncio.Future[bool | None]"]
@@ -82,6 +91,7 @@ class Relay:
         lease_seconds: float = 30.0,
         send_timeout_seconds: float = 5.0,
         name: str | None = None,
+        jitter: Callable[[float], float] | None = None,
     ) -> None:
         self._uow_factory = uow_factory
         self._registry = registry
@@ -91,6 +101,9 @@ class Relay:
         self._poll_seconds = poll_seconds
         self._max_attempts = max_attempts
         self._base_backoff = base_backoff_seconds
+        # Full jitter: a retry waits a random time up to the exponential ceiling, so relays
+        # that failed together (a peer down) do not all come back at the same instant.
+        self._jitter = jitter or full_jitter
         self._lease_seconds = lease_seconds
         self._send_timeout = timedelta(seconds=send_timeout_seconds)
         # As many as `concurrency` senders get through in one lease; at least one round.
@@ -413,8 +426,10 @@ class Relay:
             )
             self._note_if_dropped(recorded, entry, "dead")
             return
-        delay = min(self._base_backoff * 2 ** (entry.attempts - 1), MAX_BACKOFF_SECONDS)
+        ceiling = min(self._base_backoff * 2 ** (entry.attempts - 1), MAX_BACKOFF_SECONDS)
+        delay = self._jitter(ceiling)
         if retry_after is not None:
+            # The peer's own word is a floor: never sooner than it asked.
             delay = max(delay, min(retry_after, MAX_BACKOFF_SECONDS * 10))
         log.warning(
             "message_retry", type=message.type, attempt=entry.attempts, delay=delay, error=error
