@@ -269,6 +269,27 @@ async def _arm_first_deadline(
     await uow.timers.arm_first(timer, now)
 
 
+async def arm_deadline(
+    uow: UnitOfWork,
+    interaction: Interaction,
+    queue: Queue,
+    now: datetime,
+    *,
+    offer: Offer | None = None,
+    placements: int = 1,
+    named_agent: str | None = None,
+) -> None:
+    """Arm the deadline the interaction's state needs now (``deadlines.next_timer``), or
+    disarm it when it needs none."""
+    timer = next_timer(
+        interaction, queue, now, offer=offer, placements=placements, named_agent=named_agent
+    )
+    if timer is None:
+        await uow.timers.disarm(TIMER_KIND, interaction.id)
+    else:
+        await uow.timers.arm(timer, now)
+
+
 async def queue_named(uow: UnitOfWork, name: str, *, recent: bool = False) -> Queue:
     queue = await (uow.queues.get_recent(name) if recent else uow.queues.get(name))
     if queue is None:
@@ -577,11 +598,7 @@ async def queue_request(
         if isinstance(rule, Move):
             # The ACD holds it now: the queue's maximum wait bounds it, not the routing timeout.
             queue = await queue_named(uow, interaction.queue, recent=True)
-            timer = next_timer(interaction, queue, now)
-            if timer is None:
-                await uow.timers.disarm(TIMER_KIND, interaction.id)
-            else:
-                await uow.timers.arm(timer, now)
+            await arm_deadline(uow, interaction, queue, now)
         await uow.interactions.save(interaction)
         await uow.commit()
         return Outcome(interaction.id)

@@ -25,10 +25,11 @@ from harmony.routing.agents import (
     profile_of,
     take_back_work,
 )
-from harmony.routing.deadlines import TIMER_KIND, Deadline, next_timer
+from harmony.routing.deadlines import TIMER_KIND, Deadline
 from harmony.routing.ids import random_hex
 from harmony.routing.interactions import (
     Outcome,
+    arm_deadline,
     crm_event_claimed,
     holding_agent,
     other_agent_named,
@@ -80,11 +81,6 @@ _TOLD_TO_ACD = {
     OfferStatus.DECLINED: OFFER_DECLINED,
     OfferStatus.TIMED_OUT: OFFER_TIMED_OUT,
     OfferStatus.RESCINDED: OFFER_RESCINDED,
-}
-# The CRM's events that end work before an agent has it, and the state each leaves it in.
-_ENDINGS = {
-    Event.ABANDONED: (S.ABANDONED, OfferStatus.ABANDONED),
-    Event.CANCELLED: (S.CANCELLED, OfferStatus.ABANDONED),
 }
 
 
@@ -189,11 +185,10 @@ async def abandon_interaction(
         cause = f"{event_type} {event_id} from {source}"
         rule = interaction.apply(event, now, cause=cause, detail=detail)
         if isinstance(rule, Move):
-            _, offer_status = _ENDINGS[event]
             agent_payload: dict[str, Any] = {}
             if before in (S.OFFERED, S.DELIVERED):
                 agent = await holding_agent(uow, interaction)
-                await uow.offers.decide(interaction.id, offer_status, now, event.value)
+                await uow.offers.decide(interaction.id, OfferStatus.ABANDONED, now, event.value)
                 await release_unit(uow, agent, interaction, now, source, f"offer_{event.value}", 0)
                 agent_payload = {"agent_id": agent.acd_agent_id}
             await uow.timers.disarm(TIMER_KIND, interaction.id)
@@ -313,7 +308,7 @@ async def _transfer(
     )
     named_acd_id = named.acd_agent_id if named is not None else None
     await uow.outbox.add(_placed(interaction, named_acd_id), now)
-    await _arm(uow, interaction, queue, now, named_agent=named_acd_id)
+    await arm_deadline(uow, interaction, queue, now, named_agent=named_acd_id)
 
 
 def _placed(interaction: Interaction, named_agent: str | None) -> OutboundMessage:
@@ -394,7 +389,7 @@ async def _offer_ended(
         "offers_made": interaction.offers_made,
     }
     await uow.outbox.add(_to_acd(interaction, _TOLD_TO_ACD[status], payload), now)
-    await _arm(uow, interaction, queue, now)
+    await arm_deadline(uow, interaction, queue, now)
 
 
 async def _rona(
@@ -444,21 +439,6 @@ async def _rona(
     await mirror(uow, agent, channel, targets, now)
 
 
-async def _arm(
-    uow: UnitOfWork,
-    interaction: Interaction,
-    queue: Queue,
-    now: datetime,
-    placements: int = 1,
-    named_agent: str | None = None,
-) -> None:
-    timer = next_timer(interaction, queue, now, placements=placements, named_agent=named_agent)
-    if timer is None:
-        await uow.timers.disarm(TIMER_KIND, interaction.id)
-    else:
-        await uow.timers.arm(timer, now)
-
-
 async def _give_up(
     uow: UnitOfWork,
     interaction: Interaction,
@@ -506,7 +486,7 @@ async def _give_up(
         },
     )
     await uow.outbox.add(routing_request(interaction), now)
-    await _arm(uow, interaction, target, now)
+    await arm_deadline(uow, interaction, target, now)
 
 
 async def _overflow_queue(uow: UnitOfWork, interaction: Interaction, queue: Queue) -> Queue | None:
@@ -583,7 +563,9 @@ async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
             named = timer.detail.get("agent_id")
             named_acd_id = str(named) if named is not None else None
             await uow.outbox.add(_placed(interaction, named_acd_id), now)
-            await _arm(uow, interaction, queue, now, placements + 1, named_acd_id)
+            await arm_deadline(
+                uow, interaction, queue, now, placements=placements + 1, named_agent=named_acd_id
+            )
         await uow.interactions.save(interaction)
         return
     elif deadline == Deadline.MAX_WAIT and state in WAITING_STATES:
@@ -598,9 +580,4 @@ async def on_deadline(uow: UnitOfWork, timer: Timer, now: datetime) -> None:
         wait = timedelta(seconds=queue.policy.max_wait_seconds)
         interaction.max_wait_at = interaction.received_at + wait
         await uow.interactions.save(interaction)
-    live = await uow.offers.live(interaction.id)
-    timer_now = next_timer(interaction, queue, now, offer=live)
-    if timer_now is None:
-        await uow.timers.disarm(TIMER_KIND, interaction.id)
-    else:
-        await uow.timers.arm(timer_now, now)
+    await arm_deadline(uow, interaction, queue, now, offer=await uow.offers.live(interaction.id))
